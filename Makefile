@@ -1,0 +1,30 @@
+# `make demo` and `make test` do all setup on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test test-slow lint bench clean
+
+$(BIN)/fathom: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/fathom
+	$(BIN)/fathom demo
+
+lint: $(BIN)/fathom
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q
+
+test-slow: $(BIN)/fathom
+	$(BIN)/pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) fathom-data .pytest_cache .mypy_cache

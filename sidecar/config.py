@@ -1,0 +1,159 @@
+"""Settings, read in one place: CLI flags > env `FATHOM_*` > YAML file > defaults."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything `fathom serve` needs; frozen and passed down."""
+
+    upstream: str = ""
+    listen: str = "127.0.0.1:8080"
+    admin: str = "127.0.0.1:9464"
+    store: str = "chdb://./fathom-data"
+    deployment: str = "default"
+    provider: str = "openai"
+    # Timeouts in seconds. There is deliberately no total timeout: long generations are normal.
+    connect_timeout_s: float = 10.0
+    first_byte_timeout_s: float = 600.0
+    idle_timeout_s: float = 120.0
+    grace_s: float = 30.0
+    pool_limit: int = 1024
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_event_bytes: int = 16 * 1024 * 1024
+    inject_usage: bool = True
+    model_label_cap: int = 64
+    client_salt: str = ""
+    sample_rate: float = 0.05
+    sample_rates: dict[str, float] = field(default_factory=dict)
+    sample_max_chars: int = 32_768
+    writer_queue_rows: int = 100_000
+    writer_batch_rows: int = 10_000
+    writer_flush_s: float = 1.0
+    spool_dir: str = "./fathom-spool"
+    spool_max_bytes: int = 1024 * 1024 * 1024
+    probes: bool = False
+
+    @property
+    def listen_addr(self) -> tuple[str, int]:
+        """`listen` as (host, port)."""
+        return parse_hostport(self.listen, "listen")
+
+    @property
+    def admin_addr(self) -> tuple[str, int]:
+        """`admin` as (host, port)."""
+        return parse_hostport(self.admin, "admin")
+
+
+FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Settings)}
+# CLI flags that `fathom serve` exposes; every field is also settable by env and YAML.
+FLAGS: dict[str, str] = {
+    "upstream": "OpenAI-compatible upstream base URL, e.g. http://127.0.0.1:8000",
+    "listen": "HOST:PORT the proxy listens on",
+    "admin": "HOST:PORT of the admin server (/metrics, /healthz, /readyz)",
+    "store": "store URL: chdb:///path (embedded) or http://user:pass@host:8123/fathom; 'none'",
+    "deployment": "deployment label recorded with every request",
+}
+
+
+def parse_hostport(value: str, name: str) -> tuple[str, int]:
+    """'host:port' -> (host, port), with an error that names the setting."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{name}={value!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags shared by commands that read Settings."""
+    parser.add_argument("--config", help="YAML settings file (env FATHOM_CONFIG)")
+    for name, help_text in FLAGS.items():
+        parser.add_argument(f"--{name}", help=f"{help_text} (env FATHOM_{name.upper()})")
+
+
+def load(
+    args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Merge defaults < YAML < env < CLI flags into a validated Settings."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    config_path = getattr(args, "config", None) or env.get("FATHOM_CONFIG")
+    if config_path:
+        values.update(_read_yaml(Path(config_path)))
+    for name in FIELDS:
+        raw = env.get(f"FATHOM_{name.upper()}")
+        if raw is not None:
+            values[name] = _coerce(name, raw)
+    for name in FLAGS:
+        flag = getattr(args, name, None)
+        if flag is not None:
+            values[name] = flag
+    for name, extra in (("probes", getattr(args, "probes", None)),):
+        if extra:
+            values[name] = extra
+    return validate(Settings(**values))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown settings in {path}: {', '.join(unknown)}")
+    return {name: _coerce(name, value) for name, value in data.items()}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    """Turn a YAML or env value into the field's type, or say why it can't be."""
+    hint = typing.get_type_hints(Settings)[name]
+    try:
+        if isinstance(raw, str) and hint is not str:
+            if hint is bool:
+                if raw.lower() not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                    raise ValueError("expected true/false")
+                return raw.lower() in {"1", "true", "yes", "on"}
+            if typing.get_origin(hint) is dict:
+                return {str(k): float(v) for k, v in json.loads(raw).items()}
+            return hint(raw)
+        if typing.get_origin(hint) is dict:
+            return {str(k): float(v) for k, v in dict(raw).items()}
+        if isinstance(hint, type) and not isinstance(hint, types.GenericAlias):
+            return hint(raw)
+        return raw
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"setting {name}={raw!r}: {exc}") from exc
+
+
+def validate(settings: Settings) -> Settings:
+    """Check ranges and formats; returns the settings unchanged when they are usable."""
+    settings.listen_addr, settings.admin_addr  # noqa: B018 - parsing is the check
+    for name in ("connect_timeout_s", "first_byte_timeout_s", "idle_timeout_s", "writer_flush_s"):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{name} must be > 0 seconds")
+    rates = [settings.sample_rate, *settings.sample_rates.values()]
+    if any(not 0.0 <= rate <= 1.0 for rate in rates):
+        raise ConfigError("sample rates must be within [0, 1]")
+    if settings.pool_limit < 1 or settings.max_body_bytes < 1:
+        raise ConfigError("pool_limit and max_body_bytes must be positive")
+    return settings

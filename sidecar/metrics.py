@@ -1,0 +1,156 @@
+"""OpenTelemetry metrics with the GenAI semantic-convention names (v1.41); Prometheus export.
+
+The semconv names, units and advised bucket boundaries live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry, generate_latest
+
+from sidecar.record import Record
+
+OPERATION_DURATION = "gen_ai.client.operation.duration"
+TOKEN_USAGE = "gen_ai.client.token.usage"
+TIME_TO_FIRST_CHUNK = "gen_ai.client.operation.time_to_first_chunk"
+TIME_PER_OUTPUT_CHUNK = "gen_ai.client.operation.time_per_output_chunk"
+SERVER_TIME_TO_FIRST_TOKEN = "gen_ai.server.time_to_first_token"
+SERVER_TIME_PER_OUTPUT_TOKEN = "gen_ai.server.time_per_output_token"
+
+# Advised bucket boundaries from the GenAI semantic conventions.
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
+                    40.96, 81.92)  # fmt: skip
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
+                 16777216, 67108864)  # fmt: skip
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
+                5.0, 7.5, 10.0)  # fmt: skip
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+
+OPERATION_NAMES = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings"}
+OTHER_MODEL = "other"
+
+
+class LabelCap:
+    """Keeps label values bounded: past `cap` distinct values, new ones fold into `other`."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self._cap or len(value) > 128:
+            return OTHER_MODEL
+        self._seen.add(value)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Gauge:
+    """A value read at scrape time (queue depths, dropped rows, …)."""
+
+    name: str
+    description: str
+    read: Callable[[], float]
+    counter: bool = False
+
+
+class Metrics:
+    """One MeterProvider with its own Prometheus registry; `record()` is called per request."""
+
+    def __init__(self, provider_name: str, model_label_cap: int) -> None:
+        self.registry = CollectorRegistry()
+        self._reader = PrometheusMetricReader(registry=self.registry)
+        views = [
+            _view(OPERATION_DURATION, DURATION_BUCKETS),
+            _view(TOKEN_USAGE, TOKEN_BUCKETS),
+            _view(TIME_TO_FIRST_CHUNK, TTFT_BUCKETS),
+            _view(TIME_PER_OUTPUT_CHUNK, TPOT_BUCKETS),
+            _view(SERVER_TIME_TO_FIRST_TOKEN, TTFT_BUCKETS),
+            _view(SERVER_TIME_PER_OUTPUT_TOKEN, TPOT_BUCKETS),
+        ]
+        resource = Resource.create({"service.name": "fathom"})
+        self._provider = MeterProvider(
+            metric_readers=[self._reader], views=views, resource=resource
+        )
+        meter = self._provider.get_meter("fathom")
+        self._provider_name = provider_name
+        self._model = LabelCap(model_label_cap)
+        self._deployment = LabelCap(model_label_cap)
+        self._duration = meter.create_histogram(OPERATION_DURATION, unit="s")
+        self._tokens = meter.create_histogram(TOKEN_USAGE, unit="{token}")
+        self._ttfc = meter.create_histogram(TIME_TO_FIRST_CHUNK, unit="s")
+        self._tpoc = meter.create_histogram(TIME_PER_OUTPUT_CHUNK, unit="s")
+        self._ttft = meter.create_histogram(SERVER_TIME_TO_FIRST_TOKEN, unit="s")
+        self._tpot = meter.create_histogram(SERVER_TIME_PER_OUTPUT_TOKEN, unit="s")
+        self._errors = meter.create_counter("fathom.requests.errors", unit="{request}")
+        self._meter = meter
+
+    def record(self, record: Record, gaps_s: Iterable[float] = ()) -> None:
+        """Record one finished request (probe and canary traffic carry their own origin)."""
+        if record.route not in OPERATION_NAMES:
+            return
+        attrs: dict[str, str] = {
+            "gen_ai.operation.name": OPERATION_NAMES[record.route],
+            "gen_ai.provider.name": self._provider_name,
+            "gen_ai.request.model": self._model(record.model or "unknown"),
+            "fathom.deployment": self._deployment(record.deployment),
+            "fathom.origin": record.origin,
+        }
+        if record.error:
+            attrs["error.type"] = record.error
+            self._errors.add(1, attrs)
+        self._duration.record(record.e2e_ms / 1e3, attrs)
+        if record.tokens_source != "none":
+            self._tokens.record(record.input_tokens, {**attrs, "gen_ai.token.type": "input"})
+            self._tokens.record(record.output_tokens, {**attrs, "gen_ai.token.type": "output"})
+        if record.ttft_ms is not None:
+            self._ttfc.record(record.ttft_ms / 1e3, attrs)
+            self._ttft.record(record.ttft_ms / 1e3, attrs)
+        for gap in gaps_s:
+            self._tpoc.record(gap, attrs)
+        if record.decode_tps:
+            self._tpot.record(1.0 / record.decode_tps, attrs)
+
+    def observe(self, gauges: Iterable[Gauge]) -> None:
+        """Export values read at scrape time, e.g. the writer's queue depth and drop counts."""
+        for gauge in gauges:
+            callback = _callback(gauge.read)
+            if gauge.counter:
+                self._meter.create_observable_counter(
+                    gauge.name, [callback], description=gauge.description
+                )
+            else:
+                self._meter.create_observable_gauge(
+                    gauge.name, [callback], description=gauge.description
+                )
+
+    def exposition(self) -> bytes:
+        """The Prometheus text exposition of everything recorded so far."""
+        return generate_latest(self.registry)
+
+    def shutdown(self) -> None:
+        """Release the provider (and unregister the Prometheus collector)."""
+        self._provider.shutdown()
+
+
+def _view(name: str, buckets: tuple[float, ...]) -> View:
+    return View(
+        instrument_name=name,
+        aggregation=ExplicitBucketHistogramAggregation(boundaries=buckets),
+    )
+
+
+def _callback(read: Callable[[], float]) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def callback(_options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(read())]
+
+    return callback

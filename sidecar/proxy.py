@@ -1,0 +1,382 @@
+"""The measuring reverse proxy: bytes pass through untouched, one Record per request."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from sidecar.config import Settings
+from sidecar.record import Record
+from sidecar.sse import Chunk, SSEParser, StreamTiming, classify
+
+# RFC 9110 hop-by-hop headers, plus those the proxy recomputes for its own connections.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+     "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
+)  # fmt: skip
+MEASURED = ("chat", "completion", "embedding")
+ORIGIN_HEADER = "x-fathom-origin"
+NO_SAMPLE_HEADER = "x-fathom-no-sample"
+REQUEST_ID_HEADER = "x-fathom-request-id"
+ANSWER_CAP = 1024 * 1024  # bytes of a non-streamed body kept for parsing usage and the answer
+
+Clock = Callable[[], float]
+
+
+def route_of(path: str) -> str:
+    """Which OpenAI operation a request path is ('chat', 'completion', 'embedding', 'other')."""
+    path = path.rstrip("/")
+    if path.endswith("/chat/completions"):
+        return "chat"
+    if path.endswith("/completions"):
+        return "completion"
+    if path.endswith("/embeddings"):
+        return "embedding"
+    return "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where a request goes and the deployment label its record carries."""
+
+    url: URL
+    deployment: str
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request in flight: its record plus what the proxy needs while relaying it."""
+
+    record: Record
+    t0: float
+    timing: StreamTiming = field(default_factory=StreamTiming)
+    strip_usage: bool = False
+    sample: bool = False
+    body: bytes = b""
+    answer: list[str] = field(default_factory=list)
+
+
+class ProxyError(Exception):
+    """A failure before the client got a response: becomes a JSON error and a record."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+
+
+OnRecord = Callable[[Record, list[float]], None]
+OnAnswer = Callable[[Record, bytes, str], None]
+ShouldSample = Callable[[Record, "CIMultiDict[str] | Any"], bool]
+
+
+class Proxy:
+    """An aiohttp handler that relays requests to the upstream and measures them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        pick: Callable[[str], Upstream],
+        on_record: OnRecord,
+        clock: Clock,
+        should_sample: ShouldSample | None = None,
+        on_answer: OnAnswer | None = None,
+    ) -> None:
+        self._settings = settings
+        self._session = session
+        self._pick = pick
+        self._on_record = on_record
+        self._clock = clock
+        self._should_sample = should_sample
+        self._on_answer = on_answer
+        self._salt = settings.client_salt.encode() or uuid.uuid4().bytes
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Relay one request; always leaves exactly one Record behind."""
+        t0 = self._clock()
+        ex = Exchange(record=self._new_record(request), t0=t0)
+        try:
+            return await self._relay(request, ex)
+        except ProxyError as exc:
+            ex.record.status, ex.record.error = exc.status, exc.error
+            ex.record.error_detail = str(exc)[:200]
+            return _json_error(exc.status, exc.error, str(exc))
+        except (asyncio.CancelledError, ConnectionResetError):
+            ex.record.error = ex.record.error or "client_cancelled"
+            raise
+        finally:
+            ex.record.e2e_ms = (self._clock() - t0) * 1e3
+            self._finish(ex)
+
+    def _new_record(self, request: web.Request) -> Record:
+        origin = request.headers.get(ORIGIN_HEADER, "user")
+        auth = request.headers.get("Authorization") or request.remote or ""
+        return Record(
+            ts=datetime.now(UTC),
+            request_id=uuid.uuid4().hex,
+            route=route_of(request.path),
+            origin=origin if origin in ("probe", "canary") else "user",
+            path=request.path[:256],
+            client=hashlib.sha256(self._salt + auth.encode()).hexdigest()[:16],
+        )
+
+    async def _relay(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
+        rec = ex.record
+        body = await _read_body(request, self._settings.max_body_bytes)
+        rec.request_bytes = len(body)
+        body = self._inspect(ex, body)
+        upstream = self._pick(rec.model)
+        rec.deployment = upstream.deployment
+        rec.upstream = upstream.url.host or ""
+        if self._should_sample and rec.route in MEASURED:
+            ex.sample = self._should_sample(rec, request.headers)
+        url = upstream.url.with_path(
+            upstream.url.path.rstrip("/") + request.raw_path.split("?", 1)[0], encoded=True
+        ).with_query(request.query_string)
+        resp = await self._open(request, url, body)
+        try:
+            rec.status = resp.status
+            if resp.status >= 400:
+                rec.error = "upstream_http"
+            try:
+                first = await self._read(resp, first=True)
+            except UpstreamBroke as exc:
+                status = 504 if exc.error == "upstream_timeout" else 502
+                raise ProxyError(status, exc.error, str(exc)) from exc
+            rec.ttfb_ms = (self._clock() - ex.t0) * 1e3
+            is_sse = resp.headers.get("Content-Type", "").startswith("text/event-stream")
+            if is_sse and _identity(resp):
+                return await self._relay_stream(request, resp, ex, first)
+            return await self._relay_body(request, resp, ex, first)
+        finally:
+            resp.close()
+
+    def _inspect(self, ex: Exchange, body: bytes) -> bytes:
+        """Read model and stream flags; ask for usage when the client streams without it."""
+        rec = ex.record
+        if rec.route not in MEASURED or not body:
+            return body
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            return body  # the upstream will answer it; the record shows its status
+        if not isinstance(obj, dict):
+            return body
+        rec.model = str(obj.get("model") or "")[:200]
+        rec.stream = obj.get("stream") is True
+        ex.body = body
+        options = obj.get("stream_options")
+        wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+        if rec.stream and not wants_usage and self._settings.inject_usage:
+            obj["stream_options"] = {**(options or {}), "include_usage": True}
+            ex.strip_usage = True
+            return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+        return body
+
+    async def _open(
+        self, request: web.Request, url: URL, body: bytes
+    ) -> aiohttp.ClientResponse:
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in HOP_BY_HOP and not k.lower().startswith("x-fathom-")
+        }
+        try:
+            async with asyncio.timeout(self._settings.first_byte_timeout_s):
+                return await self._session.request(
+                    request.method, url, headers=headers, data=body or None,
+                    allow_redirects=False,
+                )  # fmt: skip
+        except TimeoutError as exc:
+            raise ProxyError(504, "upstream_timeout", "upstream sent no response in time") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise ProxyError(502, "upstream_connect", f"cannot connect to upstream: {exc}") from exc
+        except aiohttp.ClientError as exc:
+            raise ProxyError(502, "upstream_connect", f"upstream failed: {exc!r}") from exc
+
+    async def _read(self, resp: aiohttp.ClientResponse, first: bool = False) -> bytes:
+        """Next chunk of the upstream body; b'' at its end. Timeouts: first byte, then idle."""
+        limit = self._settings.first_byte_timeout_s if first else self._settings.idle_timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                return await resp.content.readany()
+        except TimeoutError as exc:
+            raise UpstreamBroke("upstream_timeout", f"upstream idle for {limit:g} s") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamBroke("stream_error", f"upstream body failed: {exc!r}") from exc
+
+    async def _relay_stream(
+        self, request: web.Request, resp: aiohttp.ClientResponse, ex: Exchange, first: bytes
+    ) -> web.StreamResponse:
+        out = await self._start(request, resp, ex, first, streaming=True)
+        parser = SSEParser(self._settings.max_event_bytes)
+        chunk = first
+        while True:
+            now = self._clock()
+            events = parser.feed(chunk, now) if chunk else parser.finish(now)
+            for event in events:
+                if self._observe(ex, classify(event.data), now):
+                    await out.write(event.raw)
+            if not chunk:
+                break
+            try:
+                chunk = await self._read(resp)
+            except UpstreamBroke as exc:
+                return await self._break(request, out, ex, exc)
+        await out.write_eof()
+        return out
+
+    def _observe(self, ex: Exchange, chunk: Chunk, now: float) -> bool:
+        """Fold one stream event into the record; False when the client must not see it."""
+        rec = ex.record
+        if chunk.content:
+            ex.timing.content_at(now)
+            if ex.sample and chunk.text:
+                ex.answer.append(chunk.text)
+        if chunk.finish_reason:
+            rec.finish_reason = chunk.finish_reason[:32]
+        if chunk.usage:
+            _apply_usage(rec, chunk.usage)
+        if chunk.error:
+            rec.error, rec.error_detail = "stream_error", chunk.error
+        rec.chunks += 1 if chunk.content else 0
+        return not (ex.strip_usage and chunk.usage_only)
+
+    async def _relay_body(
+        self, request: web.Request, resp: aiohttp.ClientResponse, ex: Exchange, first: bytes
+    ) -> web.StreamResponse:
+        out = await self._start(request, resp, ex, first, streaming=False)
+        kept = bytearray(first)
+        chunk = first
+        while chunk:
+            try:
+                chunk = await self._read(resp)
+            except UpstreamBroke as exc:
+                return await self._break(request, out, ex, exc)
+            await out.write(chunk)
+            if len(kept) < ANSWER_CAP:
+                kept += chunk
+        await out.write_eof()
+        if ex.record.route in MEASURED and resp.status < 400 and _identity(resp):
+            _read_answer(ex, bytes(kept))
+        return out
+
+    async def _start(
+        self,
+        request: web.Request,
+        resp: aiohttp.ClientResponse,
+        ex: Exchange,
+        first: bytes,
+        streaming: bool,
+    ) -> web.StreamResponse:
+        headers = CIMultiDict(
+            (k, v) for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP
+        )
+        if not streaming and "Content-Length" in resp.headers:
+            headers["Content-Length"] = resp.headers["Content-Length"]
+        if streaming:
+            headers["X-Accel-Buffering"] = "no"
+            headers.setdefault("Cache-Control", "no-cache")
+        headers[REQUEST_ID_HEADER] = ex.record.request_id
+        out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
+        await out.prepare(request)
+        if not streaming and first:
+            await out.write(first)
+        return out
+
+    async def _break(
+        self, request: web.Request, out: web.StreamResponse, ex: Exchange, exc: UpstreamBroke
+    ) -> web.StreamResponse:
+        """The upstream failed mid-body: end the client's response so it sees a failure too."""
+        rec = ex.record
+        rec.error, rec.error_detail = exc.error, str(exc)[:200]
+        if exc.error == "upstream_timeout" and rec.stream:
+            # An explicit SSE error event: clients report it instead of hanging or retrying.
+            payload = {"error": {"message": str(exc), "type": exc.error, "code": 504}}
+            await out.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+            await out.write_eof()
+        elif request.transport is not None:
+            request.transport.abort()  # mirror the upstream's broken body
+        return out
+
+    def _finish(self, ex: Exchange) -> None:
+        rec, timing = ex.record, ex.timing
+        if timing.first is not None:
+            rec.ttft_ms = (timing.first - ex.t0) * 1e3
+        if rec.tokens_source == "none" and rec.stream and timing.events:
+            rec.output_tokens, rec.tokens_source = timing.events, "counted"
+        itl = timing.itl_ms()
+        if itl is not None:
+            rec.itl_mean_ms, rec.itl_p50_ms, rec.itl_p99_ms, rec.itl_max_ms = itl
+        rec.decode_tps = timing.decode_tps(rec.output_tokens) if rec.stream else None
+        rec.sampled = ex.sample and not rec.error and self._on_answer is not None
+        self._on_record(rec, timing.gaps)
+        if rec.sampled and self._on_answer is not None:
+            self._on_answer(rec, ex.body, "".join(ex.answer))
+
+
+class UpstreamBroke(Exception):
+    """The upstream body ended abnormally after the response had started."""
+
+    def __init__(self, error: str, message: str) -> None:
+        super().__init__(message)
+        self.error = error
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise ProxyError(413, "bad_request", f"request body over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise ProxyError(413, "bad_request", f"request body over {limit} bytes")
+    return bytes(body)
+
+
+def _identity(resp: aiohttp.ClientResponse) -> bool:
+    return resp.headers.get("Content-Encoding", "identity").lower() == "identity"
+
+
+def _apply_usage(rec: Record, usage: dict[str, Any]) -> None:
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
+    if isinstance(prompt, int) and isinstance(completion, int):
+        rec.input_tokens, rec.output_tokens, rec.tokens_source = prompt, completion, "usage"
+
+
+def _read_answer(ex: Exchange, body: bytes) -> None:
+    """Usage, model, finish reason and answer text of a non-streamed response."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return
+    if not isinstance(obj, dict):
+        return
+    if isinstance(obj.get("usage"), dict):
+        _apply_usage(ex.record, obj["usage"])
+    choices = obj.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return
+    ex.record.finish_reason = str(choices[0].get("finish_reason") or "")[:32]
+    if ex.sample:
+        message = choices[0].get("message")
+        text = message.get("content") if isinstance(message, dict) else choices[0].get("text")
+        ex.answer.append(str(text or ""))
+
+
+def _json_error(status: int, error: str, message: str) -> web.Response:
+    body = {"error": {"message": message, "type": error, "code": status}}
+    return web.json_response(body, status=status)
