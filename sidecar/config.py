@@ -105,9 +105,8 @@ def load(
         flag = getattr(args, name, None)
         if flag is not None:
             values[name] = flag
-    for name, extra in (("probes", getattr(args, "probes", None)),):
-        if extra:
-            values[name] = extra
+    if getattr(args, "probes", None):
+        values["probes"] = True
     return validate(Settings(**values))
 
 

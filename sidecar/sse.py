@@ -41,8 +41,20 @@ class SSEParser:
     def feed(self, chunk: bytes, now: float) -> list[Event]:
         """Add bytes received at `now`; return the events they complete."""
         self._buf += chunk
+        return self._drain(now, final=False)
+
+    def finish(self, now: float) -> list[Event]:
+        """End of stream: whatever is left becomes a last (possibly partial) event."""
+        events = self._drain(now, final=True)
+        if self._buf:
+            if self._line_start < len(self._buf) and not self._oversized:
+                self._field(bytes(self._buf[self._line_start :]))
+            events.append(self._dispatch(len(self._buf), now))
+        return events
+
+    def _drain(self, now: float, final: bool) -> list[Event]:
         events: list[Event] = []
-        while (line := self._next_line()) is not None:
+        while (line := self._next_line(final)) is not None:
             content, end = line
             if content:
                 if not self._oversized:
@@ -53,26 +65,12 @@ class SSEParser:
             events.append(self._spill(now))
         return events
 
-    def finish(self, now: float) -> list[Event]:
-        """End of stream: whatever is left becomes a last (possibly partial) event."""
-        if self._buf.endswith(b"\r") and self._scan < len(self._buf):
-            # A trailing CR is a complete line end once no LF can follow.
-            self._buf += b"\n"
-            events = self.feed(b"", now)
-        else:
-            events = []
-        if self._buf:
-            if self._line_start < len(self._buf) and not self._oversized:
-                self._field(bytes(self._buf[self._line_start :]))
-            events.append(self._dispatch(len(self._buf), now))
-        return events
-
-    def _next_line(self) -> tuple[bytes, int] | None:
+    def _next_line(self, final: bool) -> tuple[bytes, int] | None:
         match = _EOL.search(self._buf, self._scan)
         if match is None:
             self._scan = len(self._buf)
             return None
-        if match.group() == b"\r" and match.end() == len(self._buf):
+        if match.group() == b"\r" and match.end() == len(self._buf) and not final:
             self._scan = match.start()  # might be the first half of CRLF: wait for more
             return None
         content = bytes(self._buf[self._line_start : match.start()])
