@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import random
 import signal
 import sys
 import time
@@ -20,8 +21,9 @@ from yarl import URL
 from sidecar import config
 from sidecar.config import ConfigError, Settings
 from sidecar.metrics import Metrics
-from sidecar.proxy import Proxy, Upstream
+from sidecar.proxy import Proxy
 from sidecar.record import Record
+from sidecar.routing import Router, Upstream
 
 log = logging.getLogger("fathom.serve")
 
@@ -103,14 +105,15 @@ def _build(settings: Settings) -> Service:
     session = aiohttp.ClientSession(
         connector=connector, timeout=timeout, auto_decompress=False, trust_env=False
     )
-    upstream = Upstream(URL(settings.upstream), settings.deployment)
+    default = Upstream(URL(settings.upstream), settings.deployment)
+    router = Router(default, settings.routes, random.Random())
     holder: list[Service] = []
 
     def on_record(record: Record, gaps: list[float]) -> None:
         holder[0].records += 1
         metrics.record(record, gaps)
 
-    proxy = Proxy(settings, session, lambda _model: upstream, on_record, time.perf_counter)
+    proxy = Proxy(settings, session, router.pick, on_record, time.perf_counter)
     service = Service(settings=settings, metrics=metrics, session=session, proxy=proxy)
     holder.append(service)
     return service

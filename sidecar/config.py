@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from sidecar.routing import Route, parse_routes, parse_upstream_url
+
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message says which and how to fix it."""
@@ -50,6 +52,8 @@ class Settings:
     spool_dir: str = "./fathom-spool"
     spool_max_bytes: int = 1024 * 1024 * 1024
     probes: bool = False
+    # Per-model traffic split: [{model, upstreams: [{url, deployment, weight}]}] (YAML or JSON).
+    routes: tuple[Route, ...] = ()
 
     @property
     def listen_addr(self) -> tuple[str, int]:
@@ -127,6 +131,8 @@ def _coerce(name: str, raw: Any) -> Any:
     """Turn a YAML or env value into the field's type, or say why it can't be."""
     hint = typing.get_type_hints(Settings)[name]
     try:
+        if name == "routes":
+            return parse_routes(json.loads(raw) if isinstance(raw, str) else raw)
         if isinstance(raw, str) and hint is not str:
             if hint is bool:
                 if raw.lower() not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
@@ -147,6 +153,11 @@ def _coerce(name: str, raw: Any) -> Any:
 def validate(settings: Settings) -> Settings:
     """Check ranges and formats; returns the settings unchanged when they are usable."""
     settings.listen_addr, settings.admin_addr  # noqa: B018 - parsing is the check
+    if settings.upstream:
+        try:
+            parse_upstream_url(settings.upstream)
+        except ValueError as exc:
+            raise ConfigError(f"upstream: {exc}") from exc
     for name in ("connect_timeout_s", "first_byte_timeout_s", "idle_timeout_s", "writer_flush_s"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name} must be > 0 seconds")

@@ -18,6 +18,7 @@ from yarl import URL
 
 from sidecar.config import Settings
 from sidecar.record import Record
+from sidecar.routing import Upstream
 from sidecar.sse import Chunk, SSEParser, StreamTiming, classify
 
 # RFC 9110 hop-by-hop headers, plus those the proxy recomputes for its own connections.
@@ -44,14 +45,6 @@ def route_of(path: str) -> str:
     if path.endswith("/embeddings"):
         return "embedding"
     return "other"
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """Where a request goes and the deployment label its record carries."""
-
-    url: URL
-    deployment: str
 
 
 @dataclass(slots=True)

@@ -1,0 +1,84 @@
+"""Which upstream a request goes to: one default, or per-model weighted splits for A/B."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from yarl import URL
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where a request goes and the deployment label its record carries."""
+
+    url: URL
+    deployment: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Requests for `model` ('*' for any) are split across `upstreams` by weight."""
+
+    model: str
+    upstreams: tuple[Upstream, ...]
+
+
+class Router:
+    """Picks an upstream per request; randomness is injected so tests are repeatable."""
+
+    def __init__(self, default: Upstream, routes: Sequence[Route], rng: random.Random) -> None:
+        self._default = default
+        self._routes = {route.model: route for route in routes}
+        self._rng = rng
+
+    def pick(self, model: str) -> Upstream:
+        """The upstream for one request of `model`."""
+        route = self._routes.get(model) or self._routes.get("*")
+        if route is None:
+            return self._default
+        if len(route.upstreams) == 1:
+            return route.upstreams[0]
+        weights = [u.weight for u in route.upstreams]
+        return self._rng.choices(route.upstreams, weights=weights)[0]
+
+    def upstreams(self) -> list[Upstream]:
+        """Every distinct upstream, the default first (the probe worker re-asks through these)."""
+        seen = {self._default.url: self._default}
+        for route in self._routes.values():
+            for upstream in route.upstreams:
+                seen.setdefault(upstream.url, upstream)
+        return list(seen.values())
+
+
+def parse_routes(raw: Sequence[Mapping[str, Any]]) -> tuple[Route, ...]:
+    """Read the `routes` setting: [{model, upstreams: [{url, deployment, weight}]}]."""
+    routes = []
+    for i, item in enumerate(raw):
+        try:
+            ups = tuple(
+                Upstream(
+                    parse_upstream_url(u["url"]), str(u["deployment"]), float(u.get("weight", 1))
+                )
+                for u in item["upstreams"]
+            )
+            model = str(item["model"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"routes[{i}]: expected {{model, upstreams: [{{url, deployment, weight}}]}} ({exc})"
+            ) from exc
+        if not ups or any(u.weight < 0 for u in ups) or sum(u.weight for u in ups) <= 0:
+            raise ValueError(f"routes[{i}] ({model}): weights must be >= 0 and not all 0")
+        routes.append(Route(model, ups))
+    return tuple(routes)
+
+
+def parse_upstream_url(raw: object) -> URL:
+    """An upstream base URL, or ValueError saying what a valid one looks like."""
+    url = URL(str(raw))
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"upstream URL {raw!r} must be http(s)://host[:port][/path]")
+    return url

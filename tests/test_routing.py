@@ -1,0 +1,52 @@
+"""Traffic split by weight between deployments of one model."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from yarl import URL
+
+from sidecar import config
+from sidecar.config import ConfigError
+from sidecar.routing import Router, Upstream, parse_routes
+
+ROUTES = [
+    {
+        "model": "llama",
+        "upstreams": [
+            {"url": "http://127.0.0.1:9001", "deployment": "fast", "weight": 3},
+            {"url": "http://127.0.0.1:9002", "deployment": "sound", "weight": 1},
+        ],
+    },
+    {"model": "*", "upstreams": [{"url": "http://127.0.0.1:9003", "deployment": "catch-all"}]},
+]
+
+
+def test_weights_split_traffic() -> None:
+    default = Upstream(URL("http://127.0.0.1:9000"), "default")
+    router = Router(default, parse_routes(ROUTES), random.Random(1))
+    picks = Counter(router.pick("llama").deployment for _ in range(4000))
+    assert set(picks) == {"fast", "sound"}
+    assert 0.72 < picks["fast"] / 4000 < 0.78
+    assert router.pick("other-model").deployment == "catch-all"
+    assert [u.deployment for u in router.upstreams()] == ["default", "fast", "sound", "catch-all"]
+
+
+def test_no_routes_means_the_default() -> None:
+    default = Upstream(URL("http://127.0.0.1:9000"), "default")
+    assert Router(default, (), random.Random(0)).pick("anything") is default
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [{"model": "m"}],
+        [{"model": "m", "upstreams": [{"url": "ftp://x", "deployment": "d"}]}],
+        [{"model": "m", "upstreams": [{"url": "http://x", "deployment": "d", "weight": 0}]}],
+    ],
+)
+def test_bad_routes_are_rejected(bad: list[dict[str, object]]) -> None:
+    with pytest.raises(ConfigError, match="routes"):
+        config.load(None, {"FATHOM_ROUTES": __import__("json").dumps(bad)})
