@@ -29,6 +29,7 @@ HOP_BY_HOP = frozenset(
 MEASURED = ("chat", "completion", "embedding")
 ORIGIN_HEADER = "x-fathom-origin"
 NO_SAMPLE_HEADER = "x-fathom-no-sample"
+DEPLOYMENT_HEADER = "x-fathom-deployment"  # probes re-ask the deployment that answered
 REQUEST_ID_HEADER = "x-fathom-request-id"
 ANSWER_CAP = 1024 * 1024  # bytes of a non-streamed body kept for parsing usage and the answer
 
@@ -81,7 +82,7 @@ class Proxy:
         self,
         settings: Settings,
         session: aiohttp.ClientSession,
-        pick: Callable[[str], Upstream],
+        pick: Callable[[str, str], Upstream],
         on_record: OnRecord,
         clock: Clock,
         should_sample: ShouldSample | None = None,
@@ -130,7 +131,8 @@ class Proxy:
         body = await _read_body(request, self._settings.max_body_bytes)
         rec.request_bytes = len(body)
         body = self._inspect(ex, body)
-        upstream = self._pick(rec.model)
+        pinned = request.headers.get(DEPLOYMENT_HEADER, "") if rec.origin != "user" else ""
+        upstream = self._pick(rec.model, pinned)
         rec.deployment = upstream.deployment
         rec.upstream = upstream.url.host or ""
         if self._should_sample and rec.route in MEASURED:

@@ -35,11 +35,14 @@ class Router:
         self._routes = {route.model: route for route in routes}
         self._rng = rng
 
-    def pick(self, model: str) -> Upstream:
-        """The upstream for one request of `model`."""
+    def pick(self, model: str, deployment: str = "") -> Upstream:
+        """The upstream for one request of `model`; probes may pin a configured deployment."""
         route = self._routes.get(model) or self._routes.get("*")
         if route is None:
             return self._default
+        for upstream in route.upstreams if deployment else ():
+            if upstream.deployment == deployment:
+                return upstream
         if len(route.upstreams) == 1:
             return route.upstreams[0]
         weights = [u.weight for u in route.upstreams]

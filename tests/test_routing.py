@@ -31,6 +31,8 @@ def test_weights_split_traffic() -> None:
     assert set(picks) == {"fast", "sound"}
     assert 0.72 < picks["fast"] / 4000 < 0.78
     assert router.pick("other-model").deployment == "catch-all"
+    assert {router.pick("llama", "sound").deployment for _ in range(50)} == {"sound"}
+    assert router.pick("llama", "not-configured").deployment in {"fast", "sound"}
     assert [u.deployment for u in router.upstreams()] == ["default", "fast", "sound", "catch-all"]
 
 
