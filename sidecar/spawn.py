@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-_LISTENING = re.compile(r"^(\w+) listening on (\S+)$")
+_LISTENING = re.compile(r"^(?:(\w+) )?listening on (\S+)$")  # unnamed: "server"
 
 
 class SpawnError(RuntimeError):
@@ -80,7 +80,7 @@ def _read(child: Child, expect: set[str], announced: threading.Event) -> None:
     for line in child.process.stdout:
         child.output.append(line.rstrip())
         if match := _LISTENING.match(line.strip()):
-            child.addresses[match.group(1)] = match.group(2)
+            child.addresses[match.group(1) or "server"] = match.group(2)
             if expect <= set(child.addresses):
                 announced.set()
     announced.set()
