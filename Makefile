@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-slow lint clean deploy-sync
 
 $(BIN)/fathom: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: lint
 
 test-slow: $(BIN)/fathom
 	$(BIN)/pytest -q -m slow
+
+# kustomize reads no files outside its root: copy dashboards/ into deploy/grafana/.
+deploy-sync: $(BIN)/fathom
+	$(BIN)/python deploy/sync_dashboards.py
 
 clean:
 	rm -rf $(VENV) fathom-data .pytest_cache .mypy_cache

@@ -1,0 +1,491 @@
+"""deploy/ and the Dockerfile: every layout renders, validates, and keeps its promises.
+
+Real tools, no cluster: `kubectl kustomize` renders each overlay (alone and with the
+legacy-sidecar component), kubernetes-validate checks the result against the schemas of
+Kubernetes 1.30 (and 1.25 for the legacy layout), and the real settings loader reads the
+rendered Fathom config.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from sidecar import config
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+DASHBOARDS = ROOT / "dashboards"
+SECRET_EXAMPLE = DEPLOY / "overlays" / "clickhouse" / "store.env.example"
+KUBERNETES = "1.30"  # what the native-sidecar layout targets
+OLDEST = "1.25"  # the oldest schemas kubernetes-validate ships; the legacy layout must fit
+LAYOUTS = ("embedded", "clickhouse", "embedded+legacy", "clickhouse+legacy")
+STATE_MOUNT = "/var/lib/fathom"
+
+Doc = dict[str, Any]
+
+
+# ---- rendering ---------------------------------------------------------------------------
+
+
+def find_kubectl() -> str:
+    """kubectl (with kustomize v5+): $FATHOM_KUBECTL, the virtualenv's bin/, then PATH."""
+    candidates = [
+        os.environ.get("FATHOM_KUBECTL"),
+        str(Path(sys.executable).parent / "kubectl"),
+        shutil.which("kubectl"),
+    ]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    pytest.fail(
+        "kubectl not found: the deploy tests render deploy/ with `kubectl kustomize`. "
+        "`make test` installs it on a fresh machine; or set FATHOM_KUBECTL=/path/to/kubectl",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def kubectl() -> str:
+    """A kubectl whose kustomize knows components, labels and replacements (v5.0-v5.8 tried)."""
+    path = find_kubectl()
+    out = subprocess.run(
+        [path, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=30
+    )
+    version = json.loads(out.stdout or "{}").get("kustomizeVersion", "")
+    major = re.match(r"v?(\d+)\.", version)
+    if out.returncode != 0 or not major or int(major.group(1)) < 5:
+        pytest.fail(f"{path}: need kubectl with kustomize >= v5, got {version!r} {out.stderr}")
+    return path
+
+
+def render(kubectl: str, directory: Path) -> list[Doc]:
+    """`kubectl kustomize DIR` as a list of objects; a failed build fails the test."""
+    out = subprocess.run(
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60
+    )
+    if out.returncode != 0:
+        pytest.fail(f"kubectl kustomize {directory} failed:\n{out.stderr}", pytrace=False)
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def overlay_dir(layout: str, scratch: Path) -> Path:
+    """The directory to render for a layout; '+legacy' layouts are a user overlay in scratch."""
+    overlay, _, legacy = layout.partition("+")
+    if not legacy:
+        return DEPLOY / "overlays" / overlay
+    user = scratch / layout
+    user.mkdir(parents=True, exist_ok=True)
+    # kustomize takes only relative paths to other kustomizations.
+    resources = os.path.relpath(DEPLOY / "overlays" / overlay, user)
+    component = os.path.relpath(DEPLOY / "components" / "legacy-sidecar", user)
+    kustomization = {"resources": [resources], "components": [component]}
+    (user / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return user
+
+
+@pytest.fixture(scope="session")
+def renders(kubectl: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Doc]]:
+    """Every layout rendered once for the whole module."""
+    scratch = tmp_path_factory.mktemp("layouts")
+    return {layout: render(kubectl, overlay_dir(layout, scratch)) for layout in LAYOUTS}
+
+
+# ---- reading rendered objects ----------------------------------------------------------------
+
+
+def find(docs: list[Doc], kind: str, name: str | None = None) -> list[Doc]:
+    """Objects of a kind (and name)."""
+    return [
+        doc
+        for doc in docs
+        if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name)
+    ]
+
+
+def one(docs: list[Doc], kind: str, name: str) -> Doc:
+    """The single object of a kind and name."""
+    found = find(docs, kind, name)
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def pod_specs(docs: list[Doc]) -> Iterator[tuple[str, Doc]]:
+    """(workload name, pod spec) of every workload, CronJobs included."""
+    for doc in docs:
+        spec = doc.get("spec", {})
+        if doc["kind"] == "CronJob":
+            spec = spec["jobTemplate"]["spec"]
+        if "template" in spec:
+            yield doc["metadata"]["name"], spec["template"]["spec"]
+
+
+def model_pod(docs: list[Doc]) -> Doc:
+    """The pod spec of the model server with its Fathom sidecar."""
+    spec: Doc = one(docs, "Deployment", "model-server")["spec"]["template"]["spec"]
+    return spec
+
+
+def containers(pod: Doc, field: str = "containers") -> dict[str, Doc]:
+    """Containers of a pod spec by name."""
+    return {c["name"]: c for c in pod.get(field) or []}
+
+
+def every_container(pod: Doc) -> list[Doc]:
+    """Init (sidecar) and regular containers of a pod spec."""
+    return [*(pod.get("initContainers") or []), *pod["containers"]]
+
+
+def sidecar(pod: Doc) -> Doc:
+    """The Fathom container, wherever the layout put it."""
+    both = containers(pod) | containers(pod, "initContainers")
+    return both["fathom"]
+
+
+def port(container: Doc, name: str) -> int:
+    """A container port by name."""
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    return int(ports[name])
+
+
+def settings_of(docs: list[Doc], tmp_path: Path) -> config.Settings:
+    """What the real settings loader makes of the rendered ConfigMap and the sidecar's env."""
+    pod = model_pod(docs)
+    mounted = next(v for v in pod["volumes"] if v["name"] == "fathom-config")
+    data = one(docs, "ConfigMap", mounted["configMap"]["name"])["data"]
+    (tmp_path / "fathom.yaml").write_text(data["fathom.yaml"])
+    env = {e["name"]: e["value"] for e in sidecar(pod).get("env", []) if "value" in e}
+    assert env.pop("FATHOM_CONFIG") == "/etc/fathom/fathom.yaml"
+    return config.load(None, {**env, "FATHOM_CONFIG": str(tmp_path / "fathom.yaml")})
+
+
+# ---- the tests ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_validates_against_kubernetes(
+    renders: dict[str, list[Doc]], layout: str
+) -> None:
+    versions = [KUBERNETES, OLDEST] if layout.endswith("+legacy") else [KUBERNETES]
+    for doc in renders[layout]:
+        for version in versions:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                where = ".".join(str(part) for part in exc.path)
+                pytest.fail(
+                    f"{layout} {doc['kind']}/{doc['metadata']['name']} {version}: "
+                    f"{where}: {exc.message}"
+                )
+            except kubernetes_validate.SchemaNotFoundError as exc:
+                pytest.fail(f"{layout}: {exc.message}")
+
+
+def test_native_layout_really_needs_a_new_cluster(renders: dict[str, list[Doc]]) -> None:
+    """The validator is strict enough to reject the native layout on 1.28: legacy is needed."""
+    deployment = one(renders["clickhouse"], "Deployment", "model-server")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, "1.28", strict=True)
+
+
+@pytest.mark.parametrize("layout", ["embedded", "clickhouse"])
+def test_sidecar_is_native_with_probes_and_resources(
+    renders: dict[str, list[Doc]], layout: str
+) -> None:
+    pod = model_pod(renders[layout])
+    assert "fathom" not in containers(pod)
+    fathom = containers(pod, "initContainers")["fathom"]
+    assert fathom["restartPolicy"] == "Always"
+    admin = port(fathom, "admin")
+    paths = {}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        http = fathom[probe]["httpGet"]
+        assert http["port"] in ("admin", admin), f"{probe} must use the admin port"
+        paths[probe] = http["path"]
+    assert paths == {
+        "startupProbe": "/healthz",
+        "readinessProbe": "/readyz",
+        "livenessProbe": "/healthz",
+    }
+    assert set(fathom["resources"]["requests"]) >= {"cpu", "memory"}
+    assert "memory" in fathom["resources"]["limits"]
+    assert fathom["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    assert fathom["securityContext"]["runAsNonRoot"] is True
+
+
+@pytest.mark.parametrize("overlay", ["embedded", "clickhouse"])
+def test_legacy_sidecar_is_the_same_container_in_containers(
+    renders: dict[str, list[Doc]], overlay: str
+) -> None:
+    native = containers(model_pod(renders[overlay]), "initContainers")["fathom"]
+    legacy_pod = model_pod(renders[f"{overlay}+legacy"])
+    assert "fathom" not in containers(legacy_pod, "initContainers")
+    legacy = containers(legacy_pod)["fathom"]
+    assert legacy["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "10"]}}
+    assert containers(legacy_pod)["vllm"]["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    drop = {"restartPolicy", "lifecycle"}
+    assert {k: v for k, v in legacy.items() if k not in drop} == {
+        k: v for k, v in native.items() if k not in drop
+    }
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_settings_ports_and_grace_period_agree(
+    renders: dict[str, list[Doc]], layout: str, tmp_path: Path
+) -> None:
+    docs = renders[layout]
+    settings = settings_of(docs, tmp_path)
+    pod = model_pod(docs)
+    fathom = sidecar(pod)
+    assert settings.listen_addr == ("0.0.0.0", port(fathom, "proxy"))
+    # The kubelet probes the pod IP: an admin server on loopback would fail every probe.
+    assert settings.admin_addr == ("0.0.0.0", port(fathom, "admin"))
+    assert settings.upstream == f"http://127.0.0.1:{port(containers(pod)['vllm'], 'vllm')}"
+    assert settings.spool_dir.startswith(STATE_MOUNT + "/")
+
+    def sleep_s(container: Doc) -> int:
+        pre_stop = container["lifecycle"]["preStop"]
+        return int(
+            pre_stop["sleep"]["seconds"] if "sleep" in pre_stop else pre_stop["exec"]["command"][1]
+        )
+
+    needed = sleep_s(containers(pod)["vllm"]) + settings.grace_s + sleep_s(fathom) + 10
+    assert pod["terminationGracePeriodSeconds"] >= needed
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_service_sends_clients_to_the_sidecar(renders: dict[str, list[Doc]], layout: str) -> None:
+    docs = renders[layout]
+    service = one(docs, "Service", "model-server")
+    labels = one(docs, "Deployment", "model-server")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    target_ports = [p["targetPort"] for p in service["spec"]["ports"]]
+    assert target_ports == [port(sidecar(model_pod(docs)), "proxy")]
+
+
+def example_secrets() -> dict[str, str]:
+    """KEY=value pairs of the example env file."""
+    lines = SECRET_EXAMPLE.read_text().splitlines()
+    pairs = (line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def test_no_secret_value_is_rendered(renders: dict[str, list[Doc]]) -> None:
+    secrets = example_secrets()
+    assert secrets, f"{SECRET_EXAMPLE} holds no example values"
+    for layout, docs in renders.items():
+        text = yaml.safe_dump_all(docs)
+        assert not find(docs, "Secret"), f"{layout} renders a Secret: users create their own"
+        for key, value in secrets.items():
+            for form in (value, base64.b64encode(value.encode()).decode()):
+                assert form not in text, f"{layout} renders the value of {key}"
+            password = re.search(r"://[^:/@]+:([^@]+)@", value)
+            assert password is None or password.group(1) not in text
+
+
+def test_secret_references_match_the_example(renders: dict[str, list[Doc]]) -> None:
+    secrets = example_secrets()
+    references = set()
+    for docs in renders.values():
+        for _, pod in pod_specs(docs):
+            for env in (e for c in every_container(pod) for e in c.get("env", [])):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    references.add((ref["name"], ref["key"]))
+                    assert env["name"] == ref["key"], "the env name is the secret key"
+    assert references == {("fathom-store", key) for key in secrets}
+
+
+@pytest.mark.parametrize("layout", ["clickhouse", "clickhouse+legacy"])
+def test_probe_workers_split_by_ordinal(renders: dict[str, list[Doc]], layout: str) -> None:
+    docs = renders[layout]
+    workers = one(docs, "StatefulSet", "fathom-probe-worker")
+    assert one(docs, "Service", workers["spec"]["serviceName"])["spec"]["clusterIP"] == "None"
+    probe = containers(workers["spec"]["template"]["spec"])["probe"]
+    env = {e["name"]: e for e in probe["env"]}
+    index = env["FATHOM_WORKER_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert index == "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert env["FATHOM_WORKER_COUNT"]["value"] == str(workers["spec"]["replicas"])
+    assert probe["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "--upstream" in probe["args"]
+
+
+def test_worker_count_follows_replicas_in_a_user_overlay(kubectl: str, tmp_path: Path) -> None:
+    """The recipe the clickhouse overlay documents: `replicas:` plus its replacements block."""
+    base = yaml.safe_load((DEPLOY / "overlays" / "clickhouse" / "kustomization.yaml").read_text())
+    user = {
+        "resources": [os.path.relpath(DEPLOY / "overlays" / "clickhouse", tmp_path)],
+        "replicas": [{"name": "fathom-probe-worker", "count": 5}],
+        "replacements": base["replacements"],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(user))
+    workers = one(render(kubectl, tmp_path), "StatefulSet", "fathom-probe-worker")
+    env = {e["name"]: e for e in workers["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert workers["spec"]["replicas"] == 5
+    assert env["FATHOM_WORKER_COUNT"]["value"] == "5"
+
+
+@pytest.mark.parametrize("layout", ["embedded", "embedded+legacy"])
+def test_embedded_is_one_pod_on_a_volume(
+    renders: dict[str, list[Doc]], layout: str, tmp_path: Path
+) -> None:
+    docs = renders[layout]
+    assert [name for name, _ in pod_specs(docs)] == ["model-server"]
+    deployment = one(docs, "Deployment", "model-server")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = model_pod(docs)
+    state = next(v for v in pod["volumes"] if v["name"] == "state")
+    one(docs, "PersistentVolumeClaim", state["persistentVolumeClaim"]["claimName"])
+    mounts = {m["name"]: m["mountPath"] for m in sidecar(pod)["volumeMounts"]}
+    assert mounts["state"] == STATE_MOUNT
+    settings = settings_of(docs, tmp_path)
+    assert settings.store.startswith(f"chdb://{STATE_MOUNT}/")
+    assert settings.probes is True
+
+
+def test_images_are_pinned(renders: dict[str, list[Doc]]) -> None:
+    for layout, docs in renders.items():
+        for name, pod in pod_specs(docs):
+            for c in every_container(pod):
+                tag = c["image"].rpartition(":")[2]
+                assert "/" not in tag and tag not in ("", "latest"), f"{layout} {name}: {c}"
+
+
+# ---- Grafana provisioning --------------------------------------------------------------------
+
+
+def grafana_kind(path: Path) -> str | None:
+    """The sidecar label a provisioning file needs, None for a dashboard-provider file."""
+    if path.suffix == ".json":
+        return "grafana_dashboard"
+    document = yaml.safe_load(path.read_text())
+    if "providers" in document:
+        return None
+    return "grafana_datasource" if "datasources" in document else "grafana_alert"
+
+
+def assert_configmaps_match(docs: list[Doc], source: Path) -> None:
+    """Every provisioning file under `source` is one labelled ConfigMap with the same text."""
+    labels = ("grafana_dashboard", "grafana_alert", "grafana_datasource")
+    rendered = []
+    for cm in find(docs, "ConfigMap"):
+        label = [k for k in cm["metadata"].get("labels", {}) if k in labels]
+        if label:
+            ((key, value),) = cm["data"].items()
+            rendered.append((key, label[0], hashlib.sha256(value.encode()).hexdigest()))
+            assert len(value.encode()) < 1024 * 1024, f"{key}: over the ConfigMap size limit"
+    expected = []
+    for path in sorted(p for p in source.rglob("*") if p.suffix in (".json", ".yaml", ".yml")):
+        kind = grafana_kind(path)
+        if kind:
+            expected.append((path.name, kind, hashlib.sha256(path.read_bytes()).hexdigest()))
+    stale = sorted(set(rendered) ^ set(expected))
+    assert sorted(rendered) == sorted(expected), (
+        f"deploy/grafana differs from {source} in {[name for name, *_ in stale]}: "
+        "run `make deploy-sync`"
+    )
+
+
+def test_dashboard_configmaps_equal_the_files_in_dashboards(
+    renders: dict[str, list[Doc]],
+) -> None:
+    for docs in renders.values():
+        assert_configmaps_match(docs, DASHBOARDS)
+
+
+def load_sync_script() -> Any:
+    """deploy/sync_dashboards.py as a module (deploy/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sync_dashboards", DEPLOY / "sync_dashboards.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the class is being built.
+    sys.modules.setdefault(spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sync_script_turns_every_kind_of_file_into_configmaps(kubectl: str, tmp_path: Path) -> None:
+    source = tmp_path / "dashboards"
+    (source / "alerts").mkdir(parents=True)
+    (source / "speed.json").write_text('{"title": "Speed", "panels": []}\n')
+    (source / "Quality Overview.json").write_text('{"title": "Quality"}\n')
+    (source / "datasource.yaml").write_text(
+        "apiVersion: 1\ndatasources:\n  - name: Fathom\n"
+        "    secureJsonData: {password: $FATHOM_CLICKHOUSE_PASSWORD}\n"
+    )
+    (source / "alerts" / "rules.yaml").write_text("apiVersion: 1\ngroups: []\n")
+    (source / "provider.yaml").write_text("apiVersion: 1\nproviders: []\n")
+    (source / "README.md").write_text("not provisioning\n")
+    target = tmp_path / "grafana"
+    target.mkdir()
+    load_sync_script().sync(source, target)
+    assert_configmaps_match(render(kubectl, target), source)
+
+
+def test_sync_script_refuses_a_literal_datasource_password(tmp_path: Path) -> None:
+    module = load_sync_script()
+    (tmp_path / "ds.yaml").write_text(
+        "datasources:\n  - name: Fathom\n    secureJsonData: {password: hunter2}\n"
+    )
+    with pytest.raises(module.SyncError, match=r"secureJsonData\.password is a literal"):
+        module.plan(tmp_path)
+    (tmp_path / "ds.yaml").unlink()
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "speed.json").write_text("{}")
+    with pytest.raises(module.SyncError, match="same ConfigMap name"):
+        module.plan(tmp_path)
+
+
+# ---- the image ---------------------------------------------------------------------------------
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    steps = []
+    for line in re.sub(r"\\\n", " ", path.read_text()).splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            steps.append((word.upper(), rest.strip()))
+    return steps
+
+
+def test_dockerfile_is_slim_non_root_and_offline() -> None:
+    steps = dockerfile_instructions(ROOT / "Dockerfile")
+    args = dict(rest.split("=", 1) for word, rest in steps if word == "ARG" and "=" in rest)
+    images = [
+        re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], rest.split()[0])
+        for word, rest in steps
+        if word == "FROM"
+    ]
+    for image in images:
+        tag = image.partition(":")[2]
+        assert "slim" in tag and not tag.startswith("latest"), image
+    final = steps[max(i for i, (word, _) in enumerate(steps) if word == "FROM") :]
+    users = [rest for word, rest in final if word == "USER"]
+    assert users and re.fullmatch(r"[1-9]\d*(:\d+)?", users[-1]), "USER must be a numeric uid"
+    env = " ".join(rest for word, rest in final if word == "ENV")
+    assert "HF_HUB_OFFLINE=1" in env.split()
+    assert not re.search(r"\bFATHOM_\w+=", env), "image env would override the config file"
+    (entrypoint,) = [rest for word, rest in final if word == "ENTRYPOINT"]
+    assert json.loads(entrypoint)[-1] == "fathom", "exec form, so SIGTERM reaches fathom"
+    assert args["TORCH_INDEX_URL"].endswith("/cpu"), "the sidecar image uses CPU torch"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "*.env"} <= set(ignored)
