@@ -10,7 +10,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -38,6 +38,7 @@ class Service:
     proxy: Proxy
     ready: bool = False
     records: int = 0
+    listeners: list[Callable[[Record], None]] = field(default_factory=list)
     runners: list[web.AppRunner] = field(default_factory=list)
     addresses: dict[str, str] = field(default_factory=dict)
 
@@ -110,8 +111,11 @@ def _build(settings: Settings) -> Service:
     holder: list[Service] = []
 
     def on_record(record: Record, gaps: list[float]) -> None:
-        holder[0].records += 1
+        service = holder[0]
+        service.records += 1
         metrics.record(record, gaps)
+        for listener in service.listeners:
+            listener(record)
 
     proxy = Proxy(settings, session, router.pick, on_record, time.perf_counter)
     service = Service(settings=settings, metrics=metrics, session=session, proxy=proxy)

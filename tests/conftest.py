@@ -1,0 +1,58 @@
+"""Shared fixtures: a real simulator process and an in-process proxy whose records we keep."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from sidecar import config, spawn
+from sidecar.app import Service, running
+from sidecar.config import Settings
+from sidecar.record import Record
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[str]:
+    """Base URL of a `fathom simulate` process: model 'sim', 30 ms TTFT, 10 ms ITL, 8 tokens."""
+    argv = spawn.fathom_command(
+        "simulate", "--listen", "127.0.0.1:0", "--model", "sim", "--ttft-ms", "30",
+        "--itl-ms", "10", "--tokens", "8", "--log-level", "WARNING",
+    )  # fmt: skip
+    with spawn.running(argv, ["server"]) as child:
+        yield child.addresses["server"]
+
+
+class Proxied:
+    """An in-process proxy plus every record it produced, by request id."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.url = service.addresses["proxy"]
+        self.records: dict[str, Record] = {}
+
+    def record(self, request_id: str) -> Record:
+        return self.records[request_id]
+
+
+@contextlib.asynccontextmanager
+async def proxied(upstream: str, **overrides: object) -> AsyncIterator[Proxied]:
+    """Run a proxy in front of `upstream` with test settings; keep its records."""
+    settings = config.validate(
+        replace(
+            Settings(upstream=upstream, listen="127.0.0.1:0", admin="127.0.0.1:0", store="none"),
+            **overrides,
+        )
+    )
+    async with running(settings) as service:
+        out = Proxied(service)
+        service.listeners.append(lambda record: out.records.__setitem__(record.request_id, record))
+        yield out
