@@ -13,6 +13,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("sidecar.app", "run the measuring proxy in front of an OpenAI-compatible upstream"),
     "simulate": ("sidecar.simulate", "run an OpenAI-compatible upstream simulator"),
     "schema": ("sidecar.store.schema_cmd", "apply or render the ClickHouse schema"),
+    "check": ("sidecar.check", "report quality regressions per deployment; exit 1 if any"),
+    "grafana": ("sidecar.grafana", "push Fathom's data source, dashboards and alerts to Grafana"),
 }
 
 

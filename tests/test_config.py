@@ -59,7 +59,7 @@ def test_bad_values_say_which_setting(env: dict[str, str], message: str) -> None
 def test_bad_yaml(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("upstrem: http://typo\n")
-    with pytest.raises(ConfigError, match="unknown settings .*: upstrem"):
+    with pytest.raises(ConfigError, match=r"unknown settings .*: upstrem"):
         config.load(flags("--config", str(path)), {})
     with pytest.raises(ConfigError, match="cannot read config file"):
         config.load(flags("--config", str(tmp_path / "missing.yaml")), {})

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from sidecar.sse import SSEParser, StreamTiming, classify, percentile
 
 
-def parse_all(chunks: list[bytes], max_event_bytes: int = 1 << 24) -> list[tuple[bytes, bytes | None]]:
+def parse_all(
+    chunks: list[bytes], max_event_bytes: int = 1 << 24
+) -> list[tuple[bytes, bytes | None]]:
     parser = SSEParser(max_event_bytes)
     events = [e for i, c in enumerate(chunks) for e in parser.feed(c, float(i))]
     events += parser.finish(float(len(chunks)))

@@ -1,0 +1,254 @@
+"""Consistency probe: does the model say the same thing when asked again?
+
+SelfCheckGPT-style, with sentence embeddings instead of an NLI model: every sentence of the
+original answer looks for its closest sentence in each re-asked answer; a claim the model
+only made once finds no support. EigenScore (INSIDE, Chen et al. 2024) over the k+1 answer
+embeddings is a second, whole-answer view, kept in `detail`.
+
+Score mapping (documented contract):
+- `score` = mean over original sentences of (mean over samples of max(0, max cosine to that
+  sample's sentences)); identical answers give 1.0, unrelated ones about 0.1-0.3. A sample
+  with no sentences supports nothing (0 for every sentence).
+- `detail.eigen_consistency` = EigenScore rescaled to [0, 1] between its bounds for unit
+  vectors: 1 = all answers the same direction, 0 = all mutually orthogonal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from probes.scorer import ProbeResult, Scorer, Vectors, similarity
+from sidecar.proxy import DEPLOYMENT_HEADER, NO_SAMPLE_HEADER, ORIGIN_HEADER
+from sidecar.sampler import parse_answer
+
+PROBE = "consistency"
+DEFAULT_K = 5
+EIGEN_ALPHA = 1e-3  # the INSIDE paper's regulariser
+MAX_SENTENCES = 48  # per answer: bounds the cost of one very long answer
+
+# Lines end with CRLF, CR or LF only (str.splitlines also splits on U+2028).
+_EOL = re.compile(r"\r\n|\r|\n")
+_BULLET = re.compile(r"^\s*(?:[-*•+>]|#{1,6}|\d{1,3}[.)])\s+")
+# A sentence end: terminal punctuation (closing quotes/brackets may follow), then space + start
+# of a new sentence; CJK full stops need no space.
+_END = re.compile(
+    # Possessive runs that start only at a run's beginning keep the scan linear ("....").
+    "(?<![.!?\u2026])[.!?\u2026]++[\"'\u201d\u2019)\\]]*+"
+    "(?=\\s+[\"'\u201c\u2018(\\[]?[A-Z0-9\u00c0-\u00de])"
+    "|[\u3002\uff01\uff1f]++"
+)
+_ABBREVIATIONS = frozenset(
+    {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "approx",
+     "no", "fig", "inc", "ltd", "co", "corp", "jan", "feb", "mar", "apr", "jun", "jul", "aug",
+     "sep", "sept", "oct", "nov", "dec", "u.s", "u.k", "a.m", "p.m", "cf", "al", "ca", "vol"}
+)  # fmt: skip
+_WORD_BEFORE = re.compile(r"([\w.]+)$")
+_HAS_WORD = re.compile(r"\w")
+
+
+def split_sentences(text: str, limit: int = MAX_SENTENCES) -> list[str]:
+    """Sentences of an answer: lines, list items and sentence ends; abbreviations kept whole."""
+    sentences: list[str] = []
+    for line in _EOL.split(text):
+        line = _BULLET.sub("", line).strip()
+        start = 0
+        for match in _END.finditer(line):
+            # Only the last few characters decide (and keep long lines linear).
+            before = line[max(start, match.start() - 16) : match.start()]
+            if match.group()[0] == "." and _is_abbreviation(before):
+                continue
+            sentences.append(line[start : match.end()].strip())
+            start = match.end()
+        sentences.append(line[start:].strip())
+    return [s for s in sentences if _HAS_WORD.search(s)][:limit]
+
+
+def _is_abbreviation(before: str) -> bool:
+    word = _WORD_BEFORE.search(before)
+    if word is None:
+        return False
+    token = word.group(1).lower().rstrip(".")
+    # Single letters are initials ("J. R. R. Tolkien"); dotted tokens are acronyms ("U.S.").
+    initial = len(token) == 1 and token.isalpha()
+    return token in _ABBREVIATIONS or initial or ("." in token and len(token) <= 5)
+
+
+# ---------------------------------------------------------------------------- the maths
+
+
+def sentence_agreement(original: Vectors, samples: Sequence[Vectors]) -> Vectors:
+    """Per original sentence: mean over samples of max(0, best cosine in that sample)."""
+    if not samples:
+        raise ValueError("agreement needs at least one sample")
+    support = np.zeros((len(original), len(samples)), dtype=np.float32)
+    for j, sample in enumerate(samples):
+        if len(sample):
+            support[:, j] = np.clip(similarity(original, sample).max(axis=1), 0.0, 1.0)
+    agreement: Vectors = support.mean(axis=1)
+    return agreement
+
+
+def eigenscore(answers: Vectors, alpha: float = EIGEN_ALPHA) -> float:
+    """INSIDE's EigenScore: (1/K) log det(Z^T J_d Z + alpha I) of K answer embeddings."""
+    z = answers / np.linalg.norm(answers, axis=1, keepdims=True).clip(min=1e-12)
+    centred = z - z.mean(axis=1, keepdims=True)  # J_d: each embedding centred over its features
+    gram = centred.astype(np.float64) @ centred.T.astype(np.float64)
+    eigenvalues = np.linalg.eigvalsh(gram + alpha * np.eye(len(z)))
+    return float(np.mean(np.log(np.clip(eigenvalues, alpha * 1e-3, None))))
+
+
+def eigen_bounds(k: int, alpha: float = EIGEN_ALPHA) -> tuple[float, float]:
+    """(lowest, highest) EigenScore of k unit vectors: all alike vs all orthogonal."""
+    low = (math.log(k + alpha) + (k - 1) * math.log(alpha)) / k
+    return low, math.log(1 + alpha)
+
+
+def eigen_consistency(score: float, k: int, alpha: float = EIGEN_ALPHA) -> float:
+    """EigenScore mapped onto [0, 1]: 1 = all answers alike, 0 = all orthogonal."""
+    low, high = eigen_bounds(k, alpha)
+    return float(min(1.0, max(0.0, (high - score) / (high - low))))
+
+
+# ---------------------------------------------------------------------------- the probe
+
+
+async def score_consistency(
+    scorer: Scorer,
+    original: str,
+    samples: Sequence[str],
+    *,
+    item_id: str = "",
+    tokens: int = 0,
+    errors: Sequence[str] = (),
+) -> ProbeResult | None:
+    """Agreement of `original` with re-asked `samples`; None when there is nothing to compare."""
+    sentences = split_sentences(original)
+    if not sentences or not samples:
+        return None  # an empty answer is the degeneration probe's finding, not ours
+    sample_sentences = [split_sentences(s) for s in samples]
+    texts = [*sentences, *(t for ss in sample_sentences for t in ss), original, *samples]
+    vectors = await scorer.embed(texts)
+    n = len(sentences)
+    per_sample: list[Vectors] = []
+    for ss in sample_sentences:
+        per_sample.append(vectors[n : n + len(ss)])
+        n += len(ss)
+    agreement = sentence_agreement(vectors[: len(sentences)], per_sample)
+    eigen = eigenscore(vectors[n:])
+    detail = {
+        "k": len(samples),
+        "sentences": len(sentences),
+        "agreement": [round(float(a), 4) for a in agreement],
+        "weakest": int(np.argmin(agreement)),
+        "eigenscore": round(eigen, 4),
+        "eigen_consistency": round(eigen_consistency(eigen, len(samples) + 1), 4),
+        "tokens": tokens,
+        "errors": list(errors),
+    }
+    score = float(np.clip(agreement.mean(), 0.0, 1.0))
+    return ProbeResult(PROBE, item_id, score, None, detail, f"selfcheck-emb/{scorer.name}")
+
+
+# ---------------------------------------------------------------------------- re-asking
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One probe request's outcome: the answer, or the error class when there is none."""
+
+    text: str = ""
+    finish_reason: str = ""
+    tokens: int | None = None  # prompt + completion, from usage; None when not reported
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reasked:
+    """k re-asks of one sampled request."""
+
+    replies: tuple[Reply, ...]
+
+    @property
+    def answers(self) -> list[str]:
+        """Texts of the replies that succeeded."""
+        return [r.text for r in self.replies if not r.error]
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the upstream reported for all replies."""
+        return sum(r.tokens or 0 for r in self.replies)
+
+    @property
+    def errors(self) -> list[str]:
+        """Error classes of the replies that failed."""
+        return [r.error for r in self.replies if r.error]
+
+
+def reask_body(request: Mapping[str, Any]) -> dict[str, Any]:
+    """The sampled request as one non-streamed re-ask with the original sampling parameters."""
+    body = {k: v for k, v in request.items() if k not in ("stream", "stream_options", "n")}
+    # A fixed seed would make the k samples one sample k times: the probe needs the spread.
+    body.pop("seed", None)
+    return body
+
+
+def probe_headers(origin: str, deployment: str, extra: Mapping[str, str] | None) -> dict[str, str]:
+    """Headers that label probe traffic, keep it out of sampling and pin the deployment."""
+    headers = {ORIGIN_HEADER: origin, NO_SAMPLE_HEADER: "1", **(extra or {})}
+    if deployment:
+        headers[DEPLOYMENT_HEADER] = deployment
+    return headers
+
+
+async def ask(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    read_timeout_s: float = 300.0,
+) -> Reply:
+    """Send one non-streamed request; failures become an error class, never an exception."""
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30.0, sock_read=read_timeout_s)
+    try:
+        async with session.post(url, json=body, headers=headers, timeout=timeout) as resp:
+            raw = await resp.read()
+            if resp.status >= 400:
+                return Reply(error=f"http_{resp.status}")
+    except TimeoutError:
+        return Reply(error="timeout")
+    except aiohttp.ClientError as exc:
+        return Reply(error="connect" if isinstance(exc, aiohttp.ClientConnectorError) else "http")
+    try:
+        json.loads(raw)
+    except ValueError:
+        return Reply(error="bad_json")
+    answer = parse_answer(raw)
+    return Reply(answer.text, answer.finish_reason, answer.tokens)
+
+
+async def reask(
+    session: aiohttp.ClientSession,
+    url: str,
+    request: Mapping[str, Any],
+    *,
+    k: int = DEFAULT_K,
+    deployment: str = "",
+    headers: Mapping[str, str] | None = None,
+    read_timeout_s: float = 300.0,
+) -> Reasked:
+    """Re-ask a sampled request k times (k separate requests: many servers ignore `n`)."""
+    body = reask_body(request)
+    sent = probe_headers("probe", deployment, headers)
+    replies = await asyncio.gather(
+        *(ask(session, url, body, sent, read_timeout_s) for _ in range(k))
+    )
+    return Reasked(tuple(replies))

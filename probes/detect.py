@@ -1,0 +1,399 @@
+"""Regression detection on quality scores: CUSUM, SPRT and a window test per series.
+
+A series is one (model, deployment, probe). Its baseline window is the `baseline` span before
+the current window (the last `window`). Three tests run on it:
+
+- a one-sided CUSUM on the current window's per-request scores, standardised against the
+  baseline's mean and sd (fires on drops);
+- Wald's SPRT on canary pass/fail results (`passed` not NULL), p0 = the baseline pass rate,
+  p1 = p0 - delta, restarted whenever it accepts H0 (repeated SPRT, for monitoring);
+- a window test (Welch's t or Mann-Whitney U) of the current window against the baseline.
+
+The detector reports a CUSUM regression when the statistic passed h anywhere in the current
+window (its peak, written to `fathom.regressions`); the Grafana rule computes the same statistic
+in SQL and fires while its value now is above h, so the alert clears once quality recovers.
+
+The statistics are pure functions (numpy arrays in, frozen dataclasses out); `run_detection`
+is the store I/O around them. The default parameters are the ones `bench/detect.py` measured.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from probes import detect_sql
+
+if TYPE_CHECKING:
+    from sidecar.store.client import Store
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+WindowMethod = Literal["welch", "mannwhitney"]
+SeriesKey = tuple[str, str, str]  # (model, deployment, probe)
+
+REGRESSION_COLUMNS: tuple[str, ...] = (
+    "ts",
+    "model",
+    "deployment",
+    "probe",
+    "test",
+    "statistic",
+    "baseline",
+    "current",
+    "n_baseline",
+    "n_current",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionSettings:
+    """Test parameters and windows; defaults meet the bench targets (see bench/detect.py)."""
+
+    cusum_k: float = 0.25  # half the smallest drop worth finding quickly: 0.5 sd
+    cusum_h: float = 16.0
+    z_clip: float = 2.5  # one degenerate answer must not count as a trend
+    min_sd: float = 0.02  # scores are in [0, 1]; a constant baseline still gets a scale
+    baseline_margin_se: float = 1.0  # give an uncertain baseline mean the benefit of the doubt
+    sprt_delta: float = 0.10
+    sprt_alpha: float = 0.001
+    sprt_beta: float = 0.5  # per test cycle; the test restarts, so a miss is caught next cycle
+    window_method: WindowMethod = "welch"
+    window_alpha: float = 0.001
+    window_min_effect_sd: float = 0.25  # significant but tiny differences are not regressions
+    min_baseline: int = 200
+    min_current: int = 20
+    window: timedelta = timedelta(hours=6)
+    baseline: timedelta = timedelta(days=7)
+    # The most recent rows read per series: a baseline mean from 5,000 scores is already known
+    # to 1/70 of an sd, and reading a week of every series each run would be slow.
+    max_baseline_rows: int = 5_000
+    max_current_rows: int = 20_000
+
+
+# ---------------------------------------------------------------- pure statistics
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """The baseline a series is standardised against."""
+
+    mean: float
+    sd: float
+    n: int
+
+    @classmethod
+    def of(cls, scores: FloatArray) -> Reference:
+        """Mean, sample sd and count of baseline scores (sd 0 below two scores)."""
+        n = int(scores.size)
+        sd = float(np.std(scores, ddof=1)) if n > 1 else 0.0
+        return cls(float(np.mean(scores)) if n else math.nan, sd, n)
+
+    def shifted(self, margin_se: float, min_sd: float) -> tuple[float, float]:
+        """(mean, sd) to standardise with: mean lowered by `margin_se` standard errors."""
+        sd = max(self.sd, min_sd)
+        return self.mean - margin_se * sd / math.sqrt(max(self.n, 1)), sd
+
+
+@dataclass(frozen=True, slots=True)
+class CusumResult:
+    """Lower one-sided CUSUM over a series, in baseline-sd units."""
+
+    statistic: float  # value after the last score: the evidence of a drop now
+    peak: float
+    alarm_at: int | None  # index of the first score at which the statistic passed h
+    n: int
+
+    @property
+    def regression(self) -> bool:
+        """True when the statistic passed h somewhere in the series."""
+        return self.alarm_at is not None
+
+
+def cusum_path(scores: FloatArray, mean: float, sd: float, k: float, clip: float) -> FloatArray:
+    """S_t = max(0, S_{t-1} + z_t - k) for z = clip((mean - x) / sd), vectorised."""
+    z = np.clip((mean - scores) / sd, -clip, clip)
+    # Lindley's recursion equals the walk minus its running minimum (the walk starts at 0).
+    walk = np.concatenate(([0.0], np.cumsum(z - k)))
+    return np.asarray(walk[1:] - np.minimum.accumulate(walk)[1:], dtype=np.float64)
+
+
+def cusum_drop(
+    scores: FloatArray, mean: float, sd: float, k: float, h: float, clip: float
+) -> CusumResult:
+    """One-sided CUSUM for a drop of the scores below `mean` (scores in time order)."""
+    if scores.size == 0:
+        return CusumResult(0.0, 0.0, None, 0)
+    path = cusum_path(scores, mean, sd, k, clip)
+    above = np.flatnonzero(path > h)
+    alarm = int(above[0]) if above.size else None
+    return CusumResult(float(path[-1]), float(path.max()), alarm, int(scores.size))
+
+
+@dataclass(frozen=True, slots=True)
+class SprtResult:
+    """Repeated Wald SPRT of H0 p = p0 against H1 p = p1 < p0 on pass/fail results."""
+
+    llr: float  # log-likelihood ratio of the running test cycle (at the alarm, if any)
+    alarm_at: int | None  # index of the result at which a cycle accepted H1
+    n: int
+    p0: float
+    p1: float
+    rate: float  # pass rate of the results seen
+
+    @property
+    def regression(self) -> bool:
+        """True when a test cycle accepted H1 (pass rate dropped by delta)."""
+        return self.alarm_at is not None
+
+
+def sprt_bounds(alpha: float, beta: float) -> tuple[float, float]:
+    """Wald's (upper, lower) log-likelihood-ratio boundaries."""
+    return math.log((1 - beta) / alpha), math.log(beta / (1 - alpha))
+
+
+def sprt_alternative(p0: float, delta: float) -> float:
+    """p1 = p0 - delta, but never below p0 / 2: a rate under delta cannot drop by delta."""
+    return max(p0 - delta, p0 / 2)
+
+
+def baseline_rate(passed: BoolArray, margin_se: float) -> float:
+    """p0 for the SPRT: the smoothed baseline pass rate lowered by `margin_se` standard errors."""
+    n = int(passed.size)
+    rate = (float(passed.sum()) + 0.5) / (n + 1)  # never exactly 0 or 1
+    return rate - margin_se * math.sqrt(rate * (1 - rate) / max(n, 1))
+
+
+def sprt_drop(passed: BoolArray, p0: float, delta: float, alpha: float, beta: float) -> SprtResult:
+    """Repeated SPRT over pass/fail results in time order; stops at the first alarm."""
+    p0 = min(max(p0, 1e-3), 1 - 1e-3)
+    p1 = sprt_alternative(p0, delta)
+    upper, lower = sprt_bounds(alpha, beta)
+    step_pass, step_fail = math.log(p1 / p0), math.log((1 - p1) / (1 - p0))
+    llr = 0.0
+    for i, ok in enumerate(passed.tolist()):
+        llr += step_pass if ok else step_fail
+        if llr >= upper:
+            return SprtResult(llr, i, int(passed.size), p0, p1, float(np.mean(passed[: i + 1])))
+        if llr <= lower:
+            llr = 0.0  # H0 accepted: start the next test cycle
+    rate = float(np.mean(passed)) if passed.size else math.nan
+    return SprtResult(llr, None, int(passed.size), p0, p1, rate)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    """A two-sample test of 'the current window scores lower than the baseline'."""
+
+    method: WindowMethod
+    statistic: float
+    p_value: float
+    baseline_mean: float
+    current_mean: float
+    effect_sd: float  # (baseline mean - current mean) / baseline sd
+    regression: bool
+
+
+def window_test(
+    baseline: FloatArray,
+    current: FloatArray,
+    method: WindowMethod,
+    alpha: float,
+    min_effect_sd: float,
+    min_sd: float = 0.02,
+) -> WindowResult:
+    """Welch's t (unequal variances) or Mann-Whitney U, one-sided for a drop."""
+    from scipy import stats  # scipy is slow to import; only detection needs it
+
+    b_mean, c_mean = float(np.mean(baseline)), float(np.mean(current))
+    if np.ptp(baseline) == 0 and np.ptp(current) == 0:
+        # Two constant windows: no test needed, and scipy would divide by zero.
+        statistic, p_value = 0.0, (0.0 if b_mean > c_mean else 1.0)
+    elif method == "welch":
+        res = stats.ttest_ind(baseline, current, equal_var=False, alternative="greater")
+        statistic, p_value = float(res.statistic), float(res.pvalue)
+    else:
+        res = stats.mannwhitneyu(baseline, current, alternative="greater")
+        statistic, p_value = float(res.statistic), float(res.pvalue)
+    b_sd = float(np.std(baseline, ddof=1)) if baseline.size > 1 else 0.0
+    effect = (b_mean - c_mean) / max(b_sd, min_sd)
+    hit = p_value < alpha and effect >= min_effect_sd
+    return WindowResult(method, statistic, p_value, b_mean, c_mean, effect, hit)
+
+
+# ---------------------------------------------------------------- one series, all tests
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One (model, deployment, probe): baseline and current scores, current in time order."""
+
+    key: SeriesKey
+    baseline_scores: FloatArray
+    baseline_passed: BoolArray  # canary results only (rows with `passed` not NULL)
+    current_scores: FloatArray
+    current_passed: BoolArray
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one test on one series: a `fathom.regressions` row when `regression`."""
+
+    key: SeriesKey
+    test: str  # 'cusum', 'sprt', 'welch', 'mannwhitney'
+    statistic: float
+    baseline: float
+    current: float
+    n_baseline: int
+    n_current: int
+    regression: bool
+    threshold: float  # what `statistic` is compared with (h, the SPRT bound, alpha for p)
+
+    def row(self, ts: datetime) -> list[Any]:
+        """Values in REGRESSION_COLUMNS order."""
+        model, deployment, probe = self.key
+        return [
+            ts,
+            model,
+            deployment,
+            probe,
+            self.test,
+            self.statistic,
+            self.baseline,
+            self.current,
+            self.n_baseline,
+            self.n_current,
+        ]
+
+
+def evaluate(series: Series, settings: DetectionSettings) -> list[Outcome]:
+    """Every test that has enough data for this series."""
+    outcomes: list[Outcome] = []
+    enough_base = series.baseline_scores.size >= settings.min_baseline
+    if enough_base and series.current_scores.size >= settings.min_current:
+        outcomes.append(_cusum_outcome(series, settings))
+        outcomes.append(_window_outcome(series, settings))
+    if series.baseline_passed.size >= settings.min_baseline and series.current_passed.size:
+        outcomes.append(_sprt_outcome(series, settings))
+    return outcomes
+
+
+def _cusum_outcome(series: Series, s: DetectionSettings) -> Outcome:
+    ref = Reference.of(series.baseline_scores)
+    mean, sd = ref.shifted(s.baseline_margin_se, s.min_sd)
+    res = cusum_drop(series.current_scores, mean, sd, s.cusum_k, s.cusum_h, s.z_clip)
+    current = float(np.mean(series.current_scores))
+    return Outcome(
+        series.key, "cusum", res.peak, ref.mean, current, ref.n, res.n, res.regression, s.cusum_h
+    )
+
+
+def _window_outcome(series: Series, s: DetectionSettings) -> Outcome:
+    res = window_test(
+        series.baseline_scores,
+        series.current_scores,
+        s.window_method,
+        s.window_alpha,
+        s.window_min_effect_sd,
+        s.min_sd,
+    )
+    n_b, n_c = int(series.baseline_scores.size), int(series.current_scores.size)
+    return Outcome(
+        series.key,
+        res.method,
+        res.statistic,
+        res.baseline_mean,
+        res.current_mean,
+        n_b,
+        n_c,
+        res.regression,
+        s.window_alpha,
+    )
+
+
+def _sprt_outcome(series: Series, s: DetectionSettings) -> Outcome:
+    passed = series.baseline_passed
+    p0 = baseline_rate(passed, s.baseline_margin_se)
+    res = sprt_drop(series.current_passed, p0, s.sprt_delta, s.sprt_alpha, s.sprt_beta)
+    upper, _ = sprt_bounds(s.sprt_alpha, s.sprt_beta)
+    n_base, base = int(passed.size), float(passed.mean())
+    hit = res.regression
+    return Outcome(series.key, "sprt", res.llr, base, res.rate, n_base, res.n, hit, upper)
+
+
+# ---------------------------------------------------------------- store I/O
+
+
+def build_series(
+    baseline_rows: Sequence[Sequence[Any]], current_rows: Sequence[Sequence[Any]]
+) -> list[Series]:
+    """Group (model, deployment, probe, ts, score, passed) rows into series."""
+    base, cur = _group(baseline_rows), _group(current_rows)
+    keys = sorted(set(base) | set(cur))
+    empty: tuple[FloatArray, BoolArray] = (np.empty(0), np.empty(0, dtype=np.bool_))
+    return [Series(key, *base.get(key, empty), *cur.get(key, empty)) for key in keys]
+
+
+def _group(rows: Sequence[Sequence[Any]]) -> dict[SeriesKey, tuple[FloatArray, BoolArray]]:
+    by_key: dict[SeriesKey, list[tuple[datetime, float, int | None]]] = {}
+    for model, deployment, probe, ts, score, passed in rows:
+        by_key.setdefault((model, deployment, probe), []).append((ts, score, passed))
+    grouped: dict[SeriesKey, tuple[FloatArray, BoolArray]] = {}
+    for key, items in by_key.items():
+        items.sort(key=lambda item: item[0])  # the query returns the most recent first
+        scores = np.array([score for _, score, _ in items], dtype=np.float64)
+        passed = np.array([bool(p) for _, _, p in items if p is not None], dtype=np.bool_)
+        grouped[key] = (scores, passed)
+    return grouped
+
+
+async def load_series(
+    store: Store, now: datetime, settings: DetectionSettings, deployment: str = ""
+) -> list[Series]:
+    """Read the baseline and current windows of every series from `fathom.quality`."""
+    split = now - settings.window
+    start = split - settings.baseline
+    baseline = await store.query(
+        detect_sql.QUALITY_ROWS,
+        detect_sql.window_parameters(start, split, deployment, settings.max_baseline_rows),
+    )
+    current = await store.query(
+        detect_sql.QUALITY_ROWS,
+        detect_sql.window_parameters(split, now, deployment, settings.max_current_rows),
+    )
+    return build_series(baseline, current)
+
+
+async def run_detection(
+    store: Store,
+    now: datetime,
+    settings: DetectionSettings = DetectionSettings(),
+    *,
+    deployment: str = "",
+    write: bool = True,
+) -> list[Outcome]:
+    """Run every test on every series; write new regressions; return all outcomes."""
+    series = await load_series(store, now, settings, deployment)
+    outcomes = [outcome for one in series for outcome in evaluate(one, settings)]
+    if write:
+        recorded = await recent_findings(store, now - settings.window, now)
+        fresh = [o for o in outcomes if o.regression and (*o.key, o.test) not in recorded]
+        if fresh:
+            rows = [outcome.row(now) for outcome in fresh]
+            await store.insert("fathom.regressions", REGRESSION_COLUMNS, rows)
+    return outcomes
+
+
+async def recent_findings(
+    store: Store, since: datetime, until: datetime
+) -> Mapping[tuple[str, ...], datetime]:
+    """(model, deployment, probe, test) -> latest regression row in [since, until]."""
+    parameters = detect_sql.findings_parameters(since, until)
+    rows = await store.query(detect_sql.RECENT_FINDINGS, parameters)
+    return {(m, d, p, t): ts for m, d, p, t, ts in rows}

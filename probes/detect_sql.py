@@ -1,0 +1,64 @@
+"""The SQL regression detection and `fathom check` run; parameters are bound, never formatted.
+
+Times travel as epoch milliseconds (Int64) so that no server timezone can shift them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+# The most recent `max_rows` quality rows of each series in [start, end).
+QUALITY_ROWS = """
+SELECT model, deployment, probe, ts, toFloat64(score) AS score, passed
+FROM fathom.quality
+WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64})
+  AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
+  AND ({deployment:String} = '' OR deployment = {deployment:String})
+  AND isFinite(score)
+ORDER BY model, deployment, probe, ts DESC
+LIMIT {max_rows:UInt32} BY model, deployment, probe
+"""
+
+# The latest recorded finding per (model, deployment, probe, test) in [since, until].
+RECENT_FINDINGS = """
+SELECT model, deployment, probe, test, max(ts) AS latest
+FROM fathom.regressions
+WHERE ts >= fromUnixTimestamp64Milli({since_ms:Int64})
+  AND ts <= fromUnixTimestamp64Milli({until_ms:Int64})
+GROUP BY model, deployment, probe, test
+"""
+
+# Recorded findings in [since, until], for `fathom check`.
+FINDINGS = """
+SELECT ts, model, deployment, probe, test, statistic, baseline, current, n_baseline, n_current
+FROM fathom.regressions
+WHERE ts >= fromUnixTimestamp64Milli({since_ms:Int64})
+  AND ts <= fromUnixTimestamp64Milli({until_ms:Int64})
+  AND ({deployment:String} = '' OR deployment = {deployment:String})
+ORDER BY ts
+"""
+
+
+def epoch_ms(when: datetime) -> int:
+    """Milliseconds since the epoch of an aware datetime."""
+    if when.tzinfo is None:
+        raise ValueError(f"naive datetime {when!r}: pass an aware (UTC) time")
+    return round(when.timestamp() * 1000)
+
+
+def window_parameters(
+    start: datetime, end: datetime, deployment: str, max_rows: int
+) -> dict[str, Any]:
+    """Parameters of QUALITY_ROWS."""
+    return {
+        "start_ms": epoch_ms(start),
+        "end_ms": epoch_ms(end),
+        "deployment": deployment,
+        "max_rows": max_rows,
+    }
+
+
+def findings_parameters(since: datetime, until: datetime, deployment: str = "") -> dict[str, Any]:
+    """Parameters of RECENT_FINDINGS and FINDINGS."""
+    return {"since_ms": epoch_ms(since), "until_ms": epoch_ms(until), "deployment": deployment}

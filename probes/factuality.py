@@ -1,0 +1,352 @@
+"""Factuality probe: canary prompts with reference answers, scored per answer.
+
+- numeric canaries: the number is extracted from the answer ("The answer is 1,024." -> 1024)
+  and compared exactly (or within the item's `tolerance`); score 1.0 or 0.0.
+- text canaries, TruthfulQA-style: `diff` = max cosine to a correct reference - max cosine to
+  an incorrect one. `score` = clip(0.5 + diff, 0, 1) (0.5 = undecided; TruthfulQA diffs rarely
+  leave [-0.5, 0.5]), `passed` = diff > 0, or None (abstain) when |diff| < `band`.
+
+The golden-set format is documented in probes/golden/README.md.
+"""
+
+from __future__ import annotations
+
+import bisect
+import importlib.resources
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from probes.consistency import Reply, ask, probe_headers
+from probes.scorer import ProbeResult, Scorer, Vectors, similarity
+
+PROBE = "factuality"
+NUMERIC_SCORER = "exact-number/v1"
+DEFAULT_BAND = 0.05  # |diff| under this is within MiniLM's paraphrase noise: abstain
+KINDS = ("numeric", "text")
+SYSTEM_PROMPT = "Answer the question briefly and directly."
+
+
+class GoldenError(ValueError):
+    """A golden-set file that cannot be used; the message names the file and line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Canary:
+    """One golden item: a prompt and what a right (and wrong) answer looks like."""
+
+    id: str
+    prompt: str
+    kind: str  # "numeric" | "text"
+    answer: float | None = None  # numeric
+    tolerance: float = 0.0  # numeric: |extracted - answer| allowed
+    correct: tuple[str, ...] = ()  # text
+    incorrect: tuple[str, ...] = ()  # text
+    category: str = ""
+
+
+# ---------------------------------------------------------------------------- golden sets
+
+_KEYS = {"id", "prompt", "kind", "answer", "tolerance", "correct", "incorrect", "category"}
+
+
+def default_golden() -> Path:
+    """The packaged default golden set."""
+    return Path(str(importlib.resources.files("probes") / "golden" / "default.jsonl"))
+
+
+def parse_canary(obj: Any, where: str) -> Canary:
+    """One JSONL object as a Canary, or a GoldenError saying what is wrong with it."""
+    if not isinstance(obj, dict):
+        raise GoldenError(f"{where}: expected a JSON object")
+    unknown = sorted(set(obj) - _KEYS)
+    if unknown:
+        raise GoldenError(f"{where}: unknown keys {unknown} (allowed: {sorted(_KEYS)})")
+    for key in ("id", "prompt"):
+        if not isinstance(obj.get(key), str) or not obj[key].strip():
+            raise GoldenError(f"{where}: '{key}' must be a non-empty string")
+    kind = obj.get("kind")
+    if kind == "numeric":
+        return _numeric(obj, where)
+    if kind == "text":
+        return _text(obj, where)
+    raise GoldenError(f"{where}: 'kind' must be one of {KINDS}, not {kind!r}")
+
+
+def _numeric(obj: dict[str, Any], where: str) -> Canary:
+    answer, tolerance = obj.get("answer"), obj.get("tolerance", 0)
+    for name, value in (("answer", answer), ("tolerance", tolerance)):
+        if not _is_number(value):
+            raise GoldenError(f"{where}: numeric item needs a finite number '{name}'")
+    if tolerance < 0 or "correct" in obj or "incorrect" in obj:
+        raise GoldenError(f"{where}: numeric item: tolerance >= 0, no correct/incorrect lists")
+    return Canary(
+        obj["id"], obj["prompt"], "numeric", answer=float(obj["answer"]),
+        tolerance=float(tolerance), category=str(obj.get("category", "")),
+    )  # fmt: skip
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _text(obj: dict[str, Any], where: str) -> Canary:
+    lists = []
+    for key in ("correct", "incorrect"):
+        value = obj.get(key)
+        if not isinstance(value, list) or not value:
+            raise GoldenError(f"{where}: text item needs a non-empty list '{key}'")
+        if not all(isinstance(v, str) and v.strip() for v in value):
+            raise GoldenError(f"{where}: '{key}' must hold non-empty strings")
+        lists.append(tuple(value))
+    if "answer" in obj or "tolerance" in obj:
+        raise GoldenError(f"{where}: text item takes correct/incorrect, not answer/tolerance")
+    return Canary(
+        obj["id"], obj["prompt"], "text", correct=lists[0], incorrect=lists[1],
+        category=str(obj.get("category", "")),
+    )  # fmt: skip
+
+
+def read_golden(path: Path) -> list[Canary]:
+    """Canaries of one JSONL file (blank lines allowed)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise GoldenError(f"cannot read golden set {path}: {exc}") from exc
+    canaries = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise GoldenError(f"{path}:{number}: not JSON ({exc})") from exc
+        canaries.append(parse_canary(obj, f"{path}:{number}"))
+    return canaries
+
+
+def load_canaries(paths: Iterable[Path] = (), include_default: bool = True) -> list[Canary]:
+    """The default set (unless excluded) plus user files; ids must be unique across all."""
+    files = [default_golden()] if include_default else []
+    files += [Path(p) for p in paths]
+    canaries: list[Canary] = []
+    seen: dict[str, Path] = {}
+    for path in files:
+        for canary in read_golden(path):
+            if canary.id in seen:
+                raise GoldenError(f"{path}: id {canary.id!r} already used in {seen[canary.id]}")
+            seen[canary.id] = path
+            canaries.append(canary)
+    return canaries
+
+
+# ---------------------------------------------------------------------------- numbers
+
+_MINUS = "-\u2212"
+_NUMBER = re.compile(
+    rf"(?<![\w.])(?P<sign>[{_MINUS}+])?\$?"
+    r"(?P<int>\d{1,3}(?:[,\u00a0\u202f_]\d{3})+|\d+)(?P<frac>\.\d+)?(?P<exp>[eE][-+]?\d+)?"
+    r"(?:\s*/\s*(?P<den>\d+)(?![\d/]))?"
+    r"(?![\d])"
+)
+_BOXED = re.compile(r"\\boxed\{\s*([^{}]*)\}")
+_MARKER = re.compile(
+    r"(?:answer|result|total|solution|sum|product|difference|quotient)\s*(?:is|:|=|would be"
+    r"|will be|equals)|=|\bequals\b|\bis equal to\b|\bcomes to\b|\byou get\b|\bgives\b",
+    re.IGNORECASE,
+)
+_UNITS = {
+    w: i
+    for i, w in enumerate(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+         "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
+         "eighteen", "nineteen"]
+    )
+}  # fmt: skip
+_TENS = {
+    w: 10 * i
+    for i, w in enumerate(
+        ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+    )
+    if w
+}
+_SCALES = {"hundred": 100, "thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000}
+_WORD = "(?:" + "|".join([*_UNITS, *_TENS, *_SCALES]) + r")\b"
+_WORDS = re.compile(rf"\b{_WORD}(?:[\s-]+(?:and[\s-]+)?{_WORD})*", re.IGNORECASE)
+
+
+def _value(match: re.Match[str]) -> float:
+    text = re.sub(r"[,\u00a0\u202f_]", "", match["int"]) + (match["frac"] or "")
+    value = float(text + (match["exp"] or ""))
+    if match["den"]:
+        value = value / float(match["den"]) if float(match["den"]) else math.nan
+    return -value if match["sign"] and match["sign"] in _MINUS else value
+
+
+def _word_value(phrase: str) -> float:
+    total = current = 0
+    for word in re.split(r"[\s-]+", phrase.lower()):
+        if word in _UNITS:
+            current += _UNITS[word]
+        elif word in _TENS:
+            current += _TENS[word]
+        elif word == "hundred":
+            current = max(current, 1) * 100
+        elif word in _SCALES:
+            total += max(current, 1) * _SCALES[word]
+            current = 0
+    return float(total + current)
+
+
+def numbers_in(text: str) -> list[tuple[int, float]]:
+    """(position, value) of every number written with digits, else with English words."""
+    found = [(m.start(), _value(m)) for m in _NUMBER.finditer(text)]
+    found = [(pos, value) for pos, value in found if math.isfinite(value)]
+    if found:
+        return found
+    return [(m.start(), _word_value(m.group())) for m in _WORDS.finditer(text)]
+
+
+def extract_number(text: str, prompt: str = "") -> float | None:
+    """The number an answer gives: \\boxed{}, else after 'answer is'/'='/..., else the first
+    one the prompt does not already contain, else the last."""
+    boxed = _BOXED.findall(text)
+    if boxed:
+        inner = numbers_in(boxed[-1])
+        if inner:
+            return inner[0][1]
+    found = numbers_in(text)
+    if not found:
+        return None
+    markers = [m.end() for m in _MARKER.finditer(text)]  # sorted
+    after = [v for pos, v in found if _follows(markers, pos)]
+    if after:
+        return after[-1]
+    given = {v for _, v in numbers_in(prompt)} if prompt else set()
+    fresh = [v for _, v in found if v not in given]
+    # Only the prompt's numbers: an answer restating the question ends with its result.
+    return fresh[0] if fresh else found[-1][1]
+
+
+def _follows(marker_ends: list[int], pos: int, gap: int = 3) -> bool:
+    """Whether a marker ends at most `gap` characters before `pos`."""
+    i = bisect.bisect_right(marker_ends, pos)
+    return i > 0 and pos - marker_ends[i - 1] <= gap
+
+
+def score_numeric(canary: Canary, answer: str) -> ProbeResult:
+    """Exact (or within tolerance) match of the answer's number."""
+    if canary.answer is None:
+        raise ValueError(f"canary {canary.id} is not numeric")
+    got = extract_number(answer, canary.prompt)
+    slack = max(canary.tolerance, 1e-9 * max(1.0, abs(canary.answer)))
+    passed = got is not None and abs(got - canary.answer) <= slack
+    detail = {"kind": "numeric", "expected": canary.answer, "extracted": got}
+    return ProbeResult(PROBE, canary.id, 1.0 if passed else 0.0, passed, detail, NUMERIC_SCORER)
+
+
+# ---------------------------------------------------------------------------- text
+
+
+@dataclass(frozen=True, slots=True)
+class Diff:
+    """TruthfulQA's comparison of one answer with the two reference lists."""
+
+    max_true: float
+    max_false: float
+    best_true: int  # index of the closest correct reference
+    best_false: int
+
+    @property
+    def diff(self) -> float:
+        """max_true - max_false."""
+        return self.max_true - self.max_false
+
+
+def truthful_diff(answer: Vectors, correct: Vectors, incorrect: Vectors) -> Diff:
+    """Compare one answer vector with the correct and incorrect reference vectors."""
+    true_sims = similarity(answer.reshape(1, -1), correct)[0]
+    false_sims = similarity(answer.reshape(1, -1), incorrect)[0]
+    i, j = int(np.argmax(true_sims)), int(np.argmax(false_sims))
+    return Diff(float(true_sims[i]), float(false_sims[j]), i, j)
+
+
+def text_result(canary_id: str, diff: Diff, band: float, scorer_name: str) -> ProbeResult:
+    """Score (clip(0.5 + diff)) and verdict (None inside the abstain band) of a text answer."""
+    d = diff.diff
+    passed = None if abs(d) < band else d > 0
+    detail = {
+        "kind": "text", "max_true": round(diff.max_true, 4), "max_false": round(diff.max_false, 4),
+        "diff": round(d, 4), "best_true": diff.best_true, "best_false": diff.best_false,
+        "band": band,
+    }  # fmt: skip
+    score = min(1.0, max(0.0, 0.5 + d))
+    return ProbeResult(PROBE, canary_id, score, passed, detail, f"truthful-diff/{scorer_name}")
+
+
+async def score_text(
+    scorer: Scorer, canary: Canary, answer: str, band: float = DEFAULT_BAND
+) -> ProbeResult:
+    """TruthfulQA-style score of a text answer (one embedding batch with its references)."""
+    if not answer.strip():
+        detail = {"kind": "text", "empty": True}
+        return ProbeResult(PROBE, canary.id, 0.0, False, detail, f"truthful-diff/{scorer.name}")
+    vectors = await scorer.embed([answer, *canary.correct, *canary.incorrect])
+    n = 1 + len(canary.correct)
+    diff = truthful_diff(vectors[0], vectors[1:n], vectors[n:])
+    return text_result(canary.id, diff, band, scorer.name)
+
+
+async def score_canary(
+    scorer: Scorer, canary: Canary, answer: str, band: float = DEFAULT_BAND
+) -> ProbeResult:
+    """Score one canary answer by its kind."""
+    if canary.kind == "numeric":
+        return score_numeric(canary, answer)
+    return await score_text(scorer, canary, answer, band)
+
+
+# ---------------------------------------------------------------------------- asking
+
+
+def canary_request(canary: Canary, model: str, max_tokens: int = 128) -> dict[str, Any]:
+    """The chat request a canary is sent as (greedy: the same question, the same answer)."""
+    return {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": canary.prompt},
+        ],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+    }
+
+
+async def ask_canary(
+    session: aiohttp.ClientSession,
+    url: str,
+    canary: Canary,
+    model: str,
+    *,
+    deployment: str = "",
+    headers: Mapping[str, str] | None = None,
+    read_timeout_s: float = 300.0,
+) -> Reply:
+    """Send one canary (labelled origin='canary', never sampled, pinned to `deployment`)."""
+    sent = probe_headers("canary", deployment, headers)
+    return await ask(session, url, canary_request(canary, model), sent, read_timeout_s)
+
+
+def by_kind(canaries: Sequence[Canary]) -> dict[str, list[Canary]]:
+    """Canaries grouped by kind."""
+    groups: dict[str, list[Canary]] = {kind: [] for kind in KINDS}
+    for canary in canaries:
+        groups[canary.kind].append(canary)
+    return groups

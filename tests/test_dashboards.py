@@ -1,0 +1,267 @@
+"""The Grafana dashboards: well-formed, pointed at the provisioned data source, and every query
+runs on the real engine (macros expanded as the plugin does) and returns what its panel needs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sidecar.store.client import Store
+
+from probes.detect import run_detection
+from tests.test_dashboards_data import (
+    NOW,
+    Result,
+    is_numeric,
+    is_text,
+    open_seeded,
+    run_grafana_query,
+    user_requests_since,
+)
+from tests.test_dashboards_macros import ALL, QueryContext, Variable
+
+DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
+DATASOURCE = {"type": "grafana-clickhouse-datasource", "uid": "fathom-clickhouse"}
+RANGE = (NOW - timedelta(hours=6), NOW)
+SELECTION = {"model": ["llama-8b"], "deployment": ["q2", "fp16"], "probe": ["consistency"]}
+
+
+def load(name: str) -> dict[str, Any]:
+    """One dashboard's JSON."""
+    document: dict[str, Any] = json.loads((DASHBOARDS / name).read_text())
+    return document
+
+
+def dashboards() -> list[dict[str, Any]]:
+    """Every dashboard JSON under dashboards/."""
+    return [load(path.name) for path in sorted(DASHBOARDS.glob("*.json"))]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """The seeded store, with the detector's findings written (for annotations and tables)."""
+    seeded = open_seeded(tmp_path_factory.mktemp("dashboards") / "db")
+    try:
+        asyncio.run(run_detection(seeded, NOW))
+        yield seeded
+    finally:
+        seeded.close()
+
+
+# ------------------------------------------------------------------ JSON and schema
+
+
+def test_three_dashboards_with_unique_uids_and_panel_ids() -> None:
+    docs = dashboards()
+    assert sorted(d["uid"] for d in docs) == [
+        "fathom-quality",
+        "fathom-quality-vs-speed",
+        "fathom-speed",
+    ]
+    for doc in docs:
+        ids = [panel["id"] for panel in doc["panels"]]
+        assert len(ids) == len(set(ids)), doc["uid"]
+        refs = [(p["id"], t["refId"]) for p in doc["panels"] for t in p["targets"]]
+        assert len(refs) == len(set(refs)), doc["uid"]
+
+
+def test_every_query_points_at_the_provisioned_datasource() -> None:
+    provisioned = yaml.safe_load(
+        (DASHBOARDS / "provisioning/datasources/fathom-clickhouse.yaml").read_text()
+    )["datasources"][0]
+    assert {"type": provisioned["type"], "uid": provisioned["uid"]} == DATASOURCE
+    for doc in dashboards():
+        for panel in doc["panels"]:
+            assert panel["datasource"] == DATASOURCE, panel["title"]
+            for target in panel["targets"]:
+                assert target["datasource"] == DATASOURCE, panel["title"]
+                assert target["editorType"] == "sql" and target["rawSql"].strip()
+        for variable in doc["templating"]["list"]:
+            assert variable["datasource"] == DATASOURCE, variable["name"]
+        for annotation in doc["annotations"]["list"]:
+            assert annotation["datasource"] == DATASOURCE
+            assert annotation["target"]["datasource"] == DATASOURCE
+
+
+def test_panels_do_not_overlap() -> None:
+    for doc in dashboards():
+        cells: set[tuple[int, int]] = set()
+        for panel in doc["panels"]:
+            g = panel["gridPos"]
+            assert g["x"] + g["w"] <= 24, panel["title"]
+            mine = {
+                (x, y)
+                for x in range(g["x"], g["x"] + g["w"])
+                for y in range(g["y"], g["y"] + g["h"])
+            }
+            assert not mine & cells, f"{doc['uid']}: {panel['title']} overlaps"
+            cells |= mine
+
+
+def _lost(given: Any, kept: Any, path: str = "") -> list[str]:
+    """Paths of `given` that the typed model dropped or changed."""
+    if isinstance(given, dict):
+        if not isinstance(kept, dict):
+            return [f"{path} (type)"]
+        return [
+            lost
+            for key, value in given.items()
+            for lost in (
+                [f"{path}/{key}"] if key not in kept else _lost(value, kept[key], f"{path}/{key}")
+            )
+        ]
+    if isinstance(given, list):
+        if not isinstance(kept, list) or len(given) != len(kept):
+            return [f"{path} (list)"]
+        return [
+            lost
+            for i, (a, b) in enumerate(zip(given, kept, strict=True))
+            for lost in _lost(a, b, f"{path}[{i}]")
+        ]
+    return [] if given == kept else [f"{path} ({given!r} != {kept!r})"]
+
+
+def test_dashboards_load_with_the_grafana_foundation_sdk() -> None:
+    from grafana_foundation_sdk.cog.plugins import register_default_plugins
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    register_default_plugins()  # typed options and field config per panel type
+    for doc in dashboards():
+        model = Dashboard.from_json(doc)
+        kept = json.loads(json.dumps(model.to_json(), default=lambda o: o.to_json()))
+        # Every field we wrote is one the schema knows (a typo'd option would be dropped),
+        # except the annotation's query, which belongs to the data source plugin.
+        lost = [p for p in _lost(doc, kept) if not p.startswith("/annotations/list[0]/target/")]
+        assert lost == [], f"{doc['uid']}: not in the Grafana 11.6 schema: {lost}"
+
+
+# ------------------------------------------------------------------ queries on the engine
+
+
+def variables_for(
+    doc: dict[str, Any], store: Store, selection: dict[str, list[str]] | None
+) -> dict[str, Variable]:
+    """The dashboard's variables, options from their own queries, All or the selection chosen."""
+    resolved: dict[str, Variable] = {}
+    for spec in doc["templating"]["list"]:
+        ctx = QueryContext(*RANGE, variables=resolved)
+        options = [str(row[0]) for row in run_grafana_query(store, spec["query"], ctx).rows]
+        assert options, f"variable {spec['name']} has no options"
+        if not spec["includeAll"]:
+            current: str | list[str] = spec["current"]["value"]
+        elif selection is None:
+            current = [ALL]
+        else:
+            current = selection[spec["name"]]
+        resolved[spec["name"]] = Variable(spec["name"], current, options)
+    return resolved
+
+
+def assert_panel_shape(target: dict[str, Any], result: Result, title: str) -> None:
+    """Time series: a `time` column first, labels, then numbers, sorted by time; tables: rows."""
+    assert result.rows, f"{title}: no rows"
+    assert len(set(result.names)) == len(result.names), title
+    if target["format"] == 1:
+        return
+    assert result.names[0] == "time" and result.types[0].startswith("DateTime"), title
+    kinds = ["text" if is_text(t) else "number" if is_numeric(t) else t for t in result.types[1:]]
+    assert "number" in kinds, f"{title}: no numeric column"
+    assert kinds == sorted(kinds, key=lambda k: k == "number"), f"{title}: labels after numbers"
+    assert set(kinds) <= {"text", "number"}, f"{title}: {result.types}"
+    times = result.column("time")
+    assert times == sorted(times), f"{title}: not sorted by time"
+
+
+@pytest.mark.parametrize("selection", [None, SELECTION], ids=["all", "selection"])
+def test_every_panel_query_runs_and_has_the_shape_its_panel_needs(
+    store: Store, selection: dict[str, list[str]] | None
+) -> None:
+    for doc in dashboards():
+        variables = variables_for(doc, store, selection)
+        ctx = QueryContext(*RANGE, timedelta(seconds=30), variables)
+        for panel in doc["panels"]:
+            for target in panel["targets"]:
+                result = run_grafana_query(store, target["rawSql"], ctx)
+                assert_panel_shape(target, result, f"{doc['uid']}: {panel['title']}")
+
+
+def panel_result(
+    store: Store,
+    dashboard: str,
+    title: str,
+    selection: dict[str, list[str]] | None = None,
+    ref: str = "A",
+) -> Result:
+    """Run one panel's query as Grafana would."""
+    doc = load(dashboard)
+    panel = next(p for p in doc["panels"] if p["title"] == title)
+    target = next(t for t in panel["targets"] if t["refId"] == ref)
+    ctx = QueryContext(*RANGE, timedelta(seconds=30), variables_for(doc, store, selection))
+    return run_grafana_query(store, target["rawSql"], ctx)
+
+
+def test_speed_counts_user_traffic_only(store: Store) -> None:
+    table = panel_result(store, "fathom-speed.json", "Per deployment")
+    counted = {
+        (m, d): n
+        for m, d, n in zip(
+            table.column("model"), table.column("deployment"), table.column("requests"), strict=True
+        )
+    }
+    assert counted == user_requests_since(RANGE[0])
+    errors = panel_result(store, "fathom-speed.json", "Errors by class")
+    assert set(errors.column("error")) == {"upstream_http", "client_cancelled"}
+
+
+def test_speed_error_rate_shows_the_failing_deployment(store: Store) -> None:
+    rates = panel_result(store, "fathom-speed.json", "Error rate")
+    last = max(rates.column("time"))
+    worst = {s: r for t, s, r in rates.rows if t >= last - timedelta(minutes=5)}
+    assert max(worst, key=lambda s: worst[s]) == "qwen-7b / awq"
+
+
+def test_a_selection_filters_the_series(store: Store) -> None:
+    scores = panel_result(store, "fathom-quality.json", "Score per probe", SELECTION)
+    assert set(scores.column("series")) == {
+        "consistency · llama-8b / fp16",
+        "consistency · llama-8b / q2",
+    }
+
+
+def test_quality_tables_and_annotations_show_the_regression(store: Store) -> None:
+    live = panel_result(store, "fathom-quality.json", "Detector now (CUSUM)")
+    states = {
+        (d, p): s
+        for d, p, s in zip(
+            live.column("deployment"), live.column("probe"), live.column("state"), strict=True
+        )
+    }
+    assert states.pop(("q2", "consistency")) == "REGRESSION"
+    assert states.pop(("q2", "factuality")) == "REGRESSION"
+    assert set(states.values()) == {"ok"}
+    found = panel_result(store, "fathom-quality.json", "Regressions")
+    assert set(found.column("deployment")) == {"q2"}
+    doc = load("fathom-quality.json")
+    ctx = QueryContext(*RANGE, timedelta(seconds=30), variables_for(doc, store, None))
+    notes = run_grafana_query(store, doc["annotations"]["list"][0]["target"]["rawSql"], ctx)
+    assert {"time", "text", "title", "tags"} <= set(notes.names)
+    assert notes.rows and all("q2" in text for text in notes.column("text"))
+
+
+def test_quality_vs_speed_finds_the_pareto_front(store: Store) -> None:
+    points = panel_result(store, "fathom-quality-vs-speed.json", "Per deployment")
+    front = {
+        d
+        for d, on in zip(points.column("deployment"), points.column("on_front"), strict=True)
+        if on
+    }
+    assert front == {"llama-8b / fp16", "llama-8b / q2"}
+    line = panel_result(store, "fathom-quality-vs-speed.json", "Tokens/s against quality", ref="B")
+    assert set(line.column("deployment")) == front
+    assert line.column("tokens_per_s") == sorted(line.column("tokens_per_s"))

@@ -1,0 +1,214 @@
+"""The alert rules: each rule's query runs on the real engine with the plugin's macros, its
+reduce and threshold expressions are applied as Grafana's server-side expressions do, and the
+rules fire on the seeded regressions and stay quiet on stable, noisy data. The quality rules
+compute exactly what probes.detect computes."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sidecar.store.client import Store
+
+from probes.detect import (
+    DetectionSettings,
+    Reference,
+    baseline_rate,
+    cusum_drop,
+    load_series,
+    run_detection,
+    sprt_drop,
+)
+from tests.test_dashboards_data import NOW, is_numeric, is_text, open_seeded, run_grafana_query
+from tests.test_dashboards_macros import QueryContext
+
+RULES_FILE = (
+    Path(__file__).resolve().parent.parent / "dashboards/provisioning/alerting/fathom-rules.yaml"
+)
+EXPRESSIONS = "__expr__"
+Labels = tuple[tuple[str, str], ...]
+
+
+def rules() -> dict[str, dict[str, Any]]:
+    """uid -> rule, from the provisioning file."""
+    document = yaml.safe_load(RULES_FILE.read_text())
+    assert document["apiVersion"] == 1
+    return {rule["uid"]: rule for group in document["groups"] for rule in group["rules"]}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """Seeded store with the detector's findings at NOW."""
+    seeded = open_seeded(tmp_path_factory.mktemp("alerts") / "db")
+    try:
+        asyncio.run(run_detection(seeded, NOW))
+        yield seeded
+    finally:
+        seeded.close()
+
+
+def query_instances(
+    store: Store, query: dict[str, Any], now: datetime
+) -> dict[Labels, float | None]:
+    """A data query's result as alert instances: text columns are labels, one number the value."""
+    span = query["relativeTimeRange"]
+    model = query["model"]
+    assert query["datasourceUid"] == model["datasource"]["uid"] == "fathom-clickhouse"
+    assert model["format"] == 1, "alert queries return tables: one row per alert instance"
+    ctx = QueryContext(
+        now - timedelta(seconds=span["from"]),
+        now - timedelta(seconds=span["to"]),
+        timedelta(milliseconds=model["intervalMs"]),
+    )
+    result = run_grafana_query(store, model["rawSql"], ctx)
+    numbers = [i for i, t in enumerate(result.types) if is_numeric(t)]
+    texts = [i for i, t in enumerate(result.types) if is_text(t)]
+    assert len(numbers) == 1, f"Grafana needs exactly one numeric column, got {result.types}"
+    assert len(numbers) + len(texts) == len(result.types), result.types
+    value = numbers[0]
+    return {tuple((result.names[i], str(row[i])) for i in texts): row[value] for row in result.rows}
+
+
+def reduce_last(
+    values: dict[Labels, float | None], settings: dict[str, Any]
+) -> dict[Labels, float]:
+    """Reduce 'last' of a number is the number; dropNN drops NaN and null."""
+    assert settings.get("mode") == "dropNN"
+    return {k: float(v) for k, v in values.items() if v is not None and not math.isnan(v)}
+
+
+def threshold(values: dict[Labels, float], condition: dict[str, Any]) -> set[Labels]:
+    """The instances whose value meets the threshold evaluator."""
+    kind, params = condition["evaluator"]["type"], condition["evaluator"]["params"]
+    tests = {
+        "gt": lambda v: v > params[0],
+        "lt": lambda v: v < params[0],
+        "within_range": lambda v: params[0] < v < params[1],
+        "outside_range": lambda v: v < params[0] or v > params[1],
+    }
+    return {labels for labels, v in values.items() if tests[kind](v)}
+
+
+def firing(store: Store, rule: dict[str, Any], now: datetime) -> set[Labels]:
+    """Evaluate a rule's queries and expressions; the instances its condition fires for."""
+    frames: dict[str, Any] = {}
+    for query in rule["data"]:
+        model = query["model"]
+        if query["datasourceUid"] != EXPRESSIONS:
+            frames[query["refId"]] = query_instances(store, query, now)
+        elif model["type"] == "reduce":
+            assert model["reducer"] == "last"
+            frames[query["refId"]] = reduce_last(frames[model["expression"]], model["settings"])
+        else:
+            assert model["type"] == "threshold" and len(model["conditions"]) == 1
+            frames[query["refId"]] = threshold(frames[model["expression"]], model["conditions"][0])
+    result: set[Labels] = frames[rule["condition"]]
+    return result
+
+
+def named(labels: set[Labels], *keys: str) -> set[tuple[str, ...]]:
+    """Just the chosen label values of each instance."""
+    return {tuple(dict(instance)[key] for key in keys) for instance in labels}
+
+
+def test_rules_are_well_formed() -> None:
+    document = yaml.safe_load(RULES_FILE.read_text())
+    uids = [rule["uid"] for group in document["groups"] for rule in group["rules"]]
+    assert len(uids) == len(set(uids)) == 5
+    for group in document["groups"]:
+        assert group["folder"] == "Fathom" and group["interval"]
+        for rule in group["rules"]:
+            refs = {query["refId"] for query in rule["data"]}
+            assert rule["condition"] in refs
+            for query in rule["data"]:
+                assert query["model"]["refId"] == query["refId"]
+                if query["datasourceUid"] == EXPRESSIONS:
+                    assert query["model"]["expression"] in refs
+                else:
+                    assert query["datasourceUid"] == "fathom-clickhouse"
+            assert "$" not in "".join(rule["labels"].values()), "labels are env-interpolated"
+            assert rule["noDataState"] in {"OK", "NoData", "Alerting", "KeepLast"}
+
+
+def test_rules_load_with_the_grafana_foundation_sdk() -> None:
+    from grafana_foundation_sdk.models.alerting import Rule
+
+    for group in yaml.safe_load(RULES_FILE.read_text())["groups"]:
+        for rule in group["rules"]:
+            api = {**rule, "folderUID": "fathom", "ruleGroup": group["name"], "orgID": 1}
+            model = Rule.from_json(api)
+            assert model.title == rule["title"] and model.condition == rule["condition"]
+            assert len(model.data) == len(rule["data"])
+
+
+SERIES = ("model", "deployment", "probe")
+DEPLOYMENT = ("model", "deployment")
+EXPECTED = {
+    "fathom-quality-regression": (
+        SERIES,
+        {("llama-8b", "q2", "consistency"), ("llama-8b", "q2", "factuality")},
+    ),
+    "fathom-canary-pass-rate": (SERIES, {("llama-8b", "q2", "factuality")}),
+    "fathom-ttft-p95": (DEPLOYMENT, {("llama-8b", "q2")}),
+    "fathom-error-rate": (DEPLOYMENT, {("qwen-7b", "awq")}),
+}
+
+
+@pytest.mark.parametrize("uid", sorted(EXPECTED))
+def test_rules_fire_on_the_seeded_regression_only(store: Store, uid: str) -> None:
+    keys, expected = EXPECTED[uid]
+    rule = rules()[uid]
+    evaluated = query_instances(store, rule["data"][0], NOW)
+    # the stable deployments were evaluated too (they have a value), and stayed quiet
+    assert {dict(labels)["deployment"] for labels in evaluated} >= {"fp16", "awq"}
+    assert named(firing(store, rule, NOW), *keys) == expected
+
+
+def test_detector_finding_rule_fires_for_what_the_detector_wrote(store: Store) -> None:
+    fired = firing(store, rules()["fathom-detector-finding"], NOW)
+    assert named(fired, "deployment") == {("q2",)}
+    assert {"cusum", "sprt", "welch"} <= {dict(f)["test"] for f in fired}
+
+
+@pytest.mark.parametrize(
+    ("uid", "instances"), [("fathom-quality-regression", 6), ("fathom-canary-pass-rate", 3)]
+)
+def test_quality_rules_stay_quiet_before_the_change(store: Store, uid: str, instances: int) -> None:
+    before = NOW - timedelta(hours=6, minutes=1)  # both windows hold stable, noisy scores only
+    rule = rules()[uid]
+    assert len(query_instances(store, rule["data"][0], before)) == instances
+    assert firing(store, rule, before) == set()
+    assert firing(store, rules()["fathom-detector-finding"], before) == set()
+
+
+def test_sql_statistics_are_the_detectors(store: Store) -> None:
+    settings = DetectionSettings()
+    rule = rules()["fathom-quality-regression"]
+    threshold_value = rule["data"][2]["model"]["conditions"][0]["evaluator"]["params"][0]
+    window = rule["data"][0]["relativeTimeRange"]["from"]
+    assert threshold_value == settings.cusum_h
+    assert window == (settings.window + settings.baseline).total_seconds()
+    cusum_sql = query_instances(store, rule["data"][0], NOW)
+    sprt_sql = query_instances(store, rules()["fathom-canary-pass-rate"]["data"][0], NOW)
+    series = asyncio.run(load_series(store, NOW, settings))
+    assert len(cusum_sql) == len(series) == 6
+    for one in series:
+        labels = tuple(zip(("model", "deployment", "probe"), one.key, strict=True))
+        mean, sd = Reference.of(one.baseline_scores).shifted(
+            settings.baseline_margin_se, settings.min_sd
+        )
+        k, h, clip = settings.cusum_k, settings.cusum_h, settings.z_clip
+        expected = cusum_drop(one.current_scores, mean, sd, k, h, clip).statistic
+        assert cusum_sql[labels] == pytest.approx(expected, rel=1e-9, abs=1e-9)
+        if one.baseline_passed.size:
+            p0 = baseline_rate(one.baseline_passed, settings.baseline_margin_se)
+            hit = sprt_drop(
+                one.current_passed, p0, settings.sprt_delta, settings.sprt_alpha, settings.sprt_beta
+            )
+            assert sprt_sql[labels] == int(hit.regression)

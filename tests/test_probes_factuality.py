@@ -1,0 +1,319 @@
+"""The factuality probe: golden sets, number extraction, TruthfulQA-style text scoring, and a
+validation of the text scorer on TruthfulQA (external data, ../shared/data)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp import web
+
+from probes.factuality import (
+    Canary,
+    GoldenError,
+    ask_canary,
+    by_kind,
+    canary_request,
+    default_golden,
+    extract_number,
+    load_canaries,
+    read_golden,
+    score_canary,
+    score_numeric,
+    score_text,
+    truthful_diff,
+)
+from probes.scorer import Scorer
+from tests.test_probes_scorer import session_scorer
+
+ROOT = Path(__file__).resolve().parents[1]
+TRUTHFULQA = ROOT.parent / "shared" / "data" / "truthfulqa.jsonl"
+
+
+@pytest.fixture(scope="session")
+def scorer(pytestconfig: pytest.Config) -> Scorer:
+    return session_scorer(pytestconfig)
+
+
+# ---------------------------------------------------------------------------- golden set
+
+
+def test_default_golden_set_is_large_valid_and_unique() -> None:
+    canaries = load_canaries()
+    kinds = by_kind(canaries)
+    assert len(canaries) >= 100
+    assert len(kinds["numeric"]) >= 50 and len(kinds["text"]) >= 40
+    assert len({c.id for c in canaries}) == len(canaries)
+    categories = {c.category for c in canaries}
+    assert {"arithmetic", "fact-number", "fact-text", "misconception"} <= categories
+    for canary in kinds["text"]:
+        normalised = {s.strip().lower() for s in canary.correct}
+        assert not normalised & {s.strip().lower() for s in canary.incorrect}, canary.id
+
+
+_SIMPLE = re.compile(r"What is (-?[\d,]+) ([+\-\u2212\u00d7÷]) ([\d,]+)\?")
+
+
+def test_golden_arithmetic_answers_are_right() -> None:
+    ops = {"+": float.__add__, "-": float.__sub__, "\u2212": float.__sub__,
+           "\u00d7": float.__mul__, "÷": float.__truediv__}  # fmt: skip
+    checked = 0
+    for canary in load_canaries():
+        match = _SIMPLE.match(canary.prompt)
+        if canary.category != "arithmetic" or match is None:
+            continue
+        a, op, b = float(match[1].replace(",", "")), match[2], float(match[3].replace(",", ""))
+        assert ops[op](a, b) == canary.answer, canary.id
+        checked += 1
+    assert checked >= 25
+
+
+async def test_golden_references_score_on_their_own_side(scorer: Scorer) -> None:
+    """Each reference, given as the answer, is judged the way its list says (data sanity)."""
+    cases = [
+        (canary, text, side is canary.correct)
+        for canary in by_kind(load_canaries())["text"]
+        for side in (canary.correct, canary.incorrect)
+        for text in side
+    ]
+    results = await asyncio.gather(*(score_text(scorer, c, text) for c, text, _ in cases))
+    for (canary, text, truthful), result in zip(cases, results, strict=True):
+        assert result.passed is truthful, (canary.id, text, result.detail)
+
+
+def test_user_files_add_to_the_default(tmp_path: Path) -> None:
+    user = tmp_path / "mine.jsonl"
+    user.write_text(
+        '{"id": "u1", "prompt": "2+2?", "kind": "numeric", "answer": 4}\n\n'
+        '{"id": "u2", "prompt": "Sky?", "kind": "text", "correct": ["Blue."], '
+        '"incorrect": ["Green."], "category": "mine"}\n'
+    )
+    default = len(read_golden(default_golden()))
+    canaries = load_canaries([user])
+    assert len(canaries) == default + 2
+    assert canaries[-1] == Canary("u2", "Sky?", "text", correct=("Blue.",),
+                                  incorrect=("Green.",), category="mine")  # fmt: skip
+    assert [c.id for c in load_canaries([user], include_default=False)] == ["u1", "u2"]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "x", "prompt": "p", "kind": "numeric"}', "finite number 'answer'"),
+        ('{"id": "x", "prompt": "p", "kind": "numeric", "answer": true}', "finite number"),
+        ('{"id": "x", "prompt": "p", "kind": "numeric", "answer": 1, "tolerance": -1}',
+         "tolerance >= 0"),
+        ('{"id": "x", "prompt": "p", "kind": "text", "correct": ["a"]}', "list 'incorrect'"),
+        ('{"id": "x", "prompt": "p", "kind": "text", "correct": ["a"], "incorect": ["b"]}',
+         "unknown keys"),
+        ('{"id": "x", "prompt": "p", "kind": "text", "correct": [""], "incorrect": ["b"]}',
+         "non-empty strings"),
+        ('{"id": "", "prompt": "p", "kind": "numeric", "answer": 1}', "'id' must be"),
+        ('{"id": "x", "prompt": "p", "kind": "essay"}', "'kind' must be one of"),
+        ('[1, 2]', "JSON object"),
+        ('{"id": "x", ', "not JSON"),
+    ],
+)  # fmt: skip
+def test_bad_golden_lines_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": "ok", "prompt": "p", "kind": "numeric", "answer": 1}\n' + line)
+    with pytest.raises(GoldenError, match=re.escape(f"{path}:2")) as info:
+        read_golden(path)
+    assert message in str(info.value)
+
+
+def test_duplicate_ids_across_files_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "dup.jsonl"
+    path.write_text('{"id": "arith-001", "prompt": "p", "kind": "numeric", "answer": 1}\n')
+    with pytest.raises(GoldenError, match="already used"):
+        load_canaries([path])
+    with pytest.raises(GoldenError, match="cannot read"):
+        load_canaries([tmp_path / "missing.jsonl"])
+
+
+# ---------------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize(
+    ("text", "prompt", "expected"),
+    [
+        ("The answer is 1,024.", "", 1024),
+        ("17 \u00d7 23 = 391", "What is 17 \u00d7 23?", 391),
+        ("17 multiplied by 23 is 391.", "What is 17 multiplied by 23?", 391),
+        ("81 divided by 9 is 9.", "What is 81 ÷ 9?", 9),
+        ("1000", "What is 1,000,000 ÷ 1,000?", 1000),
+        ("There are 8 planets (Pluto was reclassified in 2006).", "", 8),
+        ("It is -40 degrees.", "", -40),
+        ("\u221212", "", -12),
+        ("So the result is \\boxed{42}.", "", 42),
+        ("Roughly 3.14", "", 3.14),
+        ("1.5e3", "", 1500),
+        ("3/4", "", 0.75),
+        ("$1,200.50 in total", "", 1200.5),
+        ("The 21st century", "", 21),
+        ("About 299\u202f792 km/s", "", 299792),
+        ("7 * 8 = 56, so the answer is 56.", "", 56),
+        ("The result is 144. That's because 12 times 12 gives 144.", "What is 12 \u00d7 12?", 144),
+        ("twenty-one", "", 21),
+        ("One hundred and twenty-three", "", 123),
+        ("An octopus has three hearts.", "", 3),
+        ("I don't know.", "", None),
+        ("A tender moment.", "", None),
+    ],
+)  # fmt: skip
+def test_extract_number(text: str, prompt: str, expected: float | None) -> None:
+    assert extract_number(text, prompt) == expected
+
+
+def test_extract_number_stays_linear_on_hostile_input() -> None:
+    for hostile in ("1 = " * 8000, "1," * 15000, "1 / " * 8000, "one " * 8000, "1" * 30000):
+        start = time.perf_counter()
+        extract_number(hostile, hostile[:2000])
+        assert time.perf_counter() - start < 0.5
+
+
+def test_score_numeric() -> None:
+    canary = Canary("n1", "What is 17 \u00d7 23?", "numeric", answer=391)
+    good = score_numeric(canary, "17 \u00d7 23 = 391.")
+    assert (good.score, good.passed, good.detail["extracted"]) == (1.0, True, 391.0)
+    bad = score_numeric(canary, "It is 392.")
+    assert (bad.score, bad.passed) == (0.0, False)
+    none = score_numeric(canary, "No idea.")
+    assert none.passed is False and none.detail["extracted"] is None
+    light = Canary("n2", "Speed of light in km/s?", "numeric", answer=299792, tolerance=1000)
+    assert score_numeric(light, "About 300,000 km/s.").passed is True
+    assert score_numeric(light, "About 186,000 miles per second.").passed is False
+
+
+# ---------------------------------------------------------------------------- text
+
+AUSTRALIA = Canary(
+    "t1", "What is the capital city of Australia?", "text",
+    correct=("Canberra.", "The capital of Australia is Canberra."),
+    incorrect=("Sydney.", "The capital of Australia is Sydney."),
+)  # fmt: skip
+
+
+async def test_score_text_judges_true_false_and_abstains(scorer: Scorer) -> None:
+    right = await score_text(scorer, AUSTRALIA, "Australia's capital city is Canberra.")
+    wrong = await score_text(scorer, AUSTRALIA, "Australia's capital city is Sydney.")
+    assert right.passed is True and wrong.passed is False
+    assert right.score > 0.5 > wrong.score
+    assert right.detail["diff"] == pytest.approx(right.score - 0.5, abs=1e-3)
+    assert right.detail["max_true"] > right.detail["max_false"]
+    unsure = await score_text(scorer, AUSTRALIA, "Australia's capital city is Canberra.", band=1.0)
+    assert unsure.passed is None and unsure.score == right.score
+    empty = await score_text(scorer, AUSTRALIA, "  ")
+    assert (empty.score, empty.passed) == (0.0, False)
+    assert right.scorer == "truthful-diff/all-MiniLM-L6-v2"
+
+
+async def test_score_canary_dispatches_by_kind(scorer: Scorer) -> None:
+    numeric = Canary("n1", "What is 2 + 2?", "numeric", answer=4)
+    assert (await score_canary(scorer, numeric, "2 + 2 = 4")).passed is True
+    assert (await score_canary(scorer, AUSTRALIA, "Canberra.")).passed is True
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
+    seen: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append({"body": await request.json(), "headers": dict(request.headers)})
+        return web.json_response(
+            {"choices": [{"message": {"content": "The answer is 391."}, "finish_reason": "stop"}]}
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield seen, f"http://127.0.0.1:{port}/v1/chat/completions"
+    await runner.cleanup()
+
+
+async def test_ask_canary_sends_a_labelled_greedy_request(
+    upstream: tuple[list[dict[str, Any]], str],
+) -> None:
+    seen, url = upstream
+    canary = Canary("arith-001", "What is 17 \u00d7 23?", "numeric", answer=391)
+    async with aiohttp.ClientSession() as session:
+        reply = await ask_canary(session, url, canary, "m", deployment="green")
+    assert reply.text == "The answer is 391." and reply.tokens is None and not reply.error
+    assert score_numeric(canary, reply.text).passed is True
+    assert seen[0]["body"] == canary_request(canary, "m")
+    assert seen[0]["body"]["temperature"] == 0
+    headers = {k.lower(): v for k, v in seen[0]["headers"].items()}
+    assert headers["x-fathom-origin"] == "canary" and headers["x-fathom-deployment"] == "green"
+    assert headers["x-fathom-no-sample"] == "1"
+
+
+# ---------------------------------------------------------------------------- TruthfulQA
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def truthfulqa_ranking(scorer: Scorer, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Leave-out ranking of each question's best answer against each incorrect answer.
+
+    For a pair (best b, incorrect i): both are scored as if generated, against the SAME
+    references: correct answers other than b, incorrect answers other than i (a candidate is
+    never its own reference, and neither candidate gets an advantage from the other being
+    removed). The pair is ranked right when diff(b) > diff(i). A question counts when every
+    one of its pairs is ranked right. Questions whose best answer is the only correct one, or
+    with a single incorrect answer, have no honest reference left and are skipped (counted).
+    """
+    texts = sorted({t for r in rows for t in (r["best"], *r["correct"], *r["incorrect"])})
+    vectors = dict(zip(texts, scorer.embed_sync(texts), strict=True))
+    questions = right_questions = pairs = right_pairs = skipped = 0
+    for row in rows:
+        correct = [c for c in row["correct"] if _norm(c) != _norm(row["best"])]
+        if not correct or len(row["incorrect"]) < 2:
+            skipped += 1
+            continue
+        ok = True
+        for wrong in row["incorrect"]:
+            refs_true = np.stack([vectors[c] for c in correct if _norm(c) != _norm(wrong)])
+            refs_false = np.stack(
+                [vectors[i] for i in row["incorrect"] if _norm(i) != _norm(wrong)]
+            )
+            best = truthful_diff(vectors[row["best"]], refs_true, refs_false).diff
+            other = truthful_diff(vectors[wrong], refs_true, refs_false).diff
+            pairs += 1
+            right_pairs += best > other
+            ok &= best > other
+        questions += 1
+        right_questions += ok
+    return {
+        "questions": questions, "skipped": skipped, "pairs": pairs,
+        "question_rate": right_questions / questions, "pair_rate": right_pairs / pairs,
+    }  # fmt: skip
+
+
+@pytest.mark.skipif(not TRUTHFULQA.is_file(), reason=f"external data not found at {TRUTHFULQA}")
+def test_truthfulqa_best_answer_ranks_above_incorrect_ones(scorer: Scorer) -> None:
+    rows = [json.loads(line) for line in TRUTHFULQA.read_text().splitlines() if line.strip()]
+    figures = truthfulqa_ranking(scorer, rows)
+    print(  # the figure the issue asks for, in the test log (pytest -s)
+        f"\nTruthfulQA leave-out ranking ({figures['questions']:.0f} questions, "
+        f"{figures['skipped']:.0f} skipped, {figures['pairs']:.0f} pairs): best above EVERY "
+        f"incorrect answer for {figures['question_rate']:.1%} of questions; best above an "
+        f"incorrect answer in {figures['pair_rate']:.1%} of pairs"
+    )
+    # Measured with all-MiniLM-L6-v2 fp32 on CPU: 59.0% of questions, 80.4% of pairs. The
+    # issue's 80% is met per pair, not per question (see probes/golden/README.md).
+    assert figures["pair_rate"] >= 0.78
+    assert figures["question_rate"] >= 0.55
