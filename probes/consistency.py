@@ -27,8 +27,8 @@ import aiohttp
 import numpy as np
 
 from probes.scorer import ProbeResult, Scorer, Vectors, similarity
-from sidecar.proxy import DEPLOYMENT_HEADER, NO_SAMPLE_HEADER, ORIGIN_HEADER
-from sidecar.sampler import parse_answer
+from sidecar.proxy import DEPLOYMENT_HEADER, ORIGIN_HEADER
+from sidecar.sampler import NO_SAMPLE_HEADER, parse_answer
 
 PROBE = "consistency"
 DEFAULT_K = 5

@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import uvloop
@@ -20,27 +20,86 @@ from yarl import URL
 
 from sidecar import config
 from sidecar.config import ConfigError, Settings
-from sidecar.metrics import Metrics
+from sidecar.metrics import Gauge, Metrics
 from sidecar.proxy import Proxy
 from sidecar.record import Record
 from sidecar.routing import Router, Upstream
+from sidecar.sampler import Sampler
+from sidecar.store.client import StoreError, open_store
+from sidecar.store.schema import apply_schema
+from sidecar.store.writer import Writer, WriterSettings
 
 log = logging.getLogger("fathom.serve")
 
 
-@dataclass(slots=True)
 class Service:
     """Everything one `fathom serve` process runs; `ready` drives /readyz."""
 
-    settings: Settings
-    metrics: Metrics
-    session: aiohttp.ClientSession
-    proxy: Proxy
-    ready: bool = False
-    records: int = 0
-    listeners: list[Callable[[Record], None]] = field(default_factory=list)
-    runners: list[web.AppRunner] = field(default_factory=list)
-    addresses: dict[str, str] = field(default_factory=dict)
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics(settings.provider, settings.model_label_cap)
+        connector = aiohttp.TCPConnector(limit=settings.pool_limit, limit_per_host=0)
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.connect_timeout_s, sock_connect=settings.connect_timeout_s
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False, trust_env=False
+        )
+        default = Upstream(URL(settings.upstream), settings.deployment)
+        self.router = Router(default, settings.routes, random.Random())
+        self.store = None if settings.store == "none" else open_store(settings.store)
+        self.writer = None if self.store is None else Writer(self.store, _writer_settings(settings))
+        self.sampler = Sampler.from_settings(settings)
+        self.proxy = Proxy(
+            settings, self.session, self.router.pick, self.on_record, time.perf_counter,
+            should_sample=self.sampler.should_sample if self.writer else None,
+            on_answer=self.on_answer if self.writer else None,
+        )  # fmt: skip
+        self.ready = False
+        self.records = 0
+        self.listeners: list[Callable[[Record], None]] = []
+        self.runners: list[web.AppRunner] = []
+        self.addresses: dict[str, str] = {}
+        self.tasks: set[asyncio.Future[dict[str, Any]]] = set()
+
+    def on_record(self, record: Record, gaps: list[float]) -> None:
+        """Every finished request: metrics, the store, and any listener (tests, the demo)."""
+        self.records += 1
+        self.metrics.record(record, gaps)
+        if self.writer is not None:
+            self.writer.submit("requests", record.to_row())
+        for listener in self.listeners:
+            listener(record)
+
+    def on_answer(self, record: Record, body: bytes, answer: str) -> None:
+        """A sampled answer: redact and cap it off the event loop, then queue its row."""
+        if self.writer is None:
+            return
+        if len(self.tasks) >= SAMPLE_BACKLOG:
+            self.writer.rows_dropped["sample_backlog"] += 1
+            return
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, self.sampler.row, record, body, answer)
+        self.tasks.add(future)
+        future.add_done_callback(self._sampled)
+
+    def _sampled(self, future: asyncio.Future[dict[str, Any]]) -> None:
+        self.tasks.discard(future)
+        if self.writer is not None and not future.cancelled() and future.exception() is None:
+            self.writer.submit("samples", future.result())
+
+
+def _writer_settings(settings: Settings) -> WriterSettings:
+    return WriterSettings(
+        queue_rows=settings.writer_queue_rows,
+        batch_rows=settings.writer_batch_rows,
+        flush_s=settings.writer_flush_s,
+        spool_dir=settings.spool_dir,
+        spool_max_bytes=settings.spool_max_bytes,
+    )
+
+
+SAMPLE_BACKLOG = 1000  # sampled answers being redacted at once; past it they are counted, dropped
 
 
 SERVICE = web.AppKey("service", Service)
@@ -83,8 +142,9 @@ async def serve_until_signalled(settings: Settings) -> None:
 @contextlib.asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Service]:
     """A started service; leaving the block drains and stops it (the SIGTERM path)."""
-    service = _build(settings)
+    service = Service(settings)
     try:
+        await _open_store(service)
         await _start(service)
         service.ready = True
         yield service
@@ -93,34 +153,43 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
         for runner in service.runners:  # the proxy first: it waits for in-flight streams
             await runner.cleanup()
         await service.session.close()
+        if service.tasks:
+            await asyncio.wait(service.tasks, timeout=settings.grace_s)
+        if service.writer is not None:
+            await service.writer.stop(settings.grace_s)
+        if service.store is not None:
+            service.store.close()
         service.metrics.shutdown()
         log.info("stopped after %d records", service.records)
 
 
-def _build(settings: Settings) -> Service:
-    metrics = Metrics(settings.provider, settings.model_label_cap)
-    connector = aiohttp.TCPConnector(limit=settings.pool_limit, limit_per_host=0)
-    timeout = aiohttp.ClientTimeout(
-        total=None, connect=settings.connect_timeout_s, sock_connect=settings.connect_timeout_s
-    )
-    session = aiohttp.ClientSession(
-        connector=connector, timeout=timeout, auto_decompress=False, trust_env=False
-    )
-    default = Upstream(URL(settings.upstream), settings.deployment)
-    router = Router(default, settings.routes, random.Random())
-    holder: list[Service] = []
+async def _open_store(service: Service) -> None:
+    """Apply the schema and start the writer; an unreachable store only means spooling."""
+    if service.store is None or service.writer is None:
+        return
+    try:
+        applied = await service.store.call(apply_schema)
+        if applied:
+            log.info("schema at %s: applied %s", service.store.url.safe, ", ".join(applied))
+    except StoreError as exc:
+        log.warning("%s: records will be spooled until the store answers", exc)
+    await service.writer.start()
+    service.metrics.observe(_writer_gauges(service.writer))
 
-    def on_record(record: Record, gaps: list[float]) -> None:
-        service = holder[0]
-        service.records += 1
-        metrics.record(record, gaps)
-        for listener in service.listeners:
-            listener(record)
 
-    proxy = Proxy(settings, session, router.pick, on_record, time.perf_counter)
-    service = Service(settings=settings, metrics=metrics, session=session, proxy=proxy)
-    holder.append(service)
-    return service
+def _writer_gauges(writer: Writer) -> list[Gauge]:
+    return [
+        Gauge("fathom.writer.queue_rows", "rows waiting in memory", lambda: writer.queue_depth),
+        Gauge("fathom.writer.spool_bytes", "bytes spooled on disk", lambda: writer.spool.bytes),
+        Gauge("fathom.writer.rows_written", "rows inserted", lambda: writer.rows_written, True),
+        Gauge("fathom.writer.rows_spooled", "rows spooled", lambda: writer.rows_spooled, True),
+        Gauge(
+            "fathom.writer.rows_dropped",
+            "rows lost: queue or spool full",
+            lambda: sum(writer.rows_dropped.values()),
+            True,
+        ),
+    ]
 
 
 async def _start(service: Service) -> None:

@@ -28,7 +28,6 @@ HOP_BY_HOP = frozenset(
 )  # fmt: skip
 MEASURED = ("chat", "completion", "embedding")
 ORIGIN_HEADER = "x-fathom-origin"
-NO_SAMPLE_HEADER = "x-fathom-no-sample"
 DEPLOYMENT_HEADER = "x-fathom-deployment"  # probes re-ask the deployment that answered
 REQUEST_ID_HEADER = "x-fathom-request-id"
 ANSWER_CAP = 1024 * 1024  # bytes of a non-streamed body kept for parsing usage and the answer

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 NO_SAMPLE_HEADER = "x-fathom-no-sample"
 SAMPLE_COLUMNS: tuple[str, ...] = (
-    "ts", "request_id", "model", "deployment", "route", "origin", "stream", "request_json",
-    "response_text",
+    "ts", "request_id", "model", "deployment", "route", "origin", "stream", "finish_reason",
+    "request_json", "response_text",
 )  # fmt: skip
 TRUNCATION_MARK = "[fathom: truncated "
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -342,6 +342,7 @@ class Sampler:
             "route": record.route,
             "origin": record.origin,
             "stream": int(record.stream),
+            "finish_reason": record.finish_reason,
             "request_json": request_json(request_body, self.max_chars),
             "response_text": response_text(answer, self.max_chars),
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +83,14 @@ class Store:
 
     def __init__(self, url: StoreURL) -> None:
         self.url = url
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fathom-store")
+        self._thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="fathom-store", initializer=self._mark_thread
+        )
+        self._thread_id = -1
         self._client: Any = None
+
+    def _mark_thread(self) -> None:
+        self._thread_id = threading.get_ident()
 
     def _connect(self) -> Any:
         if self._client is None:
@@ -102,10 +109,17 @@ class Store:
         return self._client
 
     def _call(self, what: str, fn: Callable[[Any], T]) -> T:
+        if threading.get_ident() != self._thread_id:
+            # Blocking callers on other threads still enter the engine from the store's thread.
+            return self._thread.submit(self._call, what, fn).result()
         try:
             return fn(self._connect())
         except ClickHouseError as exc:
             raise StoreError(f"{what} failed at {self.url.safe}: {_short(exc)}") from exc
+
+    async def call(self, fn: Callable[[Store], T]) -> T:
+        """Run `fn(store)` (which may use the blocking methods) on the store's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, self)
 
     def query_sync(
         self, sql: str, parameters: Mapping[str, Any] | None = None
