@@ -67,7 +67,7 @@ class Service:
         self.records += 1
         self.metrics.record(record, gaps)
         if self.writer is not None:
-            self.writer.submit("requests", record.to_row())
+            self.writer.submit("fathom.requests", record.to_row())
         for listener in self.listeners:
             listener(record)
 
@@ -86,7 +86,7 @@ class Service:
     def _sampled(self, future: asyncio.Future[dict[str, Any]]) -> None:
         self.tasks.discard(future)
         if self.writer is not None and not future.cancelled() and future.exception() is None:
-            self.writer.submit("samples", future.result())
+            self.writer.submit("fathom.samples", future.result())
 
 
 def _writer_settings(settings: Settings) -> WriterSettings:
