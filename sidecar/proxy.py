@@ -155,7 +155,11 @@ class Proxy:
                 return await self._relay_stream(request, resp, ex, first)
             return await self._relay_body(request, resp, ex, first)
         finally:
-            resp.close()
+            # A fully read body frees the connection for reuse; anything else must not be.
+            if resp.content.at_eof():
+                resp.release()
+            else:
+                resp.close()
 
     def _inspect(self, ex: Exchange, body: bytes) -> bytes:
         """Read model and stream flags; ask for usage when the client streams without it."""

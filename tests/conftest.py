@@ -21,14 +21,20 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
-def simulator() -> Iterator[str]:
-    """Base URL of a `fathom simulate` process: model 'sim', 30 ms TTFT, 10 ms ITL, 8 tokens."""
+def simulator_process() -> Iterator[spawn.Child]:
+    """A `fathom simulate` process: model 'sim', 30 ms TTFT, 10 ms ITL, 8 tokens."""
     argv = spawn.fathom_command(
         "simulate", "--listen", "127.0.0.1:0", "--model", "sim", "--ttft-ms", "30",
         "--itl-ms", "10", "--tokens", "8", "--log-level", "WARNING",
     )  # fmt: skip
     with spawn.running(argv, ["server"]) as child:
-        yield child.addresses["server"]
+        yield child
+
+
+@pytest.fixture(scope="session")
+def simulator(simulator_process: spawn.Child) -> str:
+    """Base URL of the session's simulator."""
+    return simulator_process.addresses["server"]
 
 
 class Proxied:
