@@ -81,13 +81,16 @@ async def closed_loop(
     concurrency: int,
     seconds: float,
     proxy: psutil.Process | None,
+    stagger_s: float,
 ) -> Sample:
-    """`concurrency` workers calling back to back for `seconds`."""
+    """`concurrency` workers calling back to back for `seconds`, their starts spread out."""
     sample = Sample()
     deadline = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=0)
 
-    async def worker(session: aiohttp.ClientSession) -> None:
+    async def worker(session: aiohttp.ClientSession, k: int) -> None:
+        # Independent users do not all start at one instant; a burst would measure queueing.
+        await asyncio.sleep(k * stagger_s / concurrency)
         while time.perf_counter() < deadline:
             await call(session, url, sample)
             sample.requests += 1
@@ -95,7 +98,7 @@ async def closed_loop(
     async with aiohttp.ClientSession(connector=connector) as session:
         cpu0 = _cpu(proxy)
         start = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(session, k) for k in range(concurrency)))
         sample.seconds = time.perf_counter() - start
         sample.cpu_s = _cpu(proxy) - cpu0
     return sample
@@ -138,8 +141,13 @@ async def measure(
             for target, base in order if round_no % 2 == 0 else order[::-1]:
                 process = proxy if target == "proxy" else None
                 url = base + "/v1/chat/completions"
-                for kind, call in (("plain", one_plain), ("stream", one_stream)):
-                    sample = await closed_loop(call, url, concurrency, args.seconds, process)
+                for kind, call, stagger in (
+                    ("plain", one_plain, 0.0),
+                    ("stream", one_stream, STREAM_EVENTS * STREAM_ITL_MS / 1e3),
+                ):
+                    sample = await closed_loop(
+                        call, url, concurrency, args.seconds, process, stagger
+                    )
                     phases.setdefault((target, kind), []).append(sample)
         rows.append(row(concurrency, {k: merge(v) for k, v in phases.items()}))
     return rows
@@ -152,10 +160,10 @@ def row(concurrency: int, m: dict[tuple[str, str], Sample]) -> str:
     cpu_ms = pp.cpu_s / pp.requests * 1e3
     cells = [
         f"{concurrency}",
-        f"{q(pp.latency, .5) - q(dp.latency, .5):+.2f}",
-        f"{q(pp.latency, .99) - q(dp.latency, .99):+.2f}",
-        f"{q(ps.ttft, .5) - q(ds.ttft, .5):+.2f}",
-        f"{q(ps.ttft, .99) - q(ds.ttft, .99):+.2f}",
+        f"{q(pp.latency, 0.5) - q(dp.latency, 0.5):+.2f}",
+        f"{q(pp.latency, 0.99) - q(dp.latency, 0.99):+.2f}",
+        f"{q(ps.ttft, 0.5) - q(ds.ttft, 0.5):+.2f}",
+        f"{q(ps.ttft, 0.99) - q(ds.ttft, 0.99):+.2f}",
         f"{statistics.fmean(ds.itl) * 1e3:.2f} → {statistics.fmean(ps.itl) * 1e3:.2f}",
         f"{dp.requests / dp.seconds:,.0f}",
         f"{pp.requests / pp.seconds:,.0f}",

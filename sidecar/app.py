@@ -53,7 +53,7 @@ class Service:
         self.sampler = Sampler.from_settings(settings)
         self.proxy = Proxy(
             settings, self.session, self.router.pick, self.on_record, time.perf_counter,
-            should_sample=self.sampler.should_sample if self.writer else None,
+            random.Random(), should_sample=self.sampler.should_sample if self.writer else None,
             on_answer=self.on_answer if self.writer else None,
         )  # fmt: skip
         self.ready = False

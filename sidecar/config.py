@@ -92,9 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name}", help=f"{help_text} (env FATHOM_{name.upper()})")
 
 
-def load(
-    args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
+def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Merge defaults < YAML < env < CLI flags into a validated Settings."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}

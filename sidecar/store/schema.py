@@ -95,7 +95,7 @@ def _migrations_table(target: Target) -> tuple[str, str]:
         f"CREATE DATABASE IF NOT EXISTS fathom{on_cluster}",
         f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE}{on_cluster} "
         f"(version UInt32, name String, applied_at DateTime('UTC')) "
-        f"ENGINE = {engine} ORDER BY version"
+        f"ENGINE = {engine} ORDER BY version",
     )
 
 
