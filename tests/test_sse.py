@@ -28,8 +28,8 @@ STREAM = (
     b"data: " + chunk({"role": "assistant"}) + b"\n\n"
     b"data:" + chunk({"content": "Hel"}) + b"\r\n\r\n"
     b"event: message\rdata: " + chunk({"content": "lo"}) + b"\r\r"
-    b"data: {\"choices\": [],\n"
-    b"data:  \"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 2}}\n\n"
+    b'data: {"choices": [],\n'
+    b'data:  "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n'
     b"data: [DONE]\n\n"
 )
 
@@ -93,7 +93,7 @@ def test_invalid_utf8_is_tolerated() -> None:
 
 
 def test_truncated_stream_keeps_its_tail() -> None:
-    events = parse_all([b"data: " + chunk({"content": "a"}) + b"\n\ndata: {\"cho"])
+    events = parse_all([b"data: " + chunk({"content": "a"}) + b'\n\ndata: {"cho'])
     assert events[-1] == (b'data: {"cho', b'{"cho')
     assert not classify(events[-1][1]).content
 
