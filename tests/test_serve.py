@@ -1,0 +1,93 @@
+"""`fathom serve` as a process: admin endpoints, metrics, SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from sidecar import spawn
+from sidecar.metrics import Metrics
+from sidecar.record import Record
+from sidecar.store.client import open_store
+
+
+def serve(upstream: str, tmp_path: Path, **env: str) -> spawn.Child:
+    argv = spawn.fathom_command(
+        "serve", "--upstream", upstream, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+        "--store", f"chdb://{tmp_path / 'store'}",
+    )  # fmt: skip
+    return spawn.start(
+        argv, ["proxy", "admin"], {"FATHOM_SPOOL_DIR": str(tmp_path / "spool"), **env}
+    )
+
+
+async def test_sigterm_lets_streams_finish_then_flushes_and_exits_0(
+    simulator: str, tmp_path: Path
+) -> None:
+    proxy = serve(simulator, tmp_path, FATHOM_GRACE_S="10")
+    body = {"model": "sim", "messages": [{"role": "user", "content": "long"}], "stream": True}
+    headers = {"x-sim-tokens": "100", "x-sim-itl-ms": "15"}  # about 1.5 s of streaming
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(
+            proxy.addresses["proxy"] + "/v1/chat/completions", json=body, headers=headers
+        )
+        await resp.content.readuntil(b"\n\n")
+        proxy.process.send_signal(signal.SIGTERM)  # mid-stream
+        await asyncio.sleep(0.3)
+        async with session.get(proxy.addresses["admin"] + "/readyz") as ready:
+            assert ready.status == 503  # out of the Service while draining
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await session.get(proxy.addresses["proxy"] + "/v1/models")  # no longer accepting
+        rest = await resp.read()
+        assert rest.rstrip().endswith(b"data: [DONE]")  # the stream in flight completed
+    assert await asyncio.to_thread(proxy.process.wait, 30) == 0
+    store = open_store(f"chdb://{tmp_path / 'store'}")
+    rows = store.query_sync("SELECT error, output_tokens FROM fathom.requests")
+    store.close()
+    assert rows == [("", 100)]
+
+
+async def test_admin_endpoints_and_semconv_metrics(simulator: str, tmp_path: Path) -> None:
+    proxy = serve(simulator, tmp_path)
+    try:
+        async with aiohttp.ClientSession() as session:
+            body = {"model": "sim", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+            async with session.post(
+                proxy.addresses["proxy"] + "/v1/chat/completions", json=body
+            ) as r:
+                await r.read()
+            async with session.get(proxy.addresses["admin"] + "/healthz") as health:
+                assert health.status == 200
+            async with session.get(proxy.addresses["admin"] + "/metrics") as metrics:
+                text = await metrics.text()
+    finally:
+        proxy.stop()
+    for name in (
+        "gen_ai_client_operation_duration_seconds_bucket",
+        "gen_ai_client_token_usage_bucket",
+        "gen_ai_client_operation_time_to_first_chunk_seconds_bucket",
+        "gen_ai_client_operation_time_per_output_chunk_seconds_bucket",
+        "gen_ai_server_time_to_first_token_seconds_bucket",
+        "gen_ai_server_time_per_output_token_seconds_bucket",
+        "fathom_writer_queue_rows",
+    ):
+        assert name in text, name
+    assert 'gen_ai_token_type="output"' in text and 'le="0.005"' in text
+
+
+def test_hostile_model_names_fold_into_other() -> None:
+    metrics = Metrics("openai", model_label_cap=3)
+    for i in range(50):
+        record = Record(ts=datetime.now(UTC), request_id=str(i), route="chat",
+                        model=f"model-{i}-{'x' * i}", e2e_ms=5.0)  # fmt: skip
+        metrics.record(record)
+    text = metrics.exposition().decode()
+    models = {line.split('gen_ai_request_model="')[1].split('"')[0]
+              for line in text.splitlines() if 'gen_ai_request_model="' in line}  # fmt: skip
+    metrics.shutdown()
+    assert models == {"model-0-", "model-1-x", "model-2-xx", "other"}
