@@ -20,7 +20,15 @@ lint: $(BIN)/fathom
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+# The report tests render HTML in headless Chromium: Debian's package, installed as root.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	else echo "$(CHROMIUM) is missing and this is not root: run" \
+	  "'sudo apt-get update && sudo apt-get install -y chromium', then make test again" >&2; \
+	  exit 1; fi
+
+test: lint $(CHROMIUM)
 	$(BIN)/pytest -q
 
 test-slow: $(BIN)/fathom

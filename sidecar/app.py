@@ -28,6 +28,7 @@ from sidecar.routing import Router, Upstream
 from sidecar.sampler import Sampler
 from sidecar.store.client import StoreError, open_store
 from sidecar.store.schema import apply_schema
+from sidecar.store.spool import SpoolError
 from sidecar.store.writer import Writer, WriterSettings
 
 log = logging.getLogger("fathom.serve")
@@ -62,6 +63,8 @@ class Service:
         self.runners: list[web.AppRunner] = []
         self.addresses: dict[str, str] = {}
         self.tasks: set[asyncio.Future[dict[str, Any]]] = set()
+        self.stopping = asyncio.Event()
+        self.worker: asyncio.Task[None] | None = None
 
     def on_record(self, record: Record, gaps: list[float]) -> None:
         """Every finished request: metrics, the store, and any listener (tests, the demo)."""
@@ -123,7 +126,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fathom serve: {exc}", file=sys.stderr)
         return 2
-    uvloop.run(serve_until_signalled(settings))
+    try:
+        uvloop.run(serve_until_signalled(settings))
+    except SpoolError as exc:
+        print(f"fathom serve: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -147,6 +154,8 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
     try:
         await _open_store(service)
         await _start(service)
+        if settings.probes:
+            _start_probes(service)
         # Everything allocated so far lives for the whole process: keep it out of the
         # collector's full passes, which would otherwise pause streams for milliseconds.
         gc.freeze()
@@ -154,6 +163,9 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
         yield service
     finally:
         service.ready = False
+        service.stopping.set()  # the probe worker finishes the sample in hand...
+        if service.worker is not None:  # ...whose re-asks still need the proxy
+            await asyncio.wait({service.worker}, timeout=settings.grace_s)
         for runner in service.runners:  # the proxy first: it waits for in-flight streams
             await runner.cleanup()
         await service.session.close()
@@ -165,6 +177,35 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
             service.store.close()
         service.metrics.shutdown()
         log.info("stopped after %d records", service.records)
+
+
+def _start_probes(service: Service) -> None:
+    """The probe worker in this process, sharing the embedded store; probes go via the proxy."""
+    from probes.worker import WorkerStats, run_in_process
+
+    if service.store is None:
+        raise ConfigError("--probes needs a store: the worker reads samples from it")
+    stats = WorkerStats()
+    target = service.addresses["proxy"]
+    coro = run_in_process(service.store, service.settings, target, service.stopping, stats=stats)
+    service.worker = asyncio.create_task(coro, name="fathom-probes")
+    service.metrics.observe(
+        [
+            Gauge(
+                "fathom.probes.samples_scored", "samples scored", lambda: stats.samples_scored, True
+            ),
+            Gauge(
+                "fathom.probes.skipped_budget",
+                "samples over the probe budget",
+                lambda: stats.skipped_budget,
+                True,
+            ),
+            Gauge(
+                "fathom.probes.canaries_sent", "canary requests", lambda: stats.canaries_sent, True
+            ),
+            Gauge("fathom.probes.errors", "probe rounds that failed", lambda: stats.errors, True),
+        ]
+    )
 
 
 async def _open_store(service: Service) -> None:

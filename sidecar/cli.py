@@ -13,8 +13,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("sidecar.app", "run the measuring proxy in front of an OpenAI-compatible upstream"),
     "simulate": ("sidecar.simulate", "run an OpenAI-compatible upstream simulator"),
     "schema": ("sidecar.store.schema_cmd", "apply or render the ClickHouse schema"),
+    "demo": ("sidecar.demo", "fast-but-degraded vs slow-and-sound, measured and scored"),
     "check": ("sidecar.check", "report quality regressions per deployment; exit 1 if any"),
     "grafana": ("sidecar.grafana", "push Fathom's data source, dashboards and alerts to Grafana"),
+    "report": ("sidecar.report.command", "write the quality-against-speed report (HTML, md, JSON)"),
+    "probe": ("sidecar.probe_cmd", "run a probe worker: score sampled answers, send canaries"),
 }
 
 

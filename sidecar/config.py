@@ -54,6 +54,26 @@ class Settings:
     probes: bool = False
     # Per-model traffic split: [{model, upstreams: [{url, deployment, weight}]}] (YAML or JSON).
     routes: tuple[Route, ...] = ()
+    # probe worker (read and range-checked by probes.worker.ProbeSettings.from_settings)
+    probe_k: int = 5  # re-asks per sample for the consistency probe
+    probe_requests_per_min: float = 60.0  # all probe + canary requests of one worker
+    probe_tokens_per_min: float = 60_000.0
+    probe_batch: int = 32  # samples read per query
+    probe_concurrency: int = 4  # samples re-asked at once
+    probe_lookback_s: float = 6 * 3600.0  # older unscored samples are left alone
+    probe_idle_s: float = 5.0  # pause when there is nothing to score
+    probe_timeout_s: float = 120.0  # read timeout of one probe request
+    probe_slow_s: float = 60.0  # re-asks slower than this back the worker off
+    probe_api_key: str = field(default="", repr=False)  # sent upstream as a Bearer token
+    canary_interval_s: float = 300.0  # per (model, deployment)
+    canaries_per_round: int = 8
+    canary_files: tuple[str, ...] = ()  # golden sets beside the default (env: comma-separated)
+    canary_default: bool = True  # include the packaged default golden set
+    scorer_model: str = ""  # a local sentence-transformers directory; '' = all-MiniLM-L6-v2
+    scorer_device: str = "auto"  # auto | cpu | cuda | cuda:N
+    worker_index: int = -1  # -1: the trailing -N of HOSTNAME (StatefulSet ordinal), else 0
+    worker_count: int = 1
+    detect_interval_s: float = 300.0  # regression detection (worker 0 only)
 
     @property
     def listen_addr(self) -> tuple[str, int]:
@@ -131,6 +151,9 @@ def _coerce(name: str, raw: Any) -> Any:
     try:
         if name == "routes":
             return parse_routes(json.loads(raw) if isinstance(raw, str) else raw)
+        if typing.get_origin(hint) is tuple:  # tuple[str, ...]: a list, or 'a,b' from env
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(str(item).strip() for item in items if str(item).strip())
         if isinstance(raw, str) and hint is not str:
             if hint is bool:
                 if raw.lower() not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:

@@ -49,7 +49,7 @@ class Record:
 
     def to_row(self) -> dict[str, Any]:
         """The `fathom.requests` row (column name -> value); `extra` is not stored."""
-        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        row = {name: getattr(self, name) for name in REQUEST_COLUMNS}
         row["stream"] = int(self.stream)
         row["sampled"] = int(self.sampled)
         return row

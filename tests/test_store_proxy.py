@@ -17,7 +17,7 @@ from sidecar import spawn
 from sidecar.proxy import REQUEST_ID_HEADER
 from sidecar.sse import SSEParser, classify
 from sidecar.store.client import open_store
-from tests.test_store import set_immutable
+from tests.test_store_writer import set_immutable
 
 INSTANT = {"x-sim-ttft-ms": "0", "x-sim-itl-ms": "0"}
 

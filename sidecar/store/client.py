@@ -12,20 +12,25 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import clickhouse_connect
-from clickhouse_connect.driver.exceptions import ClickHouseError
+from clickhouse_connect.driver.exceptions import ClickHouseError, DataError
 
 T = TypeVar("T")
 DATABASE = "fathom"
+URL_FORMS = "use chdb:///path or http://user:pass@host:8123/fathom"
 
 
 class StoreError(RuntimeError):
     """The store is unusable or refused an operation; the message says which store and why."""
+
+
+class RowsRejected(StoreError):
+    """The rows themselves cannot be stored (a value of the wrong type): retrying cannot help."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +42,7 @@ class StoreURL:
     host: str = ""
     port: int = 0
     username: str = "default"
-    password: str = ""
+    password: str = field(default="", repr=False)
     secure: bool = False
 
     @property
@@ -50,8 +55,12 @@ class StoreURL:
 
 
 def parse_store_url(url: str) -> StoreURL:
-    """Read a store URL, or say what a valid one looks like."""
-    parts = urlsplit(url)
+    """Read a store URL, or say what a valid one looks like (never echoing a password)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # e.g. a port that is not a number
+        raise StoreError(f"store URL is not valid ({exc}): {URL_FORMS}") from None
     if parts.scheme == "chdb":
         raw = unquote((parts.netloc + parts.path) if parts.netloc else parts.path)
         if not raw:
@@ -59,7 +68,7 @@ def parse_store_url(url: str) -> StoreURL:
         return StoreURL("chdb", path=str(Path(raw).expanduser().resolve()))
     if parts.scheme in ("http", "https"):
         if not parts.hostname:
-            raise StoreError(f"store URL {url!r} has no host: http://user:pass@host:8123/fathom")
+            raise StoreError(f"store URL has no host: {URL_FORMS}")
         database = parts.path.strip("/")
         if database not in ("", DATABASE):
             raise StoreError(f"store database must be '{DATABASE}' (got '{database}')")
@@ -67,15 +76,12 @@ def parse_store_url(url: str) -> StoreURL:
         return StoreURL(
             "http",
             host=parts.hostname,
-            port=parts.port or (8443 if secure else 8123),
+            port=port or (8443 if secure else 8123),
             username=unquote(parts.username or "default"),
             password=unquote(parts.password or ""),
             secure=secure,
         )
-    raise StoreError(
-        f"unsupported store URL scheme '{parts.scheme}': "
-        "use chdb:///path or http://user:pass@host:8123/fathom"
-    )
+    raise StoreError(f"unsupported store URL scheme '{parts.scheme}': {URL_FORMS}")
 
 
 class Store:
@@ -88,6 +94,10 @@ class Store:
         )
         self._thread_id = -1
         self._client: Any = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Store({self.url.safe})"
 
     def _mark_thread(self) -> None:
         self._thread_id = threading.get_ident()
@@ -95,26 +105,20 @@ class Store:
     def _connect(self) -> Any:
         if self._client is None:
             try:
-                if self.url.kind == "chdb":
-                    Path(self.url.path).mkdir(parents=True, exist_ok=True)
-                    self._client = clickhouse_connect.get_client(dsn=f"chdb://{self.url.path}")
-                else:
-                    self._client = clickhouse_connect.get_client(
-                        host=self.url.host, port=self.url.port, username=self.url.username,
-                        password=self.url.password, secure=self.url.secure,
-                        connect_timeout=5, send_receive_timeout=60,
-                    )  # fmt: skip
+                self._client = _client_for(self.url)
             except (ClickHouseError, OSError) as exc:
-                raise StoreError(f"store unreachable at {self.url.safe}: {exc}") from exc
+                raise StoreError(f"store unreachable at {self.url.safe}: {_short(exc)}") from exc
         return self._client
 
     def _call(self, what: str, fn: Callable[[Any], T]) -> T:
         if threading.get_ident() != self._thread_id:
             # Blocking callers on other threads still enter the engine from the store's thread.
+            if self._closed:
+                raise StoreError(f"{what} failed: the store at {self.url.safe} is closed")
             return self._thread.submit(self._call, what, fn).result()
         try:
             return fn(self._connect())
-        except ClickHouseError as exc:
+        except (ClickHouseError, OSError) as exc:
             raise StoreError(f"{what} failed at {self.url.safe}: {_short(exc)}") from exc
 
     async def call(self, fn: Callable[[Store], T]) -> T:
@@ -141,12 +145,21 @@ class Store:
     ) -> None:
         """Insert rows; a non-empty `token` makes a repeated insert of the same batch a no-op."""
         settings = {"insert_deduplication_token": token} if token else {}
-        self._call(
-            f"insert into {table}",
-            lambda c: c.insert(table, rows, column_names=list(columns), settings=settings),
-        )
+
+        def insert(client: Any) -> None:
+            try:
+                client.insert(table, rows, column_names=list(columns), settings=settings)
+            except DataError as exc:  # raised while encoding our rows, before anything is sent
+                raise RowsRejected(f"insert into {table}: {_short(exc)}") from exc
+            except (TypeError, ValueError, AttributeError) as exc:
+                # clickhouse-connect's encoders raise these for a value of the wrong type
+                raise RowsRejected(f"insert into {table}: {type(exc).__name__}: {exc}") from exc
+
+        self._call(f"insert into {table}", insert)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StoreError(f"the store at {self.url.safe} is closed")
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def query(
@@ -166,7 +179,10 @@ class Store:
         await self._run(self.insert_sync, table, columns, rows, token)
 
     def close(self) -> None:
-        """Close the client and stop the thread (waits for the call in flight)."""
+        """Close the client and stop the thread (waits for the call in flight); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         self._thread.submit(self._close_client).result()
         self._thread.shutdown(wait=True)
 
@@ -176,11 +192,23 @@ class Store:
             self._client = None
 
 
+def _client_for(url: StoreURL) -> Any:
+    """A clickhouse-connect client: the embedded engine at a path, or an HTTP server."""
+    if url.kind == "chdb":
+        Path(url.path).mkdir(parents=True, exist_ok=True)
+        # Clients on one path share the process's single engine; another path raises.
+        return clickhouse_connect.get_client(dsn=f"chdb://{url.path}")
+    return clickhouse_connect.get_client(
+        host=url.host, port=url.port, username=url.username, password=url.password,
+        secure=url.secure, connect_timeout=5, send_receive_timeout=60,
+    )  # fmt: skip
+
+
 def open_store(url: str) -> Store:
     """A Store for `url` (connects lazily, on first use)."""
     return Store(parse_store_url(url))
 
 
-def _short(exc: Exception) -> str:
+def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__

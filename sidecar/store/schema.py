@@ -10,12 +10,28 @@ from importlib import resources
 
 from sidecar.store.client import Store
 
-DEFAULT_TTL_DAYS: Mapping[str, int] = {"requests": 30, "samples": 7, "quality": 180}
-# Tables that a cluster reads and writes through Distributed tables over the `_local` ones.
-DISTRIBUTED = ("requests", "samples", "quality", "regressions", "requests_1m")
-AGGREGATING = ("requests_1m",)
-_PLACEHOLDER = re.compile(r"\{(on_cluster|local|engine:\w+|agg_engine:\w+|ttl:\w+)\}")
+# Retention in days per table; `--ttl-days` overrides any of them at apply time.
+DEFAULT_TTL_DAYS: Mapping[str, int] = {
+    "requests": 30,
+    "samples": 7,
+    "quality": 180,
+    "regressions": 180,
+    "requests_1m": 180,  # the rollup is small and is what long-range panels read
+}
+# On a cluster each table is a Distributed one over `<table>_local`, sharded by a hash of
+# the row (never rand()): a batch replayed after a crash then splits into the same blocks
+# per shard, so its deduplication token still matches.
+SHARDING_KEYS: Mapping[str, str] = {
+    "requests": "cityHash64(request_id)",
+    "samples": "cityHash64(request_id)",
+    "quality": "cityHash64(request_id, item_id)",
+    "regressions": "cityHash64(model, deployment, probe)",
+    "requests_1m": "cityHash64(model, deployment)",
+}
+DEDUP_WINDOW = 10_000  # inserts per table remembered by insert_deduplication_token
+_PLACEHOLDER = re.compile(r"\{(on_cluster|local|dedup_window|engine:\w+|agg_engine:\w+|ttl:\w+)\}")
 _FILE = re.compile(r"^(\d{3})_[\w-]+\.sql$")
+_TTL = re.compile(r"\bTTL (.+?) \+ toIntervalDay\((\d+)\)")
 MIGRATIONS_TABLE = "fathom.schema_migrations"
 
 
@@ -30,14 +46,18 @@ class Migration:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """What to render for: one server (cluster '') or the named cluster, and the TTLs."""
+    """What to render for: one server (cluster '') or the named cluster; TTL overrides."""
 
     cluster: str = ""
-    ttl_days: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_TTL_DAYS))
+    ttl_days: Mapping[str, int] = field(default_factory=dict)
+
+    def ttl(self, table: str) -> int:
+        """Retention in days of `table`: the override, else the default."""
+        return int(self.ttl_days.get(table, DEFAULT_TTL_DAYS[table]))
 
 
 def render(target: Target) -> list[Migration]:
-    """Every migration, in order, rendered for the target."""
+    """Every migration, in order, rendered for the target (version 0 is the bookkeeping)."""
     files = sorted(
         (f for f in resources.files("sidecar.store").joinpath("schema").iterdir()
          if _FILE.match(f.name)),
@@ -45,8 +65,8 @@ def render(target: Target) -> list[Migration]:
     )  # fmt: skip
     out = [Migration(0, "migrations", _migrations_table(target))]
     for f in files:
-        sql = _PLACEHOLDER.sub(lambda m: _fill(m.group(1), target), f.read_text())
-        statements = [s for s in (_strip(p) for p in sql.split(";\n")) if s]
+        sql = _PLACEHOLDER.sub(lambda m: _fill(m.group(1), target), _uncomment(f.read_text()))
+        statements = [s.strip() for s in sql.split(";\n") if s.strip()]
         if target.cluster:
             statements += _distributed(statements, target.cluster)
         out.append(Migration(int(f.name[:3]), f.name, tuple(statements)))
@@ -61,7 +81,10 @@ def _fill(name: str, target: Target) -> str:
     if kind == "local":
         return "_local" if cluster else ""
     if kind == "ttl":
-        return str(int(target.ttl_days.get(table, DEFAULT_TTL_DAYS.get(table, 30))))
+        return str(target.ttl(table))
+    if kind == "dedup_window":
+        setting = "replicated" if cluster else "non_replicated"
+        return f"{setting}_deduplication_window = {DEDUP_WINDOW}"
     engine = "AggregatingMergeTree" if kind == "agg_engine" else "MergeTree"
     if not cluster:
         return engine
@@ -71,21 +94,21 @@ def _fill(name: str, target: Target) -> str:
 
 def _distributed(statements: list[str], cluster: str) -> list[str]:
     """The Distributed table in front of each sharded `_local` table the statements create."""
-    created = {
+    created = [
         m.group(1)
         for s in statements
         if (m := re.search(r"TABLE IF NOT EXISTS fathom\.(\w+)_local", s))
-    }
+    ]
     return [
         f"CREATE TABLE IF NOT EXISTS fathom.{t} ON CLUSTER {_ident(cluster)} AS fathom.{t}_local "
-        f"ENGINE = Distributed({_ident(cluster)}, fathom, {t}_local, cityHash64(model))"
-        for t in DISTRIBUTED
-        if t in created
+        f"ENGINE = Distributed({_ident(cluster)}, fathom, {t}_local, {SHARDING_KEYS[t]})"
+        for t in created
     ]
 
 
 def _migrations_table(target: Target) -> tuple[str, str]:
     on_cluster = f" ON CLUSTER {_ident(target.cluster)}" if target.cluster else ""
+    # One replication path for the whole cluster: a migration is recorded once, not per shard.
     engine = (
         "ReplicatedMergeTree('/clickhouse/tables/fathom/schema_migrations', '{replica}')"
         if target.cluster
@@ -99,9 +122,10 @@ def _migrations_table(target: Target) -> tuple[str, str]:
     )
 
 
-def _strip(sql: str) -> str:
-    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
-    return "\n".join(lines).strip().rstrip(";").strip()
+def _uncomment(sql: str) -> str:
+    """The script without its `--` comment lines (which may mention placeholders)."""
+    lines = [line for line in sql.split("\n") if not line.lstrip().startswith("--")]
+    return "\n".join(lines).strip().rstrip(";")
 
 
 def _ident(name: str) -> str:
@@ -111,8 +135,11 @@ def _ident(name: str) -> str:
 
 
 def apply(store: Store, target: Target | None = None) -> list[str]:
-    """Apply every migration not yet recorded; returns the names applied (idempotent)."""
+    """Apply every migration not yet recorded, then any TTL override; returns what changed."""
     target = target or Target()
+    unknown = set(target.ttl_days) - set(DEFAULT_TTL_DAYS)
+    if unknown:
+        raise ValueError(f"no TTL for {sorted(unknown)}: tables are {sorted(DEFAULT_TTL_DAYS)}")
     migrations = render(target)
     for statement in migrations[0].statements:
         store.command_sync(statement)
@@ -126,9 +153,28 @@ def apply(store: Store, target: Target | None = None) -> list[str]:
         row = (migration.version, migration.name, datetime.now(UTC))
         store.insert_sync(MIGRATIONS_TABLE, ("version", "name", "applied_at"), [row])
         applied.append(migration.name)
-    return applied
+    return applied + _retune_ttls(store, target)
+
+
+def _retune_ttls(store: Store, target: Target) -> list[str]:
+    """ALTER the TTL of tables named in the overrides whose current TTL differs."""
+    suffix = "_local" if target.cluster else ""
+    on_cluster = f" ON CLUSTER {_ident(target.cluster)}" if target.cluster else ""
+    rows = store.query_sync("SELECT name, engine_full FROM system.tables WHERE database = 'fathom'")
+    current = {name: m for name, engine in rows if (m := _TTL.search(engine))}
+    changed = []
+    for table in sorted(target.ttl_days):
+        found = current.get(table + suffix)
+        if found is None or int(found.group(2)) == target.ttl(table):
+            continue
+        store.command_sync(
+            f"ALTER TABLE fathom.{table}{suffix}{on_cluster} "
+            f"MODIFY TTL {found.group(1)} + INTERVAL {target.ttl(table)} DAY"
+        )
+        changed.append(f"ttl {table}={target.ttl(table)}d")
+    return changed
 
 
 def apply_schema(store: Store, cluster: str | None = None) -> list[str]:
-    """`apply` with default TTLs; the name other modules import."""
+    """`apply` with the default TTLs (never changes a TTL set earlier); what others import."""
     return apply(store, Target(cluster=cluster or ""))

@@ -1,34 +1,38 @@
 """The batch writer: a bounded queue in memory, batches to the store, a disk spool on outage.
 
-`submit()` never waits: a full queue drops the row and counts it. Batches (per table, N rows
-or T seconds) are inserted on the store's thread; when the store fails they go to the spool,
-which is replayed oldest first once it answers again. Each batch carries a deduplication
-token, so a batch inserted just before a crash and replayed after lands once.
+`submit()` never waits: a full queue drops the row and counts it. Rows are batched per table
+(`batch_rows` rows, or `flush_s` after a batch's first row) and inserted on the store's
+thread. A batch the store cannot take goes to the spool; the spool is replayed oldest first
+once the store answers again (retrying with jittered exponential backoff). Every batch keeps
+one deduplication token from creation to insert, so a batch that reached the store just
+before a crash, and is replayed from the spool afterwards, lands once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-import json
 import logging
-import os
+import random
 import time
-import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from sidecar.store.client import StoreError
+from sidecar.store.client import RowsRejected, StoreError
+from sidecar.store.spool import Batch, Spool
 
 log = logging.getLogger("fathom.writer")
+T = TypeVar("T")
 
 
+@runtime_checkable
 class Inserter(Protocol):
-    """What the writer needs of a store."""
+    """What the writer needs of a store (sidecar.store.client.Store is one)."""
 
     async def insert(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], token: str = ""
@@ -37,225 +41,296 @@ class Inserter(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class WriterSettings:
-    """Bounds and timings; the names match the `writer_*`/`spool_*` settings of `fathom serve`."""
+    """Bounds and timings; `fathom serve` fills them from its `writer_*`/`spool_*` settings."""
 
-    queue_rows: int = 100_000
+    queue_rows: int = 100_000  # rows in memory, all tables together
     batch_rows: int = 10_000
-    flush_s: float = 1.0
+    flush_s: float = 1.0  # the longest a row waits in memory
     spool_dir: str = "./fathom-spool"
     spool_max_bytes: int = 1024**3
-    retry_s: float = 5.0
-
-
-@dataclass(slots=True)
-class Batch:
-    """Rows of one table, inserted (or spooled) together under one token."""
-
-    table: str
-    columns: tuple[str, ...]
-    rows: list[list[Any]]
-    token: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-
-class Spool:
-    """Batches on local disk, one file each, replayed in the order they were written."""
-
-    def __init__(self, directory: Path, max_bytes: int) -> None:
-        self.directory = directory
-        self.max_bytes = max_bytes
-        directory.mkdir(parents=True, exist_ok=True)
-        for partial in directory.glob("*.tmp"):
-            partial.unlink()  # a write cut short by a crash: never acknowledged as spooled
-        files = self.files()
-        self._seq = int(files[-1].name.split(".")[0]) + 1 if files else 0
-        self.bytes = sum(f.stat().st_size for f in files)
-
-    def files(self) -> list[Path]:
-        """Spooled batches, oldest first."""
-        return sorted(self.directory.glob("*.jsonl"))
-
-    def put(self, batch: Batch) -> bool:
-        """Write a batch; False (nothing written) when it would exceed the size bound."""
-        header = {"table": batch.table, "columns": batch.columns, "token": batch.token}
-        lines = [json.dumps(header)] + [json.dumps(r, default=_encode) for r in batch.rows]
-        data = ("\n".join(lines) + "\n").encode()
-        if self.bytes + len(data) > self.max_bytes:
-            return False
-        path = self.directory / f"{self._seq:016d}.jsonl"
-        self._seq += 1
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)  # atomic: a file either holds a whole batch or does not exist
-        self.bytes += len(data)
-        return True
-
-    def load(self, path: Path) -> Batch:
-        """Read a spooled batch back."""
-        header, *rows = path.read_text().splitlines()
-        meta = json.loads(header)
-        decoded = [json.loads(r, object_hook=_decode) for r in rows]
-        return Batch(meta["table"], tuple(meta["columns"]), decoded, meta["token"])
-
-    def remove(self, path: Path) -> None:
-        """Forget a batch that reached the store."""
-        self.bytes -= path.stat().st_size
-        path.unlink()
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return {"$t": value.isoformat()}
-    raise TypeError(f"cannot spool a {type(value).__name__}")
-
-
-def _decode(obj: dict[str, Any]) -> Any:
-    return datetime.fromisoformat(obj["$t"]) if obj.keys() == {"$t"} else obj
+    retry_s: float = 1.0  # first retry after a failure; doubles per failure
+    retry_max_s: float = 30.0
+    log_every_s: float = 10.0  # at most one warning per drop reason per interval
 
 
 class Writer:
-    """Queue → batches → store, or spool while the store is away."""
+    """Queue → batches → store, or spool while the store is away. One per process."""
 
     def __init__(
         self,
-        store: Inserter,
+        store: Inserter | Callable[[], Inserter],
         settings: WriterSettings,
         clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
-        self._store = store
+        # A factory is called on the first insert (and again until it succeeds).
+        self._store = store if isinstance(store, Inserter) else None
+        self._factory = None if isinstance(store, Inserter) else store
         self.settings = settings
         self._clock = clock
+        self._rng = rng or random.Random()
         self.spool = Spool(Path(settings.spool_dir), settings.spool_max_bytes)
-        self._pending: dict[str, Batch] = {}
+        self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fathom-spool")
+        self._pending: dict[str, Batch] = {}  # per table, filling up
+        self._pick: dict[str, Callable[[Mapping[str, Any]], tuple[Any, ...]]] = {}
+        self._ready: deque[Batch] = deque()  # full, waiting for their insert
+        self._inflight: Batch | None = None
         self.queue_depth = 0
         self.rows_written = 0
         self.rows_spooled = 0
         self.rows_replayed = 0
         self.rows_dropped: Counter[str] = Counter()
+        self._unlogged: Counter[str] = Counter()
+        self._details: dict[str, str] = {}
+        self._last_log = -1e18
         self.store_up = True
-        self._down_since = 0.0
-        self._inflight: Batch | None = None  # the batch being inserted right now
+        self._failures = 0
+        self._retry_at = 0.0
         self._stopping = False
+        self._stopped = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._last_warning = -1e9
+
+    @property
+    def spool_bytes(self) -> int:
+        """Bytes spooled on disk now."""
+        return self.spool.bytes
 
     def submit(self, table: str, row: Mapping[str, Any]) -> bool:
-        """Queue one row; never waits. False (and counted) when the queue is full."""
-        if self.queue_depth >= self.settings.queue_rows:
-            self._drop("queue_full", 1)
+        """Queue one row; never waits. False (and counted) when it cannot be kept."""
+        if self.queue_depth >= self.settings.queue_rows or self._stopped:
+            self._drop("writer_stopped" if self._stopped else "queue_full", 1)
             return False
         batch = self._pending.get(table)
         if batch is None:
-            batch = self._pending[table] = Batch(table, tuple(row), [])
+            batch = self._pending[table] = Batch(table, tuple(row), [], started=self._clock())
+            self._pick[table] = _picker(batch.columns)
         try:
-            batch.rows.append([row[c] for c in batch.columns])
+            batch.rows.append(self._pick[table](row))
         except KeyError:
-            self._drop("bad_row", 1)
+            self._drop("bad_row", 1, f"{table} row lacks a column of {batch.columns}")
             return False
         self.queue_depth += 1
         if len(batch.rows) >= self.settings.batch_rows:
+            self._ready.append(self._pending.pop(table))
             self._wake.set()
         return True
 
     async def start(self) -> None:
-        """Begin flushing (and replaying whatever an earlier process left in the spool)."""
-        self._task = asyncio.create_task(self._run(), name="fathom-writer")
+        """Begin flushing, and replaying whatever an earlier process left in the spool."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="fathom-writer")
 
-    async def stop(self, grace_s: float) -> None:
-        """Flush everything to the store, or to the spool if the store cannot take it in time."""
+    async def stop(self, timeout: float) -> None:  # noqa: ASYNC109 - on expiry it spools
+        """Put every queued row in the store, or in the spool if the store cannot take it."""
+        if self._stopped:
+            return
         self._stopping = True
         self._wake.set()
         if self._task is None:
-            self._task = asyncio.create_task(self._flush(replay=False))
-        done, _ = await asyncio.wait({self._task}, timeout=grace_s)
-        if done:
-            return
-        # The store hangs: put everything on disk. Should the insert in flight still land,
-        # its token makes the replay of the same batch a no-op.
+            self._task = asyncio.create_task(self._drain(), name="fathom-writer")
+        done, _ = await asyncio.wait({self._task}, timeout=timeout)
+        self._stopped = True  # from here on submit() refuses: no row can slip in unseen
+        if not done:
+            await self._abandon_store(timeout)
+        else:
+            if (exc := self._task.exception()) is not None:
+                log.error("writer failed while stopping: %r", exc)
+            await self._spool_leftovers()  # rows submitted while the drain was finishing
+        await asyncio.get_running_loop().run_in_executor(self._disk, self.spool.close)
+        self._disk.shutdown(wait=True)
+        self._log_drops(force=True)
+
+    async def _abandon_store(self, waited_s: float) -> None:
+        """The store hangs: write what is left to the spool instead."""
+        assert self._task is not None
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        leftovers = [self._inflight] if self._inflight else []
-        self._inflight = None
         self.store_up = False
-        for batch in leftovers + list(self._pending.values()):
+        await self._spool_leftovers()
+        log.warning(
+            "the store did not take the last rows within %.1f s: spooled them to %s",
+            waited_s, self.spool.directory,
+        )  # fmt: skip
+
+    async def _spool_leftovers(self) -> None:
+        # Should an insert in flight still land, its token makes the replay a no-op; a
+        # batch whose spool write did run is skipped by Spool.put.
+        leftovers = [self._inflight] if self._inflight else []
+        leftovers += [*self._ready, *self._pending.values()]
+        self._inflight, self._ready, self._pending = None, deque(), {}
+        self.queue_depth = 0
+        for batch in leftovers:
             await self._to_spool(batch)
-        self._pending = {}
-        log.warning("store did not take the last rows within %.0f s: spooled them", grace_s)
 
     async def _run(self) -> None:
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.flush_s):
-                    await self._wake.wait()
+                await asyncio.wait_for(self._wake.wait(), self._next_wait())
             self._wake.clear()
-            await self._flush(replay=not self._stopping)
-        await self._flush(replay=False)
+            try:
+                if len(self.spool) and self._clock() >= self._retry_at:
+                    await self._replay()
+                await self._flush(everything=False)
+            except Exception as exc:  # a bug here must neither end all writing nor lose rows
+                log.exception("writer cycle failed: handling it as a store outage")
+                self._went_down(exc)
+                if self._inflight is not None:
+                    await self._to_spool(self._inflight)
+                    self._inflight = None
+            self._log_drops()
+        await self._drain()
 
-    async def _flush(self, replay: bool) -> None:
-        if replay and self.spool.files():
-            await self._replay()
-        while self._pending:
-            # One at a time, so a cancelled flush leaves the rest in `_pending`.
-            table = next(iter(self._pending))
-            batch = self._inflight = self._pending.pop(table)
+    async def _drain(self) -> None:
+        await self._flush(everything=True)
+
+    def _next_wait(self) -> float:
+        """Seconds until a batch is due or a retry of the store is."""
+        now = self._clock()
+        waits = [b.started + self.settings.flush_s - now for b in self._pending.values()]
+        if self._ready:
+            waits.append(0.0)
+        if len(self.spool):
+            waits.append(self._retry_at - now)
+        return max(0.0, min(waits, default=self.settings.flush_s))
+
+    async def _flush(self, everything: bool) -> None:
+        """Send full batches, and those past `flush_s` (all of them when stopping)."""
+        now = self._clock()
+        due = [t for t, b in self._pending.items() if everything or self._due(b, now)]
+        self._ready.extend(self._pending.pop(t) for t in due)
+        while self._ready:
+            # One at a time, so a cancelled flush leaves the rest queued.
+            batch = self._inflight = self._ready.popleft()
             self.queue_depth -= len(batch.rows)
-            if self.store_up and not self.spool.files() and await self._insert(batch):
-                self.rows_written += len(batch.rows)
-            else:
+            if not (self.store_up and await self._send(batch, replayed=False)):
                 await self._to_spool(batch)
             self._inflight = None
 
-    async def _insert(self, batch: Batch) -> bool:
+    def _due(self, batch: Batch, now: float) -> bool:
+        return self._stopping or now - batch.started >= self.settings.flush_s
+
+    async def _replay(self) -> None:
+        """Send spooled batches oldest first; stop at the first failure (or when stopping)."""
+        rows = 0
+        while (head := self.spool.oldest()) is not None and not self._stopping:
+            try:
+                batch = await self._on_disk(self.spool.load, head)
+            except (OSError, ValueError) as exc:
+                await self._on_disk(self.spool.remove, head)
+                self._drop("spool_damaged", head.rows, f"{head.path.name}: {exc}")
+                continue
+            if not await self._send(batch, replayed=True):
+                return
+            await self._on_disk(self.spool.remove, head)
+            rows += head.rows
+            # New rows are not held back behind a long replay: memory stays bounded.
+            await self._flush(everything=False)
+            if not self.store_up:
+                return
+        if rows:
+            log.info("store is back: replayed %d spooled rows", rows)
+
+    async def _send(self, batch: Batch, replayed: bool) -> bool:
+        """Insert a batch; False when the store is down (the batch is then not consumed)."""
         try:
-            await self._store.insert(batch.table, batch.columns, batch.rows, batch.token)
+            await self._inserter().insert(batch.table, batch.columns, batch.rows, batch.token)
+        except RowsRejected as exc:
+            if len(batch.rows) == 1:
+                self._drop("rejected", 1, str(exc))
+                return True
+            # Keep every good row: halve until the bad ones are alone.
+            low, high = batch.halves()
+            return await self._send(low, replayed) and await self._send(high, replayed)
         except StoreError as exc:
             self._went_down(exc)
             return False
-        self.store_up = True
+        self._came_back()
+        self.rows_written += len(batch.rows)
+        self.rows_replayed += len(batch.rows) if replayed else 0
         return True
 
-    async def _replay(self) -> None:
-        """Send spooled batches oldest first; stop at the first failure."""
-        if not self.store_up and self._clock() - self._down_since < self.settings.retry_s:
-            return
-        for path in self.spool.files():
-            batch = await asyncio.to_thread(self.spool.load, path)
-            if not await self._insert(batch):
-                self._down_since = self._clock()
-                return
-            self.spool.remove(path)
-            self.rows_replayed += len(batch.rows)
-            self.rows_written += len(batch.rows)
-        log.info("store is back at work: spool replayed")
+    def _inserter(self) -> Inserter:
+        if self._store is None:
+            assert self._factory is not None
+            self._store = self._factory()  # may raise StoreError: treated as an outage
+        return self._store
 
     async def _to_spool(self, batch: Batch) -> None:
-        if await asyncio.to_thread(self.spool.put, batch):
+        try:
+            kept, evicted = await self._on_disk(self.spool.put, batch)
+        except (OSError, TypeError, ValueError) as exc:
+            self._drop("spool_error", len(batch.rows), f"{type(exc).__name__}: {exc}")
+            return
+        if evicted:
+            self._drop("spool_full", evicted)
+        if kept:
             self.rows_spooled += len(batch.rows)
         else:
             self._drop("spool_full", len(batch.rows))
 
+    async def _on_disk(self, fn: Callable[..., T], *args: Any) -> T:
+        """Spool I/O on the writer's own thread: in order, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._disk, fn, *args)
+
     def _went_down(self, exc: Exception) -> None:
+        self._failures += 1
+        backoff = min(self.settings.retry_max_s, self.settings.retry_s * 2 ** (self._failures - 1))
+        delay = backoff * (0.5 + self._rng.random() / 2)  # jitter: sidecars do not retry in step
+        self._retry_at = self._clock() + delay
         if self.store_up:
-            self._down_since = self._clock()
             log.warning(
-                "store unavailable (%s): spooling to %s (%.0f MB of %.0f MB); will retry every "
-                "%.0f s",
-                exc, self.spool.directory, self.spool.bytes / 1e6,
-                self.settings.spool_max_bytes / 1e6, self.settings.retry_s,
+                "%s: spooling to %s (%s of %s); will retry in %.1f s, backing off to %.0f s",
+                exc, self.spool.directory, _size(self.spool.bytes),
+                _size(self.settings.spool_max_bytes), delay, self.settings.retry_max_s,
             )  # fmt: skip
         self.store_up = False
 
-    def _drop(self, reason: str, rows: int) -> None:
+    def _came_back(self) -> None:
+        self.store_up = True
+        self._failures = 0
+
+    def _drop(self, reason: str, rows: int, detail: str = "") -> None:
         self.rows_dropped[reason] += rows
+        self._unlogged[reason] += rows
+        if detail:
+            self._details[reason] = detail
+        self._log_drops()
+
+    def _log_drops(self, force: bool = False) -> None:
+        """One warning per reason and interval, naming the setting to change."""
         now = self._clock()
-        if now - self._last_warning >= 10.0:
-            self._last_warning = now
-            hint = {
-                "queue_full": f"writer queue full (writer_queue_rows={self.settings.queue_rows}); "
-                "raise FATHOM_WRITER_QUEUE_ROWS",
-                "spool_full": f"spool full (spool_max_bytes={self.settings.spool_max_bytes}); "
-                "raise FATHOM_SPOOL_MAX_BYTES or bring the store back",
-                "bad_row": "row without the table's columns (a bug: please report it)",
-            }[reason]
-            log.warning("dropped %d rows so far: %s", sum(self.rows_dropped.values()), hint)
+        if not self._unlogged or (not force and now - self._last_log < self.settings.log_every_s):
+            return
+        self._last_log = now
+        for reason, rows in self._unlogged.items():
+            log.warning("dropped %d row%s: %s", rows, "" if rows == 1 else "s", self._hint(reason))
+        self._unlogged.clear()
+
+    def _hint(self, reason: str) -> str:
+        s, detail = self.settings, self._details.get(reason, "")
+        hints = {
+            "queue_full": f"writer queue full (writer_queue_rows={s.queue_rows}); "
+            "raise FATHOM_WRITER_QUEUE_ROWS",
+            "spool_full": f"spool full, oldest batches dropped first (spool_max_bytes="
+            f"{s.spool_max_bytes}); raise FATHOM_SPOOL_MAX_BYTES or bring the store back",
+            "spool_error": f"cannot write to the spool at {self.spool.directory} ({detail}); "
+            "check FATHOM_SPOOL_DIR (disk full? permissions?)",
+            "spool_damaged": f"unreadable spool file ({detail})",
+            "rejected": f"the store cannot take these values ({detail}); please report this bug",
+            "bad_row": f"row without the table's columns ({detail}); please report this bug",
+            "writer_stopped": "submitted after the writer stopped",
+        }
+        return hints.get(reason, reason)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
+def _picker(columns: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A row's values in column order, in C (itemgetter): submit() runs once per request."""
+    if len(columns) == 1:
+        return lambda row: (row[columns[0]],)
+    return itemgetter(*columns)

@@ -2,8 +2,12 @@
 --   {on_cluster}      '' or 'ON CLUSTER name'
 --   {local}           '' or '_local' (cluster: the replicated tables behind Distributed ones)
 --   {engine:T}        MergeTree / ReplicatedMergeTree(...) for table T; {agg_engine:T} likewise
---   {ttl:T}           retention in days for table T
--- Deduplication by insert token makes a replayed spool batch land exactly once.
+--   {ttl:T}           retention in days for table T (`fathom schema apply --ttl-days T=N`)
+--   {dedup_window}    how many recent inserts (blocks) each table remembers for deduplication
+-- The writer inserts every batch with an insert_deduplication_token; the deduplication
+-- windows make a batch replayed from the spool after a crash land exactly once, in the
+-- tables and in the rollup the materialized view feeds, as long as fewer inserts than the
+-- window reached the table in between (10000: minutes even with a hundred sidecars).
 
 CREATE DATABASE IF NOT EXISTS fathom {on_cluster};
 
@@ -37,13 +41,15 @@ CREATE TABLE IF NOT EXISTS fathom.requests{local} {on_cluster}
     upstream       LowCardinality(String),
     path           LowCardinality(String),
     request_bytes  UInt64 CODEC(T64, ZSTD(1)),
-    response_bytes UInt64 CODEC(T64, ZSTD(1))
+    response_bytes UInt64 CODEC(T64, ZSTD(1)),
+    -- "what happened to request X?" without scanning the partition
+    INDEX request_id_bf request_id TYPE bloom_filter(0.01) GRANULARITY 4
 )
 ENGINE = {engine:requests}
 PARTITION BY toDate(ts)
 ORDER BY (model, deployment, origin, ts)
 TTL toDateTime(ts) + INTERVAL {ttl:requests} DAY
-SETTINGS non_replicated_deduplication_window = 1000;
+SETTINGS {dedup_window};
 
 CREATE TABLE IF NOT EXISTS fathom.samples{local} {on_cluster}
 (
@@ -62,7 +68,7 @@ ENGINE = {engine:samples}
 PARTITION BY toDate(ts)
 ORDER BY (model, deployment, ts)
 TTL toDateTime(ts) + INTERVAL {ttl:samples} DAY
-SETTINGS non_replicated_deduplication_window = 1000;
+SETTINGS {dedup_window};
 
 CREATE TABLE IF NOT EXISTS fathom.quality{local} {on_cluster}
 (
@@ -81,7 +87,7 @@ ENGINE = {engine:quality}
 PARTITION BY toDate(ts)
 ORDER BY (model, deployment, probe, ts)
 TTL toDateTime(ts) + INTERVAL {ttl:quality} DAY
-SETTINGS non_replicated_deduplication_window = 1000;
+SETTINGS {dedup_window};
 
 CREATE TABLE IF NOT EXISTS fathom.regressions{local} {on_cluster}
 (
@@ -99,10 +105,11 @@ CREATE TABLE IF NOT EXISTS fathom.regressions{local} {on_cluster}
 ENGINE = {engine:regressions}
 PARTITION BY toDate(ts)
 ORDER BY (model, deployment, probe, ts)
-TTL toDateTime(ts) + INTERVAL {ttl:quality} DAY
-SETTINGS non_replicated_deduplication_window = 1000;
+TTL toDateTime(ts) + INTERVAL {ttl:regressions} DAY
+SETTINGS {dedup_window};
 
--- Per-minute rollup of user-visible speed: merge states with quantilesTDigestMerge etc.
+-- Per-minute rollup of speed per model/deployment/origin, fed by the view below. Read it with
+-- countMerge(requests), quantilesTDigestMerge(0.5, 0.9, 0.95, 0.99)(ttft_ms), ... GROUP BY.
 CREATE TABLE IF NOT EXISTS fathom.requests_1m{local} {on_cluster}
 (
     minute         DateTime('UTC'),
@@ -120,7 +127,9 @@ CREATE TABLE IF NOT EXISTS fathom.requests_1m{local} {on_cluster}
 ENGINE = {agg_engine:requests_1m}
 PARTITION BY toDate(minute)
 ORDER BY (model, deployment, origin, minute)
-TTL minute + INTERVAL {ttl:requests} DAY;
+TTL minute + INTERVAL {ttl:requests_1m} DAY
+-- A replayed batch reaches the view again: its own window keeps the rollup exactly-once too.
+SETTINGS {dedup_window};
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS fathom.requests_1m_mv{local} {on_cluster}
 TO fathom.requests_1m{local}

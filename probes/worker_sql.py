@@ -1,0 +1,79 @@
+"""The probe worker's SQL; parameters are bound, never formatted.
+
+Times travel as epoch milliseconds (Int64) so that no server timezone can shift them. The
+subqueries use GLOBAL IN: on a cluster both sides are Distributed tables, and a plain IN
+would be refused (or run per shard against partial data).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from probes.detect_sql import epoch_ms
+
+TABLES = ("requests", "samples", "quality", "regressions")
+
+# The schema tables this store lacks (an empty result: ready).
+MISSING_TABLES = """
+SELECT name
+FROM (SELECT arrayJoin({tables:Array(String)}) AS name)
+WHERE name NOT IN (SELECT name FROM system.tables WHERE database = 'fathom')
+ORDER BY name
+"""
+
+# This worker's oldest samples without a degeneration row: every scored sample has one, and
+# all of a sample's rows are written in one insert, so "has one" means "fully scored".
+# Quality rows carry their sample's ts, so the anti-join reads the same window.
+UNSCORED_SAMPLES = """
+SELECT ts, request_id, model, deployment, route, finish_reason, request_json, response_text
+FROM fathom.samples
+WHERE ts >= fromUnixTimestamp64Milli({since_ms:Int64})
+  AND route IN ('chat', 'completion')
+  AND cityHash64(request_id) % {worker_count:UInt32} = {worker_index:UInt32}
+  AND request_id GLOBAL NOT IN (
+      SELECT request_id
+      FROM fathom.quality
+      WHERE ts >= fromUnixTimestamp64Milli({since_ms:Int64})
+        AND probe = 'degeneration'
+        AND request_id != ''
+  )
+ORDER BY ts, request_id
+LIMIT {batch:UInt32}
+"""
+
+# The (model, deployment) pairs users asked in the window that this worker sends canaries to.
+CANARY_TARGETS = """
+SELECT model, deployment
+FROM fathom.requests
+WHERE ts >= fromUnixTimestamp64Milli({since_ms:Int64})
+  AND origin = 'user'
+  AND route IN ('chat', 'completion')
+  AND model != ''
+  AND status > 0 AND status < 400
+  AND cityHash64(model, deployment) % {worker_count:UInt32} = {worker_index:UInt32}
+GROUP BY model, deployment
+ORDER BY model, deployment
+"""
+
+
+def missing_tables_parameters() -> dict[str, Any]:
+    """Parameters of MISSING_TABLES."""
+    return {"tables": list(TABLES)}
+
+
+def unscored_parameters(
+    since: datetime, worker_index: int, worker_count: int, batch: int
+) -> dict[str, Any]:
+    """Parameters of UNSCORED_SAMPLES."""
+    return {
+        "since_ms": epoch_ms(since),
+        "worker_index": worker_index,
+        "worker_count": worker_count,
+        "batch": batch,
+    }
+
+
+def targets_parameters(since: datetime, worker_index: int, worker_count: int) -> dict[str, Any]:
+    """Parameters of CANARY_TARGETS."""
+    return {"since_ms": epoch_ms(since), "worker_index": worker_index, "worker_count": worker_count}

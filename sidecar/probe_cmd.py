@@ -1,0 +1,131 @@
+"""`fathom probe`: one probe worker over a store, re-asking through an upstream.
+
+Point --upstream at the proxy (the sidecar), so that probe traffic is measured, labelled
+origin='probe'/'canary' and kept out of user figures; the model server itself works too.
+Worker i of N (FATHOM_WORKER_INDEX / FATHOM_WORKER_COUNT, or the StatefulSet ordinal ending
+HOSTNAME) scores only its share of the samples. The schema is not applied here (the schema
+Job does that): the worker waits, saying so, until the tables exist. SIGTERM: the samples in
+hand are finished and written, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+
+import uvloop
+
+from probes import worker_sql
+from probes.factuality import Canary, GoldenError
+from probes.scorer import ScorerError, load_scorer
+from probes.worker import (
+    ProbeSettings,
+    Worker,
+    client_session,
+    scorer_config,
+    settings_canaries,
+)
+from sidecar import config
+from sidecar.config import ConfigError, Settings
+from sidecar.store.client import Store, StoreError, open_store, parse_store_url
+
+log = logging.getLogger("fathom.probe")
+SCHEMA_POLL_S = 5.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `fathom probe`; every other setting comes from env FATHOM_* or the YAML file."""
+    parser.add_argument("--config", help="YAML settings file (env FATHOM_CONFIG)")
+    parser.add_argument(
+        "--store", help="store URL: http://user:pass@host:8123/fathom or chdb:///path (env "
+        "FATHOM_STORE)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--upstream", help="base URL probe requests go to: the proxy, so they are measured and "
+        "labelled, or the model server (env FATHOM_UPSTREAM)",
+    )  # fmt: skip
+
+
+def without_blanks(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment minus empty FATHOM_* values (a StatefulSet without the pod-index
+    label sets FATHOM_WORKER_INDEX to '': the hostname ordinal decides then)."""
+    return {k: v for k, v in env.items() if not (k.startswith("FATHOM_") and not v.strip())}
+
+
+def prepare(
+    args: argparse.Namespace, env: Mapping[str, str]
+) -> tuple[Settings, ProbeSettings, list[Canary]]:
+    """Settings, worker settings and canaries, or ConfigError/GoldenError/StoreError."""
+    settings = config.load(args, env)
+    if not settings.upstream:
+        raise ConfigError("no upstream: pass --upstream URL (the proxy) or set FATHOM_UPSTREAM")
+    if settings.store == "none":
+        raise ConfigError("the probe worker needs a store: pass --store URL or set FATHOM_STORE")
+    parse_store_url(settings.store)
+    probe = ProbeSettings.from_settings(settings, env)
+    return settings, probe, settings_canaries(settings)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the worker until SIGTERM/SIGINT; 0 on a clean stop, 2 on bad settings."""
+    env = without_blanks(os.environ)
+    try:
+        settings, probe, canaries = prepare(args, env)
+    except (ConfigError, GoldenError, StoreError) as exc:
+        print(f"fathom probe: {exc}", file=sys.stderr)
+        return 2
+    return uvloop.run(_main(settings, probe, canaries))
+
+
+async def _main(settings: Settings, probe: ProbeSettings, canaries: list[Canary]) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    store = open_store(settings.store)
+    try:
+        if not await wait_for_schema(store, stop):
+            return 0
+        try:
+            scorer = await asyncio.to_thread(load_scorer, scorer_config(settings))
+        except (ScorerError, OSError, ImportError) as exc:
+            print(f"fathom probe: cannot load the scorer: {exc}", file=sys.stderr)
+            return 2
+        try:
+            async with client_session(probe) as session:
+                worker = Worker(store, session, settings.upstream, scorer, canaries, probe)
+                await worker.run(stop)
+        finally:
+            await asyncio.to_thread(scorer.close)
+    finally:
+        store.close()
+    return 0
+
+
+async def wait_for_schema(store: Store, stop: asyncio.Event, poll_s: float = SCHEMA_POLL_S) -> bool:
+    """Wait until the store answers and has Fathom's tables; False when stopped first."""
+    while not stop.is_set():
+        try:
+            rows = await store.query(
+                worker_sql.MISSING_TABLES, worker_sql.missing_tables_parameters()
+            )
+        except StoreError as exc:
+            problem = str(exc)
+        else:
+            if not rows:
+                return True
+            tables = ", ".join(f"fathom.{name}" for (name,) in rows)
+            problem = (
+                f"store {store.url.safe} has no {tables}: apply the schema first "
+                f"(`fathom schema apply --store URL`; in Kubernetes the schema Job does it)"
+            )
+        log.warning("%s; checking again in %.0f s", problem, poll_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), poll_s)
+    return False

@@ -1,0 +1,110 @@
+"""What a simulated model answers: right or wrong, repeatable or not, fluent or degenerate.
+
+Every (model, prompt) has a canonical answer drawn from a generator seeded by the server seed,
+the model and the prompt, so it is the same on every ask and in every process. An ask gets
+that canonical draw with probability `consistency`; otherwise a fresh draw from the request's
+generator. Both draws answer a known prompt correctly with probability `accuracy`, so a
+consistent model repeats its mistakes (what only canaries catch) and an inconsistent one
+flips between answers (what re-asking catches).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sidecar.sim.models import Known, ModelSpec, normalise
+
+SENTENCES = (
+    "That depends on what you need it for, so here is a general overview.",
+    "Most systems handle this by keeping a small amount of state close to where it is used.",
+    "The usual approach is to start simple, measure, and change one thing at a time.",
+    "In practice the trade-off is between latency and throughput, and both matter.",
+    "A good rule of thumb is to write down the assumptions before tuning anything.",
+    "Many people find it easier to reason about the problem with a concrete example.",
+    "The details vary between implementations, but the underlying idea is the same.",
+    "It is worth checking the documentation, since defaults change between versions.",
+    "When in doubt, prefer the option that is easier to observe and to undo.",
+    "This usually works well, although there are edge cases at very large scale.",
+    "Historically the first designs were simpler, and later ones added caching.",
+    "The short answer is yes, with a few caveats that are described below.",
+)
+LOOP = "and so on"
+NOT_SURE = "I am not sure, but I believe it is something else entirely."
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The tokens of an answer (one per content event) and what kind of answer it is."""
+
+    tokens: tuple[str, ...]
+    kind: str  # correct | incorrect | filler | loop | empty
+
+
+def answer(
+    spec: ModelSpec, prompt: str, length: int, limit: int, rng: random.Random, seed: int
+) -> Answer:
+    """Answer `prompt` per the model's quality knobs.
+
+    `length` sizes filler; loops run to `limit` (max_tokens; 0: none), as they do on real
+    servers, else to `length`.
+    """
+    key = normalise(prompt)
+    canonical = rng.random() < spec.consistency
+    draw = random.Random(f"{seed}/{spec.name}/{key}") if canonical else rng
+    if draw.random() < spec.degeneration:
+        if draw.random() < 0.5:
+            return Answer((), "empty")
+        size = max(1, limit or length)
+        return Answer(tokenize(" ".join([LOOP] * size))[:size], "loop")
+    known = spec.knowledge.get(key)
+    if known is None:
+        return Answer(_filler(draw, length), "filler")
+    if draw.random() < spec.accuracy:
+        return Answer(tokenize(draw.choice(known.correct)), "correct")
+    return Answer(tokenize(wrong(known, spec.knowledge, draw)), "incorrect")
+
+
+def tokenize(text: str) -> tuple[str, ...]:
+    """Split text into content-event tokens; joined, they give the text (spaces normalised)."""
+    words = text.split()
+    # Leading spaces, as BPE tokens have them: a cut answer has no dangling space.
+    return tuple(words[:1]) + tuple(" " + w for w in words[1:])
+
+
+def wrong(known: Known, knowledge: Mapping[str, Known], rng: random.Random) -> str:
+    """A plausible wrong answer: a listed one, a nearby number or another prompt's answer."""
+    right = {normalise(c) for c in known.correct}
+    if known.incorrect:
+        candidates = [i for i in known.incorrect if normalise(i) not in right]
+        if candidates:
+            return rng.choice(candidates)
+    number = _nearby_number(known.correct[0], rng)
+    if number is not None:
+        return number
+    others = list(knowledge.values())
+    for _ in range(8):
+        other = rng.choice(others).correct[0] if others else NOT_SURE
+        if normalise(other) not in right:
+            return other
+    return NOT_SURE
+
+
+def _nearby_number(text: str, rng: random.Random) -> str | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    offset = rng.choice([-10, -3, -2, -1, 1, 2, 7, 11])
+    if value.is_integer() and "." not in text:
+        return str(int(value) + offset)
+    decimals = len(text.partition(".")[2])
+    return f"{value + offset * 10.0**-decimals:.{decimals}f}"
+
+
+def _filler(rng: random.Random, length: int) -> tuple[str, ...]:
+    words: list[str] = []
+    while len(words) < length:
+        words.extend(rng.choice(SENTENCES).split())
+    return tokenize(" ".join(words[:length]))

@@ -1,0 +1,141 @@
+"""Schema migrations on the real chDB engine; cluster DDL checked by chDB's own parser."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from sidecar.cli import main
+from sidecar.record import REQUEST_COLUMNS, Record
+from sidecar.store.client import Store, open_store
+from sidecar.store.schema import Target, apply, apply_schema, render
+
+TABLES = {"requests", "samples", "quality", "regressions", "requests_1m"}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = open_store(f"chdb://{tmp_path / 'db'}")
+    yield opened
+    opened.close()
+
+
+def ttl_days(store: Store) -> dict[str, int]:
+    rows = store.query_sync("SELECT name, engine_full FROM system.tables WHERE database = 'fathom'")
+    return {
+        name: int(m.group(1)) for name, engine in rows if (m := re.search(r"Day\((\d+)\)", engine))
+    }
+
+
+def test_apply_twice_is_idempotent_and_versioned(store: Store) -> None:
+    assert apply_schema(store) == ["001_init.sql"]
+    assert apply_schema(store) == []
+    assert store.query_sync("SELECT version, name FROM fathom.schema_migrations") == [
+        (1, "001_init.sql")
+    ]
+    assert TABLES | {"requests_1m_mv", "schema_migrations"} == {
+        r[0] for r in store.query_sync("SHOW TABLES FROM fathom")
+    }
+    assert ttl_days(store) == {
+        "requests": 30, "samples": 7, "quality": 180, "regressions": 180, "requests_1m": 180,
+    }  # fmt: skip
+    rows = store.query_sync("SELECT name, engine_full FROM system.tables WHERE database = 'fathom'")
+    windows = {n for n, e in rows if "non_replicated_deduplication_window = 10000" in e}
+    assert windows == TABLES  # what makes a replayed batch land once, rollup included
+    # A migration cut short (statements ran, version not recorded) simply runs again.
+    store.command_sync("TRUNCATE TABLE fathom.schema_migrations")
+    assert apply_schema(store) == ["001_init.sql"]
+
+
+def test_requests_table_matches_the_record(store: Store) -> None:
+    apply_schema(store)
+    columns = store.query_sync(
+        "SELECT name, type, compression_codec, is_in_partition_key, is_in_sorting_key "
+        "FROM system.columns WHERE database = 'fathom' AND table = 'requests' ORDER BY position"
+    )
+    assert tuple(c[0] for c in columns) == REQUEST_COLUMNS
+    types = {c[0]: c[1] for c in columns}
+    assert types["ts"] == "DateTime64(3, 'UTC')"
+    assert types["ttft_ms"] == types["itl_p99_ms"] == "Nullable(Float32)"
+    for name in ("route", "model", "deployment", "origin", "error", "finish_reason",
+                 "tokens_source", "upstream"):  # fmt: skip
+        assert types[name] == "LowCardinality(String)", name
+    codecs = {c[0]: c[2] for c in columns}
+    assert codecs["ts"] == "CODEC(Delta(8), ZSTD(1))"
+    assert [c[0] for c in columns if c[4]] == ["ts", "model", "deployment", "origin"]
+    [(engine,)] = store.query_sync(
+        "SELECT engine_full FROM system.tables WHERE database = 'fathom' AND name = 'requests'"
+    )
+    assert engine.startswith("MergeTree PARTITION BY toDate(ts) ORDER BY (model, deployment")
+
+
+def test_ttl_overrides_render_and_retune_existing_tables(store: Store) -> None:
+    statements = [s for m in render(Target(ttl_days={"samples": 2})) for s in m.statements]
+    assert any("fathom.samples" in s and "INTERVAL 2 DAY" in s for s in statements)
+    apply_schema(store)
+    changed = apply(store, Target(ttl_days={"requests": 3, "quality": 90}))
+    assert changed == ["ttl quality=90d", "ttl requests=3d"]
+    assert ttl_days(store)["requests"] == 3 and ttl_days(store)["quality"] == 90
+    # `fathom serve` applies the defaults at start: it must not undo a chosen retention.
+    assert apply_schema(store) == [] and ttl_days(store)["requests"] == 3
+    with pytest.raises(ValueError, match="no TTL for"):
+        apply(store, Target(ttl_days={"nope": 1}))
+
+
+def test_cluster_schema_parses_in_chdb(store: Store) -> None:
+    statements = [s for m in render(Target(cluster="prod-eu")) for s in m.statements]
+    assert all("ON CLUSTER `prod-eu`" in s for s in statements)
+    joined = "\n".join(statements)
+    assert joined.count("ReplicatedMergeTree(") == 5 and "ReplicatedAggregatingMergeTree(" in joined
+    for table in TABLES:
+        assert (
+            f"AS fathom.{table}_local ENGINE = Distributed(`prod-eu`, fathom, {table}_local,"
+            in (joined)
+        )
+    assert "TO fathom.requests_1m_local" in joined and "FROM fathom.requests_local" in joined
+    assert joined.count("SETTINGS replicated_deduplication_window = 10000") == 5
+    for statement in statements:
+        ast = store.query_sync("EXPLAIN AST " + statement)  # raises on a syntax error
+        assert ast and ast[0][0].split()[0] in ("CreateQuery", "CreateDatabaseQuery"), statement
+
+
+async def test_rollup_view_keeps_per_minute_speed(store: Store) -> None:
+    apply_schema(store)
+    # Recent: rows already past their TTL are not even written.
+    minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+    rows = []
+    for i in range(200):
+        origin = "user" if i < 150 else "probe"
+        record = Record(
+            ts=minute + timedelta(seconds=i % 60), request_id=f"r{i}", route="chat", model="m",
+            deployment="d", origin=origin, stream=True, ttft_ms=float(i), itl_mean_ms=10.0,
+            decode_tps=50.0, output_tokens=5, error="upstream_http" if i % 50 == 0 else "",
+        )  # fmt: skip
+        rows.append([record.to_row()[c] for c in REQUEST_COLUMNS])
+    await store.insert("fathom.requests", REQUEST_COLUMNS, rows)
+    got = store.query_sync(
+        "SELECT origin, countMerge(requests), countIfMerge(errors), sumMerge(output_tokens), "
+        "quantilesTDigestMerge(0.5, 0.9, 0.95, 0.99)(ttft_ms)[1], "
+        "quantilesTDigestMerge(0.5, 0.9, 0.95, 0.99)(decode_tps)[1] "
+        "FROM fathom.requests_1m GROUP BY origin ORDER BY origin"
+    )
+    assert [g[:4] for g in got] == [("probe", 50, 1, 250), ("user", 150, 3, 750)]
+    assert 70 <= got[1][4] <= 80 and got[1][5] == pytest.approx(50.0)
+
+
+def test_cli_apply_and_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"chdb://{tmp_path / 'cli'}"
+    assert main(["schema", "apply", "--store", url, "--ttl-days", "samples=3"]) == 0
+    assert main(["schema", "apply", "--store", url, "--ttl-days", "samples=3,requests=30"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"schema at {url}: 001_init.sql", f"schema at {url}: up to date"]
+    assert main(["schema", "apply", "--store", url, "--ttl-days", "samples=0"]) == 2
+    assert "expected TABLE=DAYS" in capsys.readouterr().err
+    assert main(["schema", "render", "--cluster", "main", "--ttl-days", "quality=9"]) == 0
+    script = capsys.readouterr().out
+    assert "-- 001 001_init.sql" in script and "ON CLUSTER main" in script
+    assert "INTERVAL 9 DAY" in script and script.count(";\n") == script.count("CREATE ")

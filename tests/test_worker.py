@@ -1,0 +1,416 @@
+"""The probe worker on real parts: chDB, a `fathom simulate` process with quality knobs, the
+in-process proxy, the real openai client and the real all-MiniLM-L6-v2 model."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+import yaml
+from openai.types.chat import ChatCompletionMessageParam
+
+from probes.factuality import default_golden, load_canaries
+from probes.scorer import Scorer
+from probes.worker import (
+    ProbeSettings,
+    Sample,
+    Worker,
+    WorkerStats,
+    client_session,
+    reaskable,
+)
+from sidecar import spawn
+from sidecar.record import Record
+from sidecar.sampler import SAMPLE_COLUMNS, Sampler, parse_answer
+from sidecar.store.client import Store, open_store
+from sidecar.store.schema import apply_schema
+from tests.conftest import proxied
+from tests.test_probes_scorer import session_scorer
+
+# Simulated models: the same golden set as the canaries; 'steady' repeats itself and knows
+# its facts, 'flaky' says something new each time, 'wrong' repeats itself but errs.
+MODELS = [
+    {"name": "steady", "consistency": 1.0, "accuracy": 0.95},
+    {"name": "flaky", "consistency": 0.0, "accuracy": 0.95},
+    {"name": "wrong", "consistency": 1.0, "accuracy": 0.2},
+    {"name": "slow", "ttft_ms": 600},
+]
+
+
+@pytest.fixture(scope="session")
+def scorer(pytestconfig: pytest.Config) -> Scorer:
+    return session_scorer(pytestconfig)
+
+
+@contextlib.contextmanager
+def simulated_models(directory: Path) -> Iterator[str]:
+    """A simulator serving the three models, answering at once (12-word answers)."""
+    path = directory / "models.yaml"
+    common = {"ttft_ms": 0, "itl_ms": 0, "tokens": 12, "answers": str(default_golden())}
+    path.write_text(yaml.safe_dump({"seed": 7, "models": [{**common, **m} for m in MODELS]}))
+    argv = spawn.fathom_command("simulate", "--listen", "127.0.0.1:0", "--config", str(path))
+    with spawn.running(argv, ["server"]) as child:
+        yield child.addresses["server"]
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with simulated_models(tmp_path_factory.mktemp("sim")) as url:
+        yield url
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = open_store(f"chdb://{tmp_path / 'db'}")
+    apply_schema(opened)
+    yield opened
+    opened.close()
+
+
+def settings(**overrides: Any) -> ProbeSettings:
+    """Generous budgets, short pauses, no canaries unless asked."""
+    base = ProbeSettings(
+        k=3, requests_per_min=100_000, tokens_per_min=1e9, idle_s=0.05, timeout_s=30,
+        canaries_per_round=0,
+    )  # fmt: skip
+    return replace(base, **overrides).validate()
+
+
+async def until(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
+    """Poll `check` until it holds (fails the test after `within` seconds)."""
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def real_sample(
+    session: aiohttp.ClientSession, base: str, model: str, prompt: str, request_id: str
+) -> list[Any]:
+    """Ask the simulator a real chat request; its `fathom.samples` row, built by the sampler."""
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 64}
+    raw = json.dumps(body).encode()
+    async with session.post(base + "/v1/chat/completions", data=raw) as resp:
+        answer = parse_answer(await resp.read())
+    record = Record(
+        ts=datetime.now(UTC), request_id=request_id, route="chat", model=model,
+        deployment="d1", finish_reason=answer.finish_reason,
+    )  # fmt: skip
+    row = Sampler().row(record, raw, answer.text)
+    return [row[c] for c in SAMPLE_COLUMNS]
+
+
+async def seed(store: Store, base: str, model: str, count: int, prefix: str = "") -> list[str]:
+    """`count` samples of `model`, one real request each (distinct prompts)."""
+    async with aiohttp.ClientSession() as session:
+        rows = await asyncio.gather(*(
+            real_sample(session, base, model, f"Tell me about topic {i} please.",
+                        f"{prefix}{model}-{i:03d}")
+            for i in range(count)
+        ))  # fmt: skip
+    await store.insert("fathom.samples", SAMPLE_COLUMNS, rows)
+    return [str(row[1]) for row in rows]
+
+
+async def quality(store: Store, where: str = "1") -> list[tuple[Any, ...]]:
+    """(request_id, model, probe, count, mean score) per request and probe."""
+    return await store.query(
+        "SELECT request_id, model, probe, count(), avg(score), avg(passed) FROM fathom.quality "
+        f"WHERE {where} GROUP BY request_id, model, probe ORDER BY request_id, probe"
+    )
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+async def test_through_the_proxy_each_sample_scored_once_and_probe_traffic_labelled(
+    sim: str, scorer: Scorer, tmp_path: Path
+) -> None:
+    overrides = {
+        "store": f"chdb://{tmp_path / 'db'}", "sample_rate": 1.0, "writer_flush_s": 0.05,
+        "spool_dir": str(tmp_path / "spool"),
+    }  # fmt: skip
+    async with proxied(sim, **overrides) as proxy:
+        store = proxy.service.store
+        assert store is not None
+        client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="sk-user")
+        for i in range(6):
+            messages: list[ChatCompletionMessageParam] = [
+                {"role": "user", "content": f"What do you think of idea {i}?"}
+            ]
+            if i % 2:
+                stream = await client.chat.completions.create(
+                    model="steady", messages=messages, stream=True
+                )
+                _ = [chunk async for chunk in stream]
+            else:
+                await client.chat.completions.create(model="steady", messages=messages)
+
+        async def stored(sql: str, expected: int) -> bool:
+            return bool((await store.query(sql))[0][0] == expected)
+
+        await until(lambda: stored("SELECT count() FROM fathom.samples", 6))
+        await until(lambda: stored("SELECT count() FROM fathom.requests", 6))
+        canaries = [c for c in load_canaries() if c.kind == "numeric"][:3]
+        async with client_session(settings()) as session:
+            worker = Worker(store, session, proxy.url, scorer, canaries,
+                            settings(canaries_per_round=3))  # fmt: skip
+            stop = asyncio.Event()
+            await worker.step(stop)
+            await worker.step(stop)  # nothing left: nothing scored twice, no canaries yet
+        rows = await quality(store, "request_id != ''")
+        assert {(r[2], r[3]) for r in rows} == {("consistency", 1), ("degeneration", 1)}
+        assert len(rows) == 12 and len({r[0] for r in rows}) == 6
+        consistency = [r[4] for r in rows if r[2] == "consistency"]
+        assert min(consistency) > 0.99  # 'steady' repeats itself
+        canary_rows = await quality(store, "request_id = ''")
+        assert [(r[1], r[2], r[3], r[5]) for r in canary_rows] == [("steady", "factuality", 3, 1.0)]
+        assert worker.stats.samples_scored == 6 and worker.stats.consistency_scored == 6
+        assert worker.stats.canaries_sent == 3 and worker.stats.errors == 0
+
+        def origins() -> dict[str, int]:
+            counts: dict[str, int] = {}
+            for record in proxy.records.values():
+                counts[record.origin] = counts.get(record.origin, 0) + 1
+            return counts
+
+        async def all_recorded() -> bool:
+            return origins() == {"user": 6, "probe": 18, "canary": 3}
+
+        await until(all_recorded)
+        assert not any(r.sampled for r in proxy.records.values() if r.origin != "user")
+        probes = [r for r in proxy.records.values() if r.origin == "probe"]
+        assert all(r.deployment == "default" and r.status == 200 for r in probes)
+        await until(lambda: stored("SELECT count() FROM fathom.requests", 27))
+        by_origin = await store.query(
+            "SELECT origin, count(), sum(sampled) FROM fathom.requests GROUP BY origin "
+            "ORDER BY origin"
+        )
+        assert by_origin == [("canary", 3, 0), ("probe", 18, 0), ("user", 6, 6)]
+        samples = await store.query("SELECT DISTINCT origin FROM fathom.samples")
+        assert samples == [("user",)]
+
+
+# ---------------------------------------------------------------------------- quality
+
+
+async def test_consistent_model_scores_higher_than_inconsistent_one(
+    sim: str, scorer: Scorer, store: Store
+) -> None:
+    await seed(store, sim, "steady", 8)
+    await seed(store, sim, "flaky", 8)
+    async with client_session(settings()) as session:
+        worker = Worker(store, session, sim, scorer, [], settings(k=5))
+        assert not await worker.score_batch(asyncio.Event())
+    means = dict(
+        await store.query(
+            "SELECT model, avg(score) FROM fathom.quality WHERE probe = 'consistency' "
+            "GROUP BY model"
+        )
+    )
+    print(f"\nconsistency (k=5, 8 samples each): steady {means['steady']:.3f}, "
+          f"flaky {means['flaky']:.3f}")  # fmt: skip
+    assert means["steady"] > 0.99
+    assert means["flaky"] < means["steady"] - 0.2
+    assert worker.stats.consistency_scored == 16 and worker.stats.probe_requests == 80
+
+
+async def test_accurate_model_passes_more_canaries(sim: str, scorer: Scorer, store: Store) -> None:
+    canaries = load_canaries()[::2]  # every category, half the embedding work
+    probe = settings(canaries_per_round=len(canaries))
+    async with client_session(probe) as session:
+        worker = Worker(store, session, sim, scorer, canaries, probe)
+        assert await worker.canary_round("steady", "d1")
+        assert await worker.canary_round("wrong", "d1")
+    rows = await store.query(
+        "SELECT model, count(), countIf(passed IS NOT NULL), avg(passed), "
+        "uniqExact(item_id), any(request_id) FROM fathom.quality WHERE probe = 'factuality' "
+        "GROUP BY model ORDER BY model"
+    )
+    rates = {model: rate for model, _, _, rate, _, _ in rows}
+    print(f"\ncanary pass rate ({len(canaries)} canaries): accurate {rates['steady']:.1%}, "
+          f"inaccurate {rates['wrong']:.1%}")  # fmt: skip
+    assert [(m, n, ids, rid) for m, n, _, _, ids, rid in rows] == [
+        ("steady", len(canaries), len(canaries), ""), ("wrong", len(canaries), len(canaries), "")
+    ]  # fmt: skip
+    assert rates["steady"] > 0.85 and rates["wrong"] < 0.5
+    assert worker.stats.canaries_sent == 2 * len(canaries) and worker.stats.canaries_failed == 0
+
+
+# ---------------------------------------------------------------------------- budget
+
+
+class FakeClock:
+    """Wall-clock seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_budget_caps_the_reasks(sim: str, scorer: Scorer, store: Store) -> None:
+    clock = FakeClock()
+    probe = settings(k=5, requests_per_min=10)
+    async with proxied(sim) as proxy, client_session(probe) as session:
+        worker = Worker(store, session, proxy.url, scorer, [], probe, clock=clock)
+        await seed(store, sim, "steady", 6)
+        await worker.score_batch(asyncio.Event())
+        assert (worker.stats.consistency_scored, worker.stats.skipped_budget) == (2, 4)
+        clock.now += 60  # a minute later the budget has refilled, once
+        await seed(store, sim, "steady", 3, prefix="later-")
+        await worker.score_batch(asyncio.Event())
+        assert (worker.stats.consistency_scored, worker.stats.skipped_budget) == (4, 5)
+        probes = [r for r in proxy.records.values() if r.origin == "probe"]
+        assert len(probes) == 20 == worker.stats.probe_requests
+    rows = await quality(store)
+    assert sum(r[2] == "degeneration" for r in rows) == 9
+    assert sum(r[2] == "consistency" for r in rows) == 4
+
+
+async def test_token_budget_is_checked_before_sending(
+    sim: str, scorer: Scorer, store: Store
+) -> None:
+    probe = settings(k=5, tokens_per_min=100)  # one re-ask of these samples needs ~60
+    async with client_session(probe) as session:
+        worker = Worker(store, session, sim, scorer, [], probe, clock=FakeClock())
+        await seed(store, sim, "steady", 2)
+        await worker.score_batch(asyncio.Event())
+    assert worker.stats.skipped_budget == 2 and worker.stats.probe_requests == 0
+    assert worker.stats.samples_scored == 2
+
+
+# ---------------------------------------------------------------------------- workers
+
+
+async def test_three_workers_score_every_sample_exactly_once(
+    sim: str, scorer: Scorer, store: Store
+) -> None:
+    ids = await seed(store, sim, "steady", 30)
+    stop = asyncio.Event()
+    stats = [WorkerStats() for _ in range(3)]
+
+    async def one(index: int) -> None:
+        probe = settings(k=2, batch=4, worker_index=index, worker_count=3)
+        async with client_session(probe) as session:
+            await Worker(store, session, sim, scorer, [], probe, stats=stats[index]).run(stop)
+
+    async def all_scored() -> bool:
+        sql = "SELECT count() FROM fathom.quality WHERE probe = 'degeneration'"
+        return bool((await store.query(sql))[0][0] >= len(ids))
+
+    tasks = [asyncio.create_task(one(i)) for i in range(3)]
+    try:
+        await until(all_scored, within=30)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    rows = await quality(store)
+    counts = {(r[0], r[2]): r[3] for r in rows}
+    assert counts == {(i, p): 1 for i in ids for p in ("consistency", "degeneration")}
+    assert sum(s.samples_scored for s in stats) == 30
+    assert all(s.samples_scored > 0 and s.errors == 0 for s in stats)
+    shares = await store.query(
+        "SELECT cityHash64(request_id) % 3 AS w, count() FROM fathom.samples GROUP BY w ORDER BY w"
+    )
+    assert [n for _, n in shares] == [s.samples_scored for s in stats]
+
+
+async def test_stop_finishes_the_samples_in_hand(sim: str, scorer: Scorer, store: Store) -> None:
+    await seed(store, sim, "slow", 6)
+    oldest = await store.query("SELECT request_id FROM fathom.samples ORDER BY ts, request_id")
+    probe = settings(k=2, concurrency=2)
+    stop = asyncio.Event()
+    async with client_session(probe) as session:
+        worker = Worker(store, session, sim, scorer, [], probe)
+        running = asyncio.create_task(worker.run(stop))
+
+        async def reasking() -> bool:
+            return worker.stats.reasking == 2
+
+        await until(reasking)
+        stop.set()  # as SIGTERM does
+        await running
+    rows = await quality(store)
+    assert [(r[0], r[2]) for r in rows] == [
+        (i, p) for (i,) in oldest[:2] for p in ("consistency", "degeneration")
+    ]
+    assert worker.stats.samples_scored == 2 and worker.stats.reasking == 0
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+async def test_overloaded_upstream_backs_off_and_unreachable_store_is_survived(
+    sim: str, scorer: Scorer, tmp_path: Path
+) -> None:
+    store = open_store(f"chdb://{tmp_path / 'db'}")  # no schema: every query fails
+    try:
+        async with client_session(settings()) as session:
+            worker = Worker(store, session, sim, scorer, [], settings())
+            # Detection fails first; the round stops there and pauses (backoff: 1 s, 2 s, ...).
+            assert await worker.step(asyncio.Event()) == 1.0 and worker.stats.errors == 1
+            assert await worker.step(asyncio.Event()) == 2.0 and worker.stats.errors == 2
+            apply_schema(store)
+            await seed(store, sim, "steady", 2)
+            # Every re-ask fails to connect: degeneration only, and the worker rests.
+            down = Worker(store, session, "http://127.0.0.1:9", scorer, [], settings(batch=1))
+            assert await down.step(asyncio.Event()) == 1.0
+            assert down.stats.skipped["reask_failed"] == 1 and down.stats.backoffs == 1
+            assert (await worker.step(asyncio.Event())) == worker.settings.idle_s
+            assert worker.stats.consistency_scored == 1 and worker.stats.errors == 2
+    finally:
+        store.close()
+
+
+def test_unreaskable_samples_say_why() -> None:
+    def sample(request_json: str, answer: str = "An answer.") -> Sample:
+        return Sample(datetime.now(UTC), "r", "m", "d", "chat", "stop", request_json, answer)
+
+    ok = '{"model": "m", "messages": []}'
+    assert reaskable(sample(ok)) == ({"model": "m", "messages": []}, "")
+    assert reaskable(sample("not json"))[1] == "not_json"
+    assert reaskable(sample('{"messages": []}'))[1] == "not_json"
+    assert reaskable(sample(ok, "  "))[1] == "empty_answer"
+    assert reaskable(sample('{"model": "m", "x": "a [fathom: truncated 9 chars]"}'))[1] == (
+        "truncated"
+    )
+
+
+class BrokenModel:
+    """A model that fails like a GPU out of memory (which cannot be had here)."""
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return 4
+
+    def encode(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+
+async def test_scorer_failure_leaves_samples_for_a_later_round(
+    sim: str, scorer: Scorer, store: Store
+) -> None:
+    broken = Scorer(BrokenModel(), name="broken", device="cpu", dtype="float32", batch_size=8)
+    await seed(store, sim, "steady", 3)
+    try:
+        async with client_session(settings()) as session:
+            failing = Worker(store, session, sim, broken, [], settings())
+            assert await failing.step(asyncio.Event()) == 1.0  # backing off
+            assert failing.stats.errors == 1 and failing.stats.samples_scored == 0
+            assert await quality(store) == []  # nothing half-scored
+            worker = Worker(store, session, sim, scorer, [], settings())
+            await worker.step(asyncio.Event())
+    finally:
+        broken.close()
+    assert worker.stats.consistency_scored == 3 and len(await quality(store)) == 6
