@@ -11,10 +11,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sidecar.store.client import open_store
 
+from probes.detect import REGRESSION_COLUMNS
 from sidecar import check
 from sidecar.spawn import fathom_command
+from sidecar.store.client import open_store
 from tests.test_dashboards_data import NOW, open_seeded
 
 
@@ -68,18 +69,7 @@ def test_recorded_findings_fail_the_gate_too(store_url: str) -> None:
     try:
         store.insert_sync(
             "fathom.regressions",
-            (
-                "ts",
-                "model",
-                "deployment",
-                "probe",
-                "test",
-                "statistic",
-                "baseline",
-                "current",
-                "n_baseline",
-                "n_current",
-            ),
+            REGRESSION_COLUMNS,
             [
                 [
                     NOW - timedelta(minutes=30),
