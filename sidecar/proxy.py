@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -71,7 +71,7 @@ class ProxyError(Exception):
 
 OnRecord = Callable[[Record, list[float]], None]
 OnAnswer = Callable[[Record, bytes, str], None]
-ShouldSample = Callable[[Record, "CIMultiDict[str] | Any"], bool]
+ShouldSample = Callable[[Record, Mapping[str, str]], bool]
 
 
 class Proxy:
@@ -124,7 +124,7 @@ class Proxy:
             route=route_of(request.path),
             origin=origin if origin in ("probe", "canary") else "user",
             path=request.path[:256],
-            client=hashlib.sha256(self._salt + auth.encode()).hexdigest()[:16],
+            client=_client_hash(self._salt, auth),
         )
 
     async def _relay(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
@@ -227,6 +227,7 @@ class Proxy:
             for event in events:
                 if self._observe(ex, classify(event.data), now):
                     await out.write(event.raw)
+                    ex.record.response_bytes += len(event.raw)
             if not chunk:
                 break
             try:
@@ -264,6 +265,7 @@ class Proxy:
             except UpstreamBroke as exc:
                 return await self._break(request, out, ex, exc)
             await out.write(chunk)
+            ex.record.response_bytes += len(chunk)
             if len(kept) < ANSWER_CAP:
                 kept += chunk
         await out.write_eof()
@@ -292,6 +294,7 @@ class Proxy:
         await out.prepare(request)
         if not streaming and first:
             await out.write(first)
+            ex.record.response_bytes += len(first)
         return out
 
     async def _break(
@@ -331,6 +334,12 @@ class UpstreamBroke(Exception):
     def __init__(self, error: str, message: str) -> None:
         super().__init__(message)
         self.error = error
+
+
+def _client_hash(salt: bytes, credential: str) -> str:
+    """Who called, without keeping the credential: a salted hash of it."""
+    # aiohttp keeps undecodable header bytes as surrogates: hash them as they came.
+    return hashlib.sha256(salt + credential.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:

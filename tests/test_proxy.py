@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 
@@ -93,11 +94,13 @@ async def test_passthrough_of_other_routes_and_headers(simulator: str) -> None:
     async with proxied(simulator) as proxy, aiohttp.ClientSession() as session:
         async with session.get(proxy.url + "/v1/models") as resp:
             assert resp.status == 200
-            assert (await resp.json())["data"][0]["id"] == "sim"
+            body = await resp.read()
+            assert json.loads(body)["data"][0]["id"] == "sim"
             request_id = resp.headers[REQUEST_ID_HEADER]
         async with session.get(proxy.url + "/nowhere?x=1") as resp:
             assert resp.status == 404
         assert proxy.record(request_id).route == "other"
+        assert proxy.record(request_id).response_bytes == len(body)
 
 
 async def test_tokens_counted_when_usage_cannot_be_had(simulator: str) -> None:
