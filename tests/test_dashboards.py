@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
-from sidecar.store.client import Store
 
 from probes.detect import run_detection
+from sidecar.store.client import Store
 from tests.test_dashboards_data import (
     NOW,
     Result,

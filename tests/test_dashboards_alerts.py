@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import yaml
-from sidecar.store.client import Store
 
 from probes.detect import (
     DetectionSettings,
@@ -25,6 +24,7 @@ from probes.detect import (
     run_detection,
     sprt_drop,
 )
+from sidecar.store.client import Store
 from tests.test_dashboards_data import NOW, is_numeric, is_text, open_seeded, run_grafana_query
 from tests.test_dashboards_macros import QueryContext
 
