@@ -39,6 +39,9 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Store and spool first: they are what can fail here, before anything needs closing.
+        self.store = None if settings.store == "none" else open_store(settings.store)
+        self.writer = None if self.store is None else Writer(self.store, _writer_settings(settings))
         self.metrics = Metrics(settings.provider, settings.model_label_cap)
         connector = aiohttp.TCPConnector(limit=settings.pool_limit, limit_per_host=0)
         timeout = aiohttp.ClientTimeout(
@@ -49,8 +52,6 @@ class Service:
         )
         default = Upstream(URL(settings.upstream), settings.deployment)
         self.router = Router(default, settings.routes, random.Random())
-        self.store = None if settings.store == "none" else open_store(settings.store)
-        self.writer = None if self.store is None else Writer(self.store, _writer_settings(settings))
         self.sampler = Sampler.from_settings(settings)
         self.proxy = Proxy(
             settings, self.session, self.router.pick, self.on_record, time.perf_counter,
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         uvloop.run(serve_until_signalled(settings))
-    except SpoolError as exc:
+    except (SpoolError, StoreError, ConfigError) as exc:
         print(f"fathom serve: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -185,6 +185,8 @@ def validate(settings: Settings) -> Settings:
     rates = [settings.sample_rate, *settings.sample_rates.values()]
     if any(not 0.0 <= rate <= 1.0 for rate in rates):
         raise ConfigError("sample rates must be within [0, 1]")
+    if settings.probes and settings.store == "none":
+        raise ConfigError("probes=true needs a store: the worker reads samples from it")
     if settings.pool_limit < 1 or settings.max_body_bytes < 1:
         raise ConfigError("pool_limit and max_body_bytes must be positive")
     return settings
