@@ -19,6 +19,7 @@ from yarl import URL
 from sidecar.config import Settings
 from sidecar.record import Record
 from sidecar.routing import Upstream
+from sidecar.sampler import parse_answer
 from sidecar.sse import Chunk, SSEParser, StreamTiming, classify
 
 # RFC 9110 hop-by-hop headers, plus those the proxy recomputes for its own connections.
@@ -374,14 +375,10 @@ def _read_answer(ex: Exchange, body: bytes) -> None:
         return
     if isinstance(obj.get("usage"), dict):
         _apply_usage(ex.record, obj["usage"])
-    choices = obj.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return
-    ex.record.finish_reason = str(choices[0].get("finish_reason") or "")[:32]
+    answer = parse_answer(obj)  # the sampler's reading of a response: one reading for both
+    ex.record.finish_reason = answer.finish_reason[:32]
     if ex.sample:
-        message = choices[0].get("message")
-        text = message.get("content") if isinstance(message, dict) else choices[0].get("text")
-        ex.answer.append(str(text or ""))
+        ex.answer.append(answer.text)
 
 
 def _json_error(status: int, error: str, message: str) -> web.Response:
