@@ -19,7 +19,7 @@ from yarl import URL
 from sidecar.config import Settings
 from sidecar.record import Record
 from sidecar.routing import Upstream
-from sidecar.sampler import parse_answer
+from sidecar.sampler import StreamAnswer, parse_answer
 from sidecar.sse import Chunk, SSEParser, StreamTiming, classify
 
 # RFC 9110 hop-by-hop headers, plus those the proxy recomputes for its own connections.
@@ -58,7 +58,7 @@ class Exchange:
     strip_usage: bool = False
     sample: bool = False
     body: bytes = b""
-    answer: list[str] = field(default_factory=list)
+    answer: StreamAnswer = field(default_factory=StreamAnswer)
 
 
 class ProxyError(Exception):
@@ -102,7 +102,9 @@ class Proxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Relay one request; always leaves exactly one Record behind."""
         t0 = self._clock()
-        ex = Exchange(record=self._new_record(request), t0=t0)
+        # Twice the sampler's cap: it still sees that a longer answer was cut, and marks it.
+        answer = StreamAnswer(2 * self._settings.sample_max_chars)
+        ex = Exchange(record=self._new_record(request), t0=t0, answer=answer)
         try:
             return await self._relay(request, ex)
         except ProxyError as exc:
@@ -244,7 +246,7 @@ class Proxy:
         if chunk.content:
             ex.timing.content_at(now)
             if ex.sample and chunk.text:
-                ex.answer.append(chunk.text)
+                ex.answer.add(chunk)
         if chunk.finish_reason:
             rec.finish_reason = chunk.finish_reason[:32]
         if chunk.usage:
@@ -326,7 +328,7 @@ class Proxy:
         rec.sampled = ex.sample and not rec.error and self._on_answer is not None
         self._on_record(rec, timing.gaps)
         if rec.sampled and self._on_answer is not None:
-            self._on_answer(rec, ex.body, "".join(ex.answer))
+            self._on_answer(rec, ex.body, ex.answer.text)
 
 
 class UpstreamBroke(Exception):
@@ -378,7 +380,7 @@ def _read_answer(ex: Exchange, body: bytes) -> None:
     answer = parse_answer(obj)  # the sampler's reading of a response: one reading for both
     ex.record.finish_reason = answer.finish_reason[:32]
     if ex.sample:
-        ex.answer.append(answer.text)
+        ex.answer.add(Chunk(text=answer.text))
 
 
 def _json_error(status: int, error: str, message: str) -> web.Response:
