@@ -140,7 +140,7 @@ def main() -> None:
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="fathom-ingest-"))
     me = psutil.Process()
     rss_start = me.memory_info().rss
-    store = open_store(f"chdb://{workdir / 'db'}")
+    store = open_store(f"chdb://{workdir / 'db'}", isolated=True)  # as `fathom serve` runs it
     try:
         apply_schema(store)
         rss_open = me.memory_info().rss

@@ -40,7 +40,8 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         # Store and spool first: they are what can fail here, before anything needs closing.
-        self.store = None if settings.store == "none" else open_store(settings.store)
+        # The embedded engine in a child process: its inserts never stall the loop's clock.
+        self.store = None if settings.store == "none" else open_store(settings.store, True)
         self.writer = None if self.store is None else Writer(self.store, _writer_settings(settings))
         self.metrics = Metrics(settings.provider, settings.model_label_cap)
         connector = aiohttp.TCPConnector(limit=settings.pool_limit, limit_per_host=0)
@@ -135,13 +136,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve_until_signalled(settings: Settings) -> None:
+async def serve_until_signalled(
+    settings: Settings, listener: Callable[[Record], None] | None = None
+) -> None:
     """Serve; on SIGTERM or SIGINT stop accepting, let streams finish, flush, return."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with running(settings) as service:
+        if listener is not None:
+            service.listeners.append(listener)
         for name, address in service.addresses.items():
             print(f"{name} listening on {address}", flush=True)
         await stop.wait()

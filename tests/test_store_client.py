@@ -83,8 +83,9 @@ def test_chdb_store_creates_its_directory_and_shares_the_engine(tmp_path: Path) 
             store.close()
 
 
-def test_values_of_the_wrong_type_are_rejected_not_retried(tmp_path: Path) -> None:
-    store = open_store(f"chdb://{tmp_path / 'db'}")
+@pytest.mark.parametrize("isolated", [False, True], ids=["in-process", "child-process"])
+def test_values_of_the_wrong_type_are_rejected_not_retried(tmp_path: Path, isolated: bool) -> None:
+    store = open_store(f"chdb://{tmp_path / 'db'}", isolated)
     try:
         apply_schema(store)
         row = Record(ts=datetime.now(UTC), request_id="x", route="chat").to_row()

@@ -1,9 +1,10 @@
-"""Store URLs and the one client everything in a process shares.
+"""Store URLs and the one store everything in a process shares.
 
 `chdb:///abs/path` is the embedded ClickHouse engine (one process owns a path);
 `http(s)://user:pass@host:8123/fathom` is a ClickHouse server or cluster. Every blocking
-clickhouse-connect call runs on one dedicated thread, so the event loop never waits on it
-and the embedded engine is only ever entered from one thread.
+call runs on one dedicated thread, so the event loop never waits on it and the embedded
+engine is only ever entered from one thread. `isolated=True` runs the embedded engine in a
+child process (see sidecar.store.engine): what `fathom serve` does.
 """
 
 from __future__ import annotations
@@ -18,19 +19,15 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import clickhouse_connect
-from clickhouse_connect.driver.exceptions import ClickHouseError, DataError
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from sidecar.store.engine import ChildEngine, Engine, InProcess, short
+from sidecar.store.engine import RowsRejected as RowsRejected
+from sidecar.store.engine import StoreError as StoreError
 
 T = TypeVar("T")
 DATABASE = "fathom"
 URL_FORMS = "use chdb:///path or http://user:pass@host:8123/fathom"
-
-
-class StoreError(RuntimeError):
-    """The store is unusable or refused an operation; the message says which store and why."""
-
-
-class RowsRejected(StoreError):
-    """The rows themselves cannot be stored (a value of the wrong type): retrying cannot help."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +82,16 @@ def parse_store_url(url: str) -> StoreURL:
 
 
 class Store:
-    """One clickhouse-connect client behind one thread; async and blocking forms of each call."""
+    """One engine behind one thread; async and blocking forms of each call."""
 
-    def __init__(self, url: StoreURL) -> None:
+    def __init__(self, url: StoreURL, isolated: bool = False) -> None:
         self.url = url
+        self._isolated = isolated and url.kind == "chdb"
         self._thread = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="fathom-store", initializer=self._mark_thread
         )
         self._thread_id = -1
-        self._client: Any = None
+        self._engine: Engine | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -102,24 +100,26 @@ class Store:
     def _mark_thread(self) -> None:
         self._thread_id = threading.get_ident()
 
-    def _connect(self) -> Any:
-        if self._client is None:
-            try:
-                self._client = _client_for(self.url)
-            except (ClickHouseError, OSError) as exc:
-                raise StoreError(f"store unreachable at {self.url.safe}: {_short(exc)}") from exc
-        return self._client
+    def _connect(self) -> Engine:
+        if self._engine is None:
+            self._engine = _engine_for(self.url, self._isolated)
+        return self._engine
 
-    def _call(self, what: str, fn: Callable[[Any], T]) -> T:
+    def _call(self, what: str, op: str, *args: Any) -> Any:
         if threading.get_ident() != self._thread_id:
             # Blocking callers on other threads still enter the engine from the store's thread.
             if self._closed:
                 raise StoreError(f"{what} failed: the store at {self.url.safe} is closed")
-            return self._thread.submit(self._call, what, fn).result()
+            return self._thread.submit(self._call, what, op, *args).result()
+        engine = self._connect()  # StoreError: unreachable, said as such
         try:
-            return fn(self._connect())
-        except (ClickHouseError, OSError) as exc:
-            raise StoreError(f"{what} failed at {self.url.safe}: {_short(exc)}") from exc
+            return engine.run(op, *args)
+        except RowsRejected:
+            raise
+        except StoreError as exc:
+            if not engine.alive:
+                self._engine = None  # a child that died is started again on the next call
+            raise StoreError(f"{what} failed at {self.url.safe}: {exc}") from exc
 
     async def call(self, fn: Callable[[Store], T]) -> T:
         """Run `fn(store)` (which may use the blocking methods) on the store's thread."""
@@ -129,12 +129,12 @@ class Store:
         self, sql: str, parameters: Mapping[str, Any] | None = None
     ) -> list[tuple[Any, ...]]:
         """Rows of a SELECT, parameters bound server-side ({name:Type})."""
-        result = self._call("query", lambda c: c.query(sql, parameters=dict(parameters or {})))
-        return [tuple(row) for row in result.result_rows]
+        rows: list[tuple[Any, ...]] = self._call("query", "query", sql, dict(parameters or {}))
+        return rows
 
     def command_sync(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
         """Run a statement that returns no rows."""
-        self._call("command", lambda c: c.command(sql, parameters=dict(parameters or {})))
+        self._call("command", "command", sql, dict(parameters or {}))
 
     def insert_sync(
         self,
@@ -144,18 +144,7 @@ class Store:
         token: str = "",
     ) -> None:
         """Insert rows; a non-empty `token` makes a repeated insert of the same batch a no-op."""
-        settings = {"insert_deduplication_token": token} if token else {}
-
-        def insert(client: Any) -> None:
-            try:
-                client.insert(table, rows, column_names=list(columns), settings=settings)
-            except DataError as exc:  # raised while encoding our rows, before anything is sent
-                raise RowsRejected(f"insert into {table}: {_short(exc)}") from exc
-            except (TypeError, ValueError, AttributeError) as exc:
-                # clickhouse-connect's encoders raise these for a value of the wrong type
-                raise RowsRejected(f"insert into {table}: {type(exc).__name__}: {exc}") from exc
-
-        self._call(f"insert into {table}", insert)
+        self._call(f"insert into {table}", "insert", table, columns, rows, token)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
@@ -179,36 +168,38 @@ class Store:
         await self._run(self.insert_sync, table, columns, rows, token)
 
     def close(self) -> None:
-        """Close the client and stop the thread (waits for the call in flight); idempotent."""
+        """Close the engine and stop the thread (waits for the call in flight); idempotent."""
         if self._closed:
             return
         self._closed = True
-        self._thread.submit(self._close_client).result()
+        self._thread.submit(self._close_engine).result()
         self._thread.shutdown(wait=True)
 
-    def _close_client(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    def _close_engine(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
 
-def _client_for(url: StoreURL) -> Any:
-    """A clickhouse-connect client: the embedded engine at a path, or an HTTP server."""
-    if url.kind == "chdb":
-        Path(url.path).mkdir(parents=True, exist_ok=True)
-        # Clients on one path share the process's single engine; another path raises.
-        return clickhouse_connect.get_client(dsn=f"chdb://{url.path}")
-    return clickhouse_connect.get_client(
-        host=url.host, port=url.port, username=url.username, password=url.password,
-        secure=url.secure, connect_timeout=5, send_receive_timeout=60,
-    )  # fmt: skip
+def _engine_for(url: StoreURL, isolated: bool) -> Engine:
+    """The embedded engine at a path (here or in a child process), or an HTTP server."""
+    try:
+        if url.kind == "chdb":
+            Path(url.path).mkdir(parents=True, exist_ok=True)
+            if isolated:
+                return ChildEngine(url.path)
+            # Clients on one path share the process's single engine; another path raises.
+            return InProcess(clickhouse_connect.get_client(dsn=f"chdb://{url.path}"))
+        return InProcess(clickhouse_connect.get_client(
+            host=url.host, port=url.port, username=url.username, password=url.password,
+            secure=url.secure, connect_timeout=5, send_receive_timeout=60,
+        ))  # fmt: skip
+    except (ClickHouseError, OSError) as exc:
+        raise StoreError(f"store unreachable at {url.safe}: {short(exc)}") from exc
+    except StoreError as exc:
+        raise StoreError(f"store unreachable at {url.safe}: {exc}") from exc
 
 
-def open_store(url: str) -> Store:
-    """A Store for `url` (connects lazily, on first use)."""
-    return Store(parse_store_url(url))
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+def open_store(url: str, isolated: bool = False) -> Store:
+    """A Store for `url` (connects lazily, on first use); see `Store` for `isolated`."""
+    return Store(parse_store_url(url), isolated)

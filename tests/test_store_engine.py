@@ -1,0 +1,110 @@
+"""The embedded engine in a child process (what `fathom serve` runs), on the real chDB engine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+import pytest
+
+from sidecar.record import REQUEST_COLUMNS, Record
+from sidecar.store.client import StoreError, open_store
+from sidecar.store.schema import apply_schema
+
+
+def rows(n: int, prefix: str) -> list[list[object]]:
+    now = datetime.now(UTC)
+    records = (Record(ts=now, request_id=f"{prefix}{i}", route="chat", e2e_ms=i) for i in range(n))
+    return [[r.to_row()[c] for c in REQUEST_COLUMNS] for r in records]
+
+
+def engines(parent: psutil.Process | None = None) -> list[psutil.Process]:
+    """Engine processes started by `parent` (this one by default); other children are ignored."""
+    children = (parent or psutil.Process()).children()
+    return [c for c in children if "sidecar.store.engine" in " ".join(c.cmdline())]
+
+
+def engine_pid() -> int:
+    [child] = engines()
+    return child.pid
+
+
+def test_rows_round_trip_through_the_child_in_slices(tmp_path: Path) -> None:
+    store = open_store(f"chdb://{tmp_path / 'db'}", isolated=True)
+    try:
+        apply_schema(store)
+        # 2,500 rows travel as three pickled slices and land as one insert, once per token.
+        batch = rows(2500, "r")
+        store.insert_sync("fathom.requests", REQUEST_COLUMNS, batch, token="t1")
+        store.insert_sync("fathom.requests", REQUEST_COLUMNS, batch, token="t1")
+        got = store.query_sync(
+            "SELECT count(), uniqExact(request_id), sum(e2e_ms) FROM fathom.requests"
+        )
+        assert got == [(2500, 2500, sum(range(2500)))]
+        assert store.query_sync("SELECT {x:UInt8} + 1", {"x": 41}) == [(42,)]
+    finally:
+        store.close()
+    assert not engines()  # close() waited for the child
+
+
+def test_a_dead_child_is_a_store_error_then_a_new_child(tmp_path: Path) -> None:
+    store = open_store(f"chdb://{tmp_path / 'db'}", isolated=True)
+    try:
+        apply_schema(store)
+        store.insert_sync("fathom.requests", REQUEST_COLUMNS, rows(10, "a"))
+        first = engine_pid()
+        os.kill(first, signal.SIGKILL)
+        psutil.Process(first).wait(10)
+        with pytest.raises(StoreError, match="engine process is gone"):
+            store.insert_sync("fathom.requests", REQUEST_COLUMNS, rows(10, "b"))
+        # The next call starts a new engine on the same path; what was written is there.
+        store.insert_sync("fathom.requests", REQUEST_COLUMNS, rows(10, "c"))
+        assert engine_pid() != first
+        assert store.query_sync("SELECT count() FROM fathom.requests") == [(20,)]
+    finally:
+        store.close()
+
+
+def test_the_child_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
+    script = (
+        "import sys, time\n"
+        "from sidecar.store.client import open_store\n"
+        f"store = open_store('chdb://{tmp_path / 'db'}', isolated=True)\n"
+        "store.query_sync('SELECT 1')\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None and parent.stdout.readline() == "ready\n"
+        [child] = engines(psutil.Process(parent.pid))
+        parent.kill()
+        parent.wait(10)
+        # End of file on its socket: the child closes the engine and exits by itself.
+        child.wait(10)  # psutil.TimeoutExpired if it lingers
+        assert not child.is_running()
+    finally:
+        parent.kill()
+        parent.wait()
+    # The path is free again: a new process can open it at once.
+    store = open_store(f"chdb://{tmp_path / 'db'}", isolated=True)
+    try:
+        assert store.query_sync("SELECT 1") == [(1,)]
+    finally:
+        store.close()
+
+
+def test_an_unopenable_path_says_so(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    store = open_store(f"chdb://{blocker / 'db'}", isolated=True)
+    try:
+        with pytest.raises(StoreError, match="unreachable at chdb://"):
+            store.query_sync("SELECT 1")
+    finally:
+        store.close()
