@@ -2,9 +2,11 @@
 
 - numeric canaries: the number is extracted from the answer ("The answer is 1,024." -> 1024)
   and compared exactly (or within the item's `tolerance`); score 1.0 or 0.0.
-- text canaries, TruthfulQA-style: `diff` = max cosine to a correct reference - max cosine to
-  an incorrect one. `score` = clip(0.5 + diff, 0, 1) (0.5 = undecided; TruthfulQA diffs rarely
-  leave [-0.5, 0.5]), `passed` = diff > 0, or None (abstain) when |diff| < `band`.
+- text canaries, TruthfulQA-style: `diff` = max similarity to a correct reference - max
+  similarity to an incorrect one, where a similarity is the cosine of the answer and the
+  reference embedded after the question, mixed with their token F1, less a penalty when one
+  is negative and the other is not (`polarity`). `score` = clip(0.5 + diff, 0, 1) (0.5 =
+  undecided), `passed` = diff > 0, or None (abstain) when |diff| < `band`.
 
 The golden-set format is documented in probes/golden/README.md.
 """
@@ -16,6 +18,7 @@ import importlib.resources
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +26,14 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import numpy.typing as npt
 
 from probes.consistency import Reply, ask, probe_headers
 from probes.scorer import ProbeResult, Scorer, Vectors, similarity
 
 PROBE = "factuality"
 NUMERIC_SCORER = "exact-number/v1"
+TEXT_SCORER = "truthful-diff-v2"  # v2: in-context embeddings, polarity, token F1
 DEFAULT_BAND = 0.05  # |diff| under this is within MiniLM's paraphrase noise: abstain
 KINDS = ("numeric", "text")
 SYSTEM_PROMPT = "Answer the question briefly and directly."
@@ -254,6 +259,69 @@ def score_numeric(canary: Canary, answer: str) -> ProbeResult:
 
 # ---------------------------------------------------------------------------- text
 
+# Chosen on the even-indexed TruthfulQA questions only (tests/test_probes_factuality.py; the
+# odd-indexed ones are the held-out check). A polarity mismatch costs this much similarity:
+# MiniLM puts "X does not cause Y" next to "X causes Y", where references in fact disagree.
+POLARITY_PENALTY = 0.15
+LEXICAL_WEIGHT = 0.2  # share of token F1 in a similarity (names and numbers beat topic)
+_NEGATIONS = frozenset({
+    "no", "not", "never", "nothing", "none", "nobody", "noone", "nowhere", "neither", "nor",
+    "cannot", "without",
+})  # fmt: skip
+_STOPWORDS = frozenset({
+    "the", "a", "an", "of", "to", "in", "is", "are", "was", "were", "be", "it", "you", "your",
+    "if", "that", "this", "and", "or", "for", "on", "with", "as", "by", "at", "from", "do",
+    "does", "did", "can", "will", "would", "should",
+})  # fmt: skip
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower().replace("\u2019", "'"))
+
+
+def polarity(text: str) -> int:
+    """-1 for a negative statement, else 1: a leading yes/no decides, else negation parity."""
+    words = _tokens(text)
+    if words and words[0] in ("yes", "no"):
+        return 1 if words[0] == "yes" else -1
+    negations = sum(w in _NEGATIONS or w.endswith("n't") for w in words)
+    return -1 if negations % 2 else 1
+
+
+def token_f1(a: str, b: str) -> float:
+    """F1 of the content words two texts share (SQuAD-style, stopwords left out)."""
+    ta = Counter(w for w in _tokens(a) if w not in _STOPWORDS)
+    tb = Counter(w for w in _tokens(b) if w not in _STOPWORDS)
+    common = sum((ta & tb).values())
+    if not common:
+        return 0.0
+    precision, recall = common / sum(ta.values()), common / sum(tb.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def in_context(question: str, text: str) -> str:
+    """What is embedded for an answer: after its question, so answers compare in context."""
+    return f"Q: {question} A: {text}" if question else text
+
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    """One reference list: its texts and their embeddings (in context), row for row."""
+
+    texts: Sequence[str]
+    vectors: Vectors
+
+
+def reference_similarity(answer: str, vector: Vectors, refs: Side) -> npt.NDArray[np.float64]:
+    """Similarity of an answer to each reference: cosine and token F1, less polarity flips."""
+    cosine = similarity(vector.reshape(1, -1), refs.vectors)[0].astype(np.float64)
+    lexical = np.array([token_f1(answer, ref) for ref in refs.texts])
+    sign = polarity(answer)
+    flipped = np.array([polarity(ref) != sign for ref in refs.texts])
+    mixed: npt.NDArray[np.float64] = (1 - LEXICAL_WEIGHT) * cosine + LEXICAL_WEIGHT * lexical
+    return mixed - POLARITY_PENALTY * flipped
+
 
 @dataclass(frozen=True, slots=True)
 class Diff:
@@ -270,10 +338,10 @@ class Diff:
         return self.max_true - self.max_false
 
 
-def truthful_diff(answer: Vectors, correct: Vectors, incorrect: Vectors) -> Diff:
-    """Compare one answer vector with the correct and incorrect reference vectors."""
-    true_sims = similarity(answer.reshape(1, -1), correct)[0]
-    false_sims = similarity(answer.reshape(1, -1), incorrect)[0]
+def truthful_diff(answer: str, vector: Vectors, correct: Side, incorrect: Side) -> Diff:
+    """Compare one answer (text and in-context vector) with the two reference lists."""
+    true_sims = reference_similarity(answer, vector, correct)
+    false_sims = reference_similarity(answer, vector, incorrect)
     i, j = int(np.argmax(true_sims)), int(np.argmax(false_sims))
     return Diff(float(true_sims[i]), float(false_sims[j]), i, j)
 
@@ -288,7 +356,7 @@ def text_result(canary_id: str, diff: Diff, band: float, scorer_name: str) -> Pr
         "band": band,
     }  # fmt: skip
     score = min(1.0, max(0.0, 0.5 + d))
-    return ProbeResult(PROBE, canary_id, score, passed, detail, f"truthful-diff/{scorer_name}")
+    return ProbeResult(PROBE, canary_id, score, passed, detail, f"{TEXT_SCORER}/{scorer_name}")
 
 
 async def score_text(
@@ -297,10 +365,12 @@ async def score_text(
     """TruthfulQA-style score of a text answer (one embedding batch with its references)."""
     if not answer.strip():
         detail = {"kind": "text", "empty": True}
-        return ProbeResult(PROBE, canary.id, 0.0, False, detail, f"truthful-diff/{scorer.name}")
-    vectors = await scorer.embed([answer, *canary.correct, *canary.incorrect])
+        return ProbeResult(PROBE, canary.id, 0.0, False, detail, f"{TEXT_SCORER}/{scorer.name}")
+    texts = [answer, *canary.correct, *canary.incorrect]
+    vectors = await scorer.embed([in_context(canary.prompt, t) for t in texts])
     n = 1 + len(canary.correct)
-    diff = truthful_diff(vectors[0], vectors[1:n], vectors[n:])
+    correct, incorrect = Side(canary.correct, vectors[1:n]), Side(canary.incorrect, vectors[n:])
+    diff = truthful_diff(answer, vectors[0], correct, incorrect)
     return text_result(canary.id, diff, band, scorer.name)
 
 
