@@ -136,9 +136,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve_until_signalled(
-    settings: Settings, listener: Callable[[Record], None] | None = None
-) -> None:
+Listener = Callable[[Record], None]
+
+
+async def serve_until_signalled(settings: Settings, listener: Listener | None = None) -> None:
     """Serve; on SIGTERM or SIGINT stop accepting, let streams finish, flush, return."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
