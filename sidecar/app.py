@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import uvloop
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from sidecar import config
@@ -246,6 +247,7 @@ def _writer_gauges(writer: Writer) -> list[Gauge]:
 
 async def _start(service: Service) -> None:
     settings = service.settings
+    logging.getLogger("aiohttp.server").addFilter(_without_request_bytes)
     proxy_app = web.Application()
     proxy_app[SERVICE] = service
     proxy_app.router.add_route("*", "/{tail:.*}", service.proxy.handle)
@@ -258,15 +260,29 @@ async def _start(service: Service) -> None:
         ("proxy", proxy_app, settings.listen_addr),
         ("admin", admin_app, settings.admin_addr),
     ):
+        # aiohttp's keep-alive timer also runs while headers arrive: it is the header timeout.
         runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=settings.grace_s
-        )
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=settings.grace_s,
+            keepalive_timeout=settings.header_timeout_s,
+        )  # fmt: skip
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
         service.runners.append(runner)
         bound = runner.addresses[0]
         service.addresses[name] = f"http://{bound[0]}:{bound[1]}"
+
+
+def _without_request_bytes(record: logging.LogRecord) -> bool:
+    """Log a malformed request by its error class only: aiohttp's message quotes the raw
+    header bytes, which can hold the client's Authorization or API key."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError):
+        record.msg = f"{record.getMessage()}: {type(exc).__name__} (HTTP {exc.code})"
+        record.args, record.exc_info, record.exc_text = (), None, None
+        record.levelno = min(record.levelno, logging.WARNING)  # the client's fault, not ours
+        record.levelname = logging.getLevelName(record.levelno)
+    return True
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -37,6 +37,10 @@ class Settings:
     first_byte_timeout_s: float = 600.0
     idle_timeout_s: float = 120.0
     grace_s: float = 30.0
+    # Client side. A request body must arrive within body_timeout_s (else 408). Headers within
+    # header_timeout_s, which aiohttp's one timer also applies to idle keep-alive connections.
+    body_timeout_s: float = 30.0
+    header_timeout_s: float = 60.0
     pool_limit: int = 1024
     max_body_bytes: int = 32 * 1024 * 1024
     max_event_bytes: int = 16 * 1024 * 1024
@@ -179,7 +183,9 @@ def validate(settings: Settings) -> Settings:
             parse_upstream_url(settings.upstream)
         except ValueError as exc:
             raise ConfigError(f"upstream: {exc}") from exc
-    for name in ("connect_timeout_s", "first_byte_timeout_s", "idle_timeout_s", "writer_flush_s"):
+    timeouts = ("connect_timeout_s", "first_byte_timeout_s", "idle_timeout_s", "writer_flush_s",
+                "body_timeout_s", "header_timeout_s")  # fmt: skip
+    for name in timeouts:
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name} must be > 0 seconds")
     rates = [settings.sample_rate, *settings.sample_rates.values()]

@@ -47,7 +47,8 @@ class LabelCap:
     def __call__(self, value: str) -> str:
         if value in self._seen:
             return value
-        if len(self._seen) >= self._cap or len(value) > 128:
+        # Non-printable values (control characters, lone surrogates) are hostile, never names.
+        if len(self._seen) >= self._cap or len(value) > 128 or not value.isprintable():
             return OTHER_MODEL
         self._seen.add(value)
         return value

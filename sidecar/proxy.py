@@ -110,7 +110,10 @@ class Proxy:
         except ProxyError as exc:
             ex.record.status, ex.record.error = exc.status, exc.error
             ex.record.error_detail = str(exc)[:200]
-            return _json_error(exc.status, exc.error, str(exc))
+            response = _json_error(exc.status, exc.error, str(exc))
+            if exc.status == 408:
+                await _answer_and_close(request, response)
+            return response
         except (asyncio.CancelledError, ConnectionResetError):
             ex.record.error = ex.record.error or "client_cancelled"
             raise
@@ -132,7 +135,11 @@ class Proxy:
 
     async def _relay(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
         rec = ex.record
-        body = await _read_body(request, self._settings.max_body_bytes)
+        if _dot_segments(request.path):
+            raise ProxyError(400, "bad_request", "request path has '.' or '..' segments")
+        body = await _read_body(
+            request, self._settings.max_body_bytes, self._settings.body_timeout_s
+        )
         rec.request_bytes = len(body)
         body = self._inspect(ex, body)
         pinned = request.headers.get(DEPLOYMENT_HEADER, "") if rec.origin != "user" else ""
@@ -141,8 +148,9 @@ class Proxy:
         rec.upstream = upstream.url.host or ""
         if self._should_sample and rec.route in MEASURED:
             ex.sample = self._should_sample(rec, request.headers)
+        # rel_url: an absolute-form target (GET http://host/x) names no upstream, only a path.
         url = upstream.url.with_path(
-            upstream.url.path.rstrip("/") + request.raw_path.split("?", 1)[0], encoded=True
+            upstream.url.path.rstrip("/") + request.rel_url.raw_path, encoded=True
         ).with_query(request.query_string)
         resp = await self._open(request, url, body)
         try:
@@ -177,7 +185,9 @@ class Proxy:
             return body  # the upstream will answer it; the record shows its status
         if not isinstance(obj, dict):
             return body
-        rec.model = str(obj.get("model") or "")[:200]
+        model = obj.get("model")
+        # Client-chosen text: only a string, cut, and valid UTF-8 (JSON allows lone surrogates).
+        rec.model = _text(model[:200]) if isinstance(model, str) else ""
         rec.stream = obj.get("stream") is True
         ex.body = body
         options = obj.get("stream_options")
@@ -345,15 +355,40 @@ def _client_hash(salt: bytes, credential: str) -> str:
     return hashlib.sha256(salt + credential.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise ProxyError(413, "bad_request", f"request body over {limit} bytes")
     body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > limit:
-            raise ProxyError(413, "bad_request", f"request body over {limit} bytes")
+    try:
+        # One deadline for the whole body: a client dripping a byte at a time is cut too.
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if len(body) > limit:
+                    raise ProxyError(413, "bad_request", f"request body over {limit} bytes")
+    except TimeoutError as exc:
+        message = f"request body not received within {timeout_s:g} s (body_timeout_s)"
+        raise ProxyError(408, "client_timeout", message) from exc
     return bytes(body)
+
+
+def _dot_segments(path: str) -> bool:
+    """Whether a decoded path has '.' or '..' segments: they could leave the upstream's path."""
+    return any(segment in (".", "..") for segment in path.split("/"))
+
+
+def _text(value: str) -> str:
+    """`value` as valid UTF-8: a lone surrogate would break the /metrics page and the insert."""
+    return value.encode("utf-8", "replace").decode()
+
+
+async def _answer_and_close(request: web.Request, response: web.StreamResponse) -> None:
+    """Send `response`, then hang up: lingering to read the rest of a too-slow body helps no one."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    if request.transport is not None:
+        request.transport.close()  # once the response is flushed
 
 
 def _identity(resp: aiohttp.ClientResponse) -> bool:

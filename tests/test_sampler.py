@@ -253,3 +253,13 @@ def test_row_has_the_samples_columns() -> None:
     assert json.loads(row["request_json"])["messages"][0]["content"] == "hi"
     assert row["response_text"].startswith("Call me on [REDACTED:phone].")
     assert is_truncated(row["response_text"])
+
+
+def test_lone_surrogates_from_a_client_still_give_a_storable_row() -> None:
+    # JSON allows "\ud800"; Python decodes it to a lone surrogate, which UTF-8 cannot encode.
+    body = b'{"model": "m", "messages": [{"role": "user", "content": "hi \\ud800 there"}]}'
+    row = Sampler(rate=1.0, max_chars=200).row(record(), body, "answer \udc00 end")
+    for column in ("request_json", "response_text"):
+        row[column].encode("utf-8")  # raises UnicodeEncodeError if a surrogate is left
+    assert json.loads(row["request_json"])["messages"][0]["content"] == "hi ? there"
+    assert row["response_text"] == "answer ? end"
