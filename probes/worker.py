@@ -54,6 +54,7 @@ from probes.scorer import (
     load_scorer,
 )
 from sidecar.config import ConfigError, Settings
+from sidecar.proxy import PROBE_TOKEN_HEADER
 from sidecar.sampler import is_truncated
 from sidecar.store.client import RowsRejected, Store, StoreError
 
@@ -84,6 +85,7 @@ class ProbeSettings:
     timeout_s: float = 120.0
     slow_s: float = 60.0
     api_key: str = field(default="", repr=False)
+    token: str = field(default="", repr=False)  # proves to the proxy that this is probe traffic
     canary_interval_s: float = 300.0
     canaries_per_round: int = 8
     canary_lookback_s: float = 3600.0  # canaries go to what users asked in this window
@@ -109,6 +111,7 @@ class ProbeSettings:
             timeout_s=settings.probe_timeout_s,
             slow_s=settings.probe_slow_s,
             api_key=settings.probe_api_key,
+            token=settings.probe_token,
             canary_interval_s=settings.canary_interval_s,
             canaries_per_round=settings.canaries_per_round,
             worker_index=worker_index(settings.worker_index, count, env.get("HOSTNAME", "")),
@@ -325,6 +328,8 @@ class Worker:
         self._pause = 0.0  # set when the upstream asked for a rest during this round
         key = settings.api_key
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        if settings.token:
+            self._headers[PROBE_TOKEN_HEADER] = settings.token
         # Ids scored lately: a store that shows inserts late (a cluster's Distributed tables
         # forward asynchronously) must not hand this worker the same sample twice.
         self._recent: OrderedDict[str, None] = OrderedDict()

@@ -69,6 +69,9 @@ class Settings:
     probe_timeout_s: float = 120.0  # read timeout of one probe request
     probe_slow_s: float = 60.0  # re-asks slower than this back the worker off
     probe_api_key: str = field(default="", repr=False)  # sent upstream as a Bearer token
+    # Shared by the proxy and remote probe workers: only requests carrying it may call
+    # themselves probe/canary traffic. Empty: only loopback clients may (in-process workers).
+    probe_token: str = field(default="", repr=False)
     canary_interval_s: float = 300.0  # per (model, deployment)
     canaries_per_round: int = 8
     canary_files: tuple[str, ...] = ()  # golden sets beside the default (env: comma-separated)

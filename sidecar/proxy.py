@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import random
 from collections.abc import Callable, Mapping
@@ -31,6 +32,8 @@ MEASURED = ("chat", "completion", "embedding")
 ORIGIN_HEADER = "x-fathom-origin"
 DEPLOYMENT_HEADER = "x-fathom-deployment"  # probes re-ask the deployment that answered
 REQUEST_ID_HEADER = "x-fathom-request-id"
+PROBE_TOKEN_HEADER = "x-fathom-probe-token"  # like every x-fathom-* header, never forwarded
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
 ANSWER_CAP = 1024 * 1024  # bytes of a non-streamed body kept for parsing usage and the answer
 
 Clock = Callable[[], float]
@@ -128,10 +131,18 @@ class Proxy:
             ts=datetime.now(UTC),
             request_id=f"{self._rng.getrandbits(128):032x}",
             route=route_of(request.path),
-            origin=origin if origin in ("probe", "canary") else "user",
+            origin=origin if origin in ("probe", "canary") and self._prober(request) else "user",
             path=request.path[:256],
             client=_client_hash(self._salt, auth),
         )
+
+    def _prober(self, request: web.Request) -> bool:
+        """Whether a request may label itself probe traffic (unsampled, routable by header)."""
+        token = self._settings.probe_token
+        if not token:
+            return request.remote in LOOPBACK
+        offered = request.headers.get(PROBE_TOKEN_HEADER, "")
+        return hmac.compare_digest(offered.encode("utf-8", "replace"), token.encode())
 
     async def _relay(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
         rec = ex.record

@@ -28,7 +28,7 @@ from yarl import URL
 
 from sidecar import config
 from sidecar.config import ConfigError, Settings
-from sidecar.proxy import REQUEST_ID_HEADER
+from sidecar.proxy import ORIGIN_HEADER, PROBE_TOKEN_HEADER, REQUEST_ID_HEADER
 from sidecar.record import Record
 from tests.conftest import Proxied, proxied
 
@@ -415,3 +415,28 @@ async def test_hostile_model_names_keep_metrics_bounded_and_renderable(simulator
     assert labels == {"?x", "m-0", "m-1", "m-2", "other"}
     assert "?x" in models and "a\nb" in models and "\x00" in models  # stored as valid UTF-8
     assert max(len(m) for m in models) == 200
+
+
+@pytest.mark.parametrize(
+    ("token", "offered", "origin"),
+    [
+        ("", None, "probe"),  # no token configured: loopback clients (in-process workers) may
+        ("s3cret-token", None, "user"),  # configured: a bare label is a user's request
+        ("s3cret-token", "wrong", "user"),
+        ("s3cret-token", "s3cret-token", "probe"),
+    ],
+)
+async def test_only_a_proven_prober_may_label_its_traffic(
+    simulator: str, token: str, offered: str | None, origin: str
+) -> None:
+    headers = {ORIGIN_HEADER: "probe"} | ({PROBE_TOKEN_HEADER: offered} if offered else {})
+    body = {"model": "sim", "messages": [{"role": "user", "content": "hi"}]}
+    url = "/v1/chat/completions"
+    async with (
+        proxied(simulator, probe_token=token) as proxy,
+        aiohttp.ClientSession() as s,
+        s.post(proxy.url + url, json=body, headers=headers) as r,
+    ):
+        assert r.status == 200
+        request_id = r.headers[REQUEST_ID_HEADER]
+    assert proxy.record(request_id).origin == origin
