@@ -5,8 +5,13 @@ the current window (the last `window`). Three tests run on it:
 
 - a one-sided CUSUM on the current window's per-request scores, standardised against the
   baseline's mean and sd (fires on drops);
-- Wald's SPRT on canary pass/fail results (`passed` not NULL), p0 = the baseline pass rate,
-  p1 = p0 - delta, restarted whenever it accepts H0 (repeated SPRT, for monitoring);
+- a sequential test on canary pass/fail results (`passed` not NULL), reported as 'sprt'.
+  When every current result names its golden item (`item_id`): Page's CUSUM of per-item
+  log-likelihood ratios (`item_llr`; Page's CUSUM is Wald's SPRT restarted at 0 whenever it
+  turns negative). Canaries are asked greedily, so each item passes nearly always or nearly
+  never, and a failure of an item that used to pass is far stronger evidence than a pooled
+  pass rate can carry. Otherwise Wald's SPRT on the pooled pass rate, p0 = the baseline rate,
+  p1 = p0 - delta, restarted whenever it accepts H0 (the Grafana rule computes this one);
 - a window test (Welch's t or Mann-Whitney U) of the current window against the baseline.
 
 The detector reports a CUSUM regression when the statistic passed h anywhere in the current
@@ -21,9 +26,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +40,8 @@ if TYPE_CHECKING:
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.intp]
+StrArray = npt.NDArray[np.str_]
 WindowMethod = Literal["welch", "mannwhitney"]
 SeriesKey = tuple[str, str, str]  # (model, deployment, probe)
 
@@ -64,6 +71,10 @@ class DetectionSettings:
     sprt_delta: float = 0.10
     sprt_alpha: float = 0.001
     sprt_beta: float = 0.5  # per test cycle; the test restarts, so a miss is caught next cycle
+    # Per-item canary test (Page's CUSUM of per-item log-likelihood ratios, see item_llr).
+    item_h: float = 7.5
+    item_llr_clip: float = 2.0  # h needs 4+ failures: one flaky item cannot alarm alone
+    item_prior_min: float = 0.5  # an item's history is weighed against >= half a result
     window_method: WindowMethod = "welch"
     window_alpha: float = 0.001
     window_min_effect_sd: float = 0.25  # significant but tiny differences are not regressions
@@ -116,24 +127,33 @@ class CusumResult:
         return self.alarm_at is not None
 
 
+def page_path(steps: FloatArray) -> FloatArray:
+    """S_t = max(0, S_{t-1} + steps_t) from S_0 = 0, vectorised."""
+    # Lindley's recursion equals the walk minus its running minimum (the walk starts at 0).
+    walk = np.concatenate(([0.0], np.cumsum(steps)))
+    return np.asarray(walk[1:] - np.minimum.accumulate(walk)[1:], dtype=np.float64)
+
+
+def page_test(steps: FloatArray, h: float) -> CusumResult:
+    """Page's CUSUM of `steps` (in time order) against the threshold h."""
+    if steps.size == 0:
+        return CusumResult(0.0, 0.0, None, 0)
+    path = page_path(steps)
+    above = np.flatnonzero(path > h)
+    alarm = int(above[0]) if above.size else None
+    return CusumResult(float(path[-1]), float(path.max()), alarm, int(steps.size))
+
+
 def cusum_path(scores: FloatArray, mean: float, sd: float, k: float, clip: float) -> FloatArray:
     """S_t = max(0, S_{t-1} + z_t - k) for z = clip((mean - x) / sd), vectorised."""
-    z = np.clip((mean - scores) / sd, -clip, clip)
-    # Lindley's recursion equals the walk minus its running minimum (the walk starts at 0).
-    walk = np.concatenate(([0.0], np.cumsum(z - k)))
-    return np.asarray(walk[1:] - np.minimum.accumulate(walk)[1:], dtype=np.float64)
+    return page_path(np.clip((mean - scores) / sd, -clip, clip) - k)
 
 
 def cusum_drop(
     scores: FloatArray, mean: float, sd: float, k: float, h: float, clip: float
 ) -> CusumResult:
     """One-sided CUSUM for a drop of the scores below `mean` (scores in time order)."""
-    if scores.size == 0:
-        return CusumResult(0.0, 0.0, None, 0)
-    path = cusum_path(scores, mean, sd, k, clip)
-    above = np.flatnonzero(path > h)
-    alarm = int(above[0]) if above.size else None
-    return CusumResult(float(path[-1]), float(path.max()), alarm, int(scores.size))
+    return page_test(np.clip((mean - scores) / sd, -clip, clip) - k, h)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +207,79 @@ def sprt_drop(passed: BoolArray, p0: float, delta: float, alpha: float, beta: fl
     return SprtResult(llr, None, int(passed.size), p0, p1, rate)
 
 
+MIN_ICC = 1e-3  # item rates no more alike than this: shrink to the overall rate (prior 999)
+
+
+def prior_weight(counts: FloatArray, passes: FloatArray) -> float:
+    """Beta prior weight m = 1/ICC - 1 of item pass rates, from baseline results per item."""
+    # ANOVA estimator of the intra-class correlation of binary results (Fleiss). Greedy
+    # canaries that pass or fail every time give ICC near 1: trust each item's history.
+    # Items that all pass at one rate give ICC near 0: shrink to the pooled rate.
+    seen = counts > 0
+    n, s = counts[seen], passes[seen]
+    k, total = int(n.size), float(n.sum())
+    if k < 2 or total <= k:
+        return 1 / MIN_ICC - 1
+    rate, r = s.sum() / total, s / n
+    between = float(np.sum(n * (r - rate) ** 2)) / (k - 1)
+    within = float(np.sum(n * r * (1 - r))) / (total - k)
+    n0 = (total - float(np.sum(n**2)) / total) / (k - 1)
+    spread = between + (n0 - 1) * within
+    icc = (between - within) / spread if spread > 0 else MIN_ICC
+    return 1 / min(max(icc, MIN_ICC), 1 - MIN_ICC) - 1
+
+
+def earlier_results(codes: IntArray, passed: BoolArray) -> tuple[FloatArray, FloatArray]:
+    """For each result: how many results, and passes, of the same item came before it."""
+    order = np.argsort(codes, kind="stable")
+    ranked = codes[order]
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    first = np.repeat(starts, np.diff(np.r_[starts, codes.size]))  # group start per position
+    cum = np.concatenate(([0.0], np.cumsum(passed[order], dtype=np.float64)))
+    at = np.arange(codes.size)
+    count, passes = np.empty(codes.size), np.empty(codes.size)
+    count[order], passes[order] = at - first, cum[at] - cum[first]
+    return count, passes
+
+
+def item_llr(
+    base_items: StrArray, base_passed: BoolArray, items: StrArray, passed: BoolArray,
+    delta: float, prior_min: float, clip: float,
+) -> FloatArray:  # fmt: skip
+    """Per-result LLR of 'every item lost a share of its pass rate' against 'unchanged'."""
+    # H0: item i passes with its posterior mean p_i: Beta(m * rate, m * (1 - rate)) prior,
+    # updated with the item's baseline results and its earlier results in this window (so a
+    # new item that keeps failing soon stops counting: it is an item that fails, not a drop).
+    # H1: p_i * (1 - rho). A failure weighs log(1 + rho p_i / (1 - p_i)), clipped; a pass
+    # weighs log(1 - rho) whatever the item. rho = delta / rate loses delta points overall, and
+    # is nearly the share that maximises the LLR's drift when a regression instead flips some
+    # items from passing to failing outright.
+    codes = np.unique(np.concatenate([base_items, items]), return_inverse=True)[1].ravel()
+    base_codes, now_codes = codes[: base_items.size], codes[base_items.size :]
+    size = int(codes.max()) + 1 if codes.size else 0
+    counts = np.bincount(base_codes, minlength=size).astype(np.float64)
+    passes = np.bincount(base_codes, weights=base_passed, minlength=size).astype(np.float64)
+    rate = (float(passes.sum()) + 0.5) / (float(counts.sum()) + 1)  # never exactly 0 or 1
+    m = max(prior_weight(counts, passes), prior_min)
+    before, passed_before = earlier_results(now_codes, passed)
+    p = (passes[now_codes] + passed_before + m * rate) / (counts[now_codes] + before + m)
+    rho = min(delta / rate, 0.5)  # as sprt_alternative: a rate cannot lose more than half
+    fail = np.minimum(np.log1p(rho * p / (1 - p)), clip)
+    return np.where(passed, math.log1p(-rho), fail)
+
+
+def canary_drop(
+    base_items: StrArray, base_passed: BoolArray, items: StrArray, passed: BoolArray,
+    settings: DetectionSettings,
+) -> CusumResult:  # fmt: skip
+    """Page's CUSUM of per-item LLRs over current canary results (in time order)."""
+    s = settings
+    llr = item_llr(
+        base_items, base_passed, items, passed, s.sprt_delta, s.item_prior_min, s.item_llr_clip
+    )
+    return page_test(llr, s.item_h)
+
+
 @dataclass(frozen=True, slots=True)
 class WindowResult:
     """A two-sample test of 'the current window scores lower than the baseline'."""
@@ -230,6 +323,10 @@ def window_test(
 # ---------------------------------------------------------------- one series, all tests
 
 
+def _no_items() -> StrArray:
+    return np.empty(0, dtype=np.str_)
+
+
 @dataclass(frozen=True, slots=True)
 class Series:
     """One (model, deployment, probe): baseline and current scores, current in time order."""
@@ -239,6 +336,17 @@ class Series:
     baseline_passed: BoolArray  # canary results only (rows with `passed` not NULL)
     current_scores: FloatArray
     current_passed: BoolArray
+    baseline_items: StrArray = field(default_factory=_no_items)  # item_id of each result
+    current_items: StrArray = field(default_factory=_no_items)
+
+    @property
+    def itemised(self) -> bool:
+        """True when every canary result carries its golden item's id: the per-item test runs."""
+        return (
+            self.baseline_items.size == self.baseline_passed.size
+            and self.current_items.size == self.current_passed.size > 0
+            and bool(np.all(self.current_items != ""))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,11 +426,15 @@ def _window_outcome(series: Series, s: DetectionSettings) -> Outcome:
 
 
 def _sprt_outcome(series: Series, s: DetectionSettings) -> Outcome:
-    passed = series.baseline_passed
-    p0 = baseline_rate(passed, s.baseline_margin_se)
-    res = sprt_drop(series.current_passed, p0, s.sprt_delta, s.sprt_alpha, s.sprt_beta)
-    upper, _ = sprt_bounds(s.sprt_alpha, s.sprt_beta)
+    passed, now = series.baseline_passed, series.current_passed
     n_base, base = int(passed.size), float(passed.mean())
+    if series.itemised:
+        item = canary_drop(series.baseline_items, passed, series.current_items, now, s)
+        rate, hit = float(now.mean()), item.regression
+        return Outcome(series.key, "sprt", item.peak, base, rate, n_base, item.n, hit, s.item_h)
+    p0 = baseline_rate(passed, s.baseline_margin_se)
+    res = sprt_drop(now, p0, s.sprt_delta, s.sprt_alpha, s.sprt_beta)
+    upper, _ = sprt_bounds(s.sprt_alpha, s.sprt_beta)
     hit = res.regression
     return Outcome(series.key, "sprt", res.llr, base, res.rate, n_base, res.n, hit, upper)
 
@@ -330,26 +442,38 @@ def _sprt_outcome(series: Series, s: DetectionSettings) -> Outcome:
 # ---------------------------------------------------------------- store I/O
 
 
+class _Part(NamedTuple):
+    scores: FloatArray
+    passed: BoolArray
+    items: StrArray  # the item_id of each `passed` result
+
+
 def build_series(
     baseline_rows: Sequence[Sequence[Any]], current_rows: Sequence[Sequence[Any]]
 ) -> list[Series]:
-    """Group (model, deployment, probe, ts, score, passed) rows into series."""
+    """Group (model, deployment, probe, ts, score, passed, item_id) rows into series."""
     base, cur = _group(baseline_rows), _group(current_rows)
-    keys = sorted(set(base) | set(cur))
-    empty: tuple[FloatArray, BoolArray] = (np.empty(0), np.empty(0, dtype=np.bool_))
-    return [Series(key, *base.get(key, empty), *cur.get(key, empty)) for key in keys]
+    empty = _Part(np.empty(0), np.empty(0, dtype=np.bool_), _no_items())
+    series = []
+    for key in sorted(set(base) | set(cur)):
+        b, c = base.get(key, empty), cur.get(key, empty)
+        series.append(Series(key, b.scores, b.passed, c.scores, c.passed, b.items, c.items))
+    return series
 
 
-def _group(rows: Sequence[Sequence[Any]]) -> dict[SeriesKey, tuple[FloatArray, BoolArray]]:
-    by_key: dict[SeriesKey, list[tuple[datetime, float, int | None]]] = {}
-    for model, deployment, probe, ts, score, passed in rows:
-        by_key.setdefault((model, deployment, probe), []).append((ts, score, passed))
-    grouped: dict[SeriesKey, tuple[FloatArray, BoolArray]] = {}
-    for key, items in by_key.items():
-        items.sort(key=lambda item: item[0])  # the query returns the most recent first
-        scores = np.array([score for _, score, _ in items], dtype=np.float64)
-        passed = np.array([bool(p) for _, _, p in items if p is not None], dtype=np.bool_)
-        grouped[key] = (scores, passed)
+def _group(rows: Sequence[Sequence[Any]]) -> dict[SeriesKey, _Part]:
+    by_key: dict[SeriesKey, list[tuple[datetime, float, int | None, str]]] = {}
+    for model, deployment, probe, ts, score, passed, item in rows:
+        by_key.setdefault((model, deployment, probe), []).append((ts, score, passed, item))
+    grouped: dict[SeriesKey, _Part] = {}
+    for key, rows_of in by_key.items():
+        rows_of.sort(key=lambda row: row[0])  # the query returns the most recent first
+        canary = [(p, item) for _, _, p, item in rows_of if p is not None]
+        grouped[key] = _Part(
+            np.array([score for _, score, _, _ in rows_of], dtype=np.float64),
+            np.array([bool(p) for p, _ in canary], dtype=np.bool_),
+            np.array([item for _, item in canary], dtype=np.str_),
+        )
     return grouped
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-# The most recent `max_rows` quality rows of each series in [start, end).
+# The most recent `max_rows` quality rows of each series in [start, end); canary rows bring
+# their golden item (`item_id`) for the per-item test.
 QUALITY_ROWS = """
-SELECT model, deployment, probe, ts, toFloat64(score) AS score, passed
+SELECT model, deployment, probe, ts, toFloat64(score) AS score, passed, item_id
 FROM fathom.quality
 WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64})
   AND ts < fromUnixTimestamp64Milli({end_ms:Int64})

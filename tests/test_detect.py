@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Iterator
@@ -14,14 +15,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from bench.detect import Scenario, canaries, item_alarms, measure, two_point
 from probes.detect import (
+    CusumResult,
     DetectionSettings,
     Reference,
     Series,
+    StrArray,
     baseline_rate,
+    canary_drop,
     cusum_drop,
     cusum_path,
+    earlier_results,
     evaluate,
+    item_llr,
+    prior_weight,
     run_detection,
     sprt_alternative,
     sprt_bounds,
@@ -110,6 +118,108 @@ def test_window_tests_find_a_drop_but_not_noise_or_trifles(method: str) -> None:
     assert fell.regression
 
 
+# ------------------------------------------------------------------ per-item canary test
+
+ITEMS = np.array([f"c{i}" for i in range(40)], dtype=np.str_)
+ALWAYS_PASS = 30  # c0..c29 always passed in the baseline, c30..c39 always failed
+
+
+def golden_baseline(rounds: int = 20) -> tuple[StrArray, np.ndarray]:
+    """`rounds` rotations over the 40 items: 75 % pass rate, every item deterministic."""
+    items = np.tile(ITEMS, rounds)
+    return items, np.tile(np.arange(40) < ALWAYS_PASS, rounds)
+
+
+def llr(items: list[str] | StrArray, passed: list[bool] | np.ndarray) -> np.ndarray:
+    """Per-result LLRs of current results against golden_baseline() with the defaults."""
+    base_items, base_passed = golden_baseline()
+    return item_llr(
+        base_items, base_passed, np.array(items, dtype=np.str_), np.array(passed, dtype=bool),
+        S.sprt_delta, S.item_prior_min, S.item_llr_clip,
+    )  # fmt: skip
+
+
+def canary(items: list[str] | StrArray, passed: list[bool] | np.ndarray) -> CusumResult:
+    """canary_drop against golden_baseline() with the defaults."""
+    base_items, base_passed = golden_baseline()
+    now_items, now_passed = np.array(items, dtype=np.str_), np.array(passed, dtype=bool)
+    return canary_drop(base_items, base_passed, now_items, now_passed, S)
+
+
+@given(st.lists(st.tuples(st.integers(0, 4), st.booleans()), max_size=40))
+@settings(max_examples=60, deadline=None)
+def test_earlier_results_counts_each_items_past(results: list[tuple[int, bool]]) -> None:
+    codes = np.array([c for c, _ in results], dtype=np.intp)
+    passed = np.array([ok for _, ok in results], dtype=bool)
+    count, passes = earlier_results(codes, passed)
+    for i, (code, _) in enumerate(results):
+        before = [ok for c, ok in results[:i] if c == code]
+        assert (count[i], passes[i]) == (len(before), sum(before))
+
+
+def test_prior_weight_tells_items_that_differ_from_noise() -> None:
+    rng = np.random.default_rng(1)
+    deterministic = prior_weight(np.full(40, 20.0), np.where(np.arange(40) < 30, 20.0, 0.0))
+    assert deterministic < 0.01  # trust each item's history
+    counts = np.full(133, 8.0)
+    alike = prior_weight(counts, rng.binomial(8, 0.8, 133).astype(float))
+    assert alike > 20  # every item passes at one rate: shrink to it
+    assert prior_weight(np.array([100.0]), np.array([90.0])) == pytest.approx(999)
+
+
+def test_an_always_passing_item_failing_weighs_most_and_new_items_least() -> None:
+    rate = 600.5 / 801  # the smoothed overall baseline rate: 75 %
+    rho = S.sprt_delta / rate
+    steps = llr(["c0", "c39", "c0", "new", "new", "new"], [True, False, False, False] + [False] * 2)
+    assert steps[0] == pytest.approx(math.log1p(-rho))  # a pass weighs the same everywhere
+    assert 0 < steps[1] < 0.01  # an item that always failed, failing: no evidence
+    assert steps[2] == pytest.approx(S.item_llr_clip)  # 20/20 passes, then a failure: the clip
+    # a new item starts at the overall rate, and its repeated failures soon stop counting
+    assert steps[3] == pytest.approx(math.log1p(rho * rate / (1 - rate)))
+    assert steps[3] > steps[4] > steps[5] and steps[5] < 0.2 * steps[3]
+
+
+def test_always_passing_items_that_fail_alarm() -> None:
+    items = np.tile(ITEMS, 3)
+    broken = np.tile((np.arange(40) < ALWAYS_PASS) & (np.arange(40) >= 6), 3)  # c0..c5 fail
+    res = canary(items, broken)
+    assert res.regression and res.alarm_at is not None and res.alarm_at < 50
+    # one always-passing item failing again and again alarms too, though each repeat counts less
+    alone = canary(["c0"] * 40, [False] * 40)
+    assert alone.regression
+
+
+def test_noise_on_items_that_always_failed_does_not_alarm() -> None:
+    rng = np.random.default_rng(4)
+    items = np.tile(ITEMS, 50)
+    noisy = np.where(np.arange(items.size) % 40 < ALWAYS_PASS, True, rng.random(items.size) < 0.3)
+    res = canary(items, noisy)
+    assert not res.regression and res.peak < 1.0
+    only_failing = canary(["c35", "c36", "c37"] * 100, [False] * 300)
+    assert only_failing.peak < 1.0
+
+
+def test_a_new_item_that_fails_does_not_dominate() -> None:
+    # every other result is one new item that fails every time: one item, however often asked
+    known = [f"c{i % ALWAYS_PASS}" for i in range(300)]
+    passed = [i % 2 == 1 for i in range(300)]
+    res = canary([item if i % 2 else "new" for i, item in enumerate(known)], passed)
+    assert not res.regression
+    # the same failures spread over six items that always passed: a regression
+    spread = [item if i % 2 else f"c{(i // 2) % 6}" for i, item in enumerate(known)]
+    assert canary(spread, passed).regression
+
+
+def test_per_item_test_meets_the_targets_on_a_short_simulation() -> None:
+    """A small version of bench/detect.py's 2-point rows: found fast, rare false alarms."""
+    rng = np.random.default_rng(23)
+    for rate in (0.5, 0.9):
+        deployment = canaries(two_point(rate, S.sprt_delta))
+        scenario = Scenario("item", "2-point", 1000, "10 pts", deployment, item_alarms(S))
+        row = measure(scenario, rng, reps=60, stable=200_000, window=5000)
+        assert row.median <= 100 and row.false_per_10k < 1.0
+
+
 def test_evaluate_needs_enough_data() -> None:
     rng = np.random.default_rng(5)
     empty = np.empty(0, dtype=np.bool_)
@@ -128,6 +238,27 @@ def test_evaluate_needs_enough_data() -> None:
     assert all(o.regression for o in outcomes.values())
     assert outcomes["sprt"].baseline == pytest.approx(passed.mean())
     assert outcomes["cusum"].n_current == 60 and outcomes["cusum"].threshold == S.cusum_h
+    assert outcomes["sprt"].threshold == sprt_bounds(S.sprt_alpha, S.sprt_beta)[0]  # pooled
+
+
+def test_evaluate_runs_the_per_item_test_when_every_result_names_its_item() -> None:
+    base_items, base_passed = golden_baseline()
+    now_items = np.tile(ITEMS, 2)
+    now_passed = np.tile((np.arange(40) < ALWAYS_PASS) & (np.arange(40) >= 6), 2)
+    scores = np.where(base_passed, 1.0, 0.0)
+    now_scores = np.where(now_passed, 1.0, 0.0)
+    key = ("m", "d", "factuality")
+    one = Series(key, scores, base_passed, now_scores, now_passed, base_items, now_items)
+    assert one.itemised
+    (sprt,) = [o for o in evaluate(one, S) if o.test == "sprt"]
+    assert sprt.regression and sprt.threshold == S.item_h and sprt.statistic > S.item_h
+    assert sprt.baseline == pytest.approx(0.75) and sprt.current == pytest.approx(24 / 40)
+    # one result without its item id: the pooled SPRT, which a 15-point drop at 75 % misses here
+    now_items[5] = ""
+    pooled = dataclasses.replace(one, current_items=now_items)
+    assert not pooled.itemised
+    (sprt,) = [o for o in evaluate(pooled, S) if o.test == "sprt"]
+    assert sprt.threshold == sprt_bounds(S.sprt_alpha, S.sprt_beta)[0] and not sprt.regression
 
 
 def test_defaults_meet_the_targets_on_a_short_simulation() -> None:
@@ -173,7 +304,7 @@ def seed_quality(store: Store, deployment: str, drop: float, canary_now: float) 
             mean = 0.8 - (drop if current else 0.0)
             rows.append([ts, "x", "m", deployment, "consistency", "", rng.gauss(mean, 0.08), None])
             ok = int(rng.random() < (canary_now if current else 0.9))
-            rows.append([ts, "", "m", deployment, "factuality", "c", float(ok), ok])
+            rows.append([ts, "", "m", deployment, "factuality", f"c{i % 20}", float(ok), ok])
     columns = ("ts", "request_id", "model", "deployment", "probe", "item_id", "score", "passed")
     store.insert_sync("fathom.quality", columns, rows)
 
@@ -196,6 +327,8 @@ async def test_run_detection_writes_new_regressions_once(store: Store) -> None:
         ("broken", "factuality", "welch"),
     }
     assert {(n_b, n_c) for _, _, _, n_b, n_c in written} == {(700, 120)}
+    # canary rows came with their item ids: the per-item test ran
+    assert {o.threshold for o in outcomes if o.test == "sprt"} == {S.item_h}
     # five minutes later the same regressions are not written again
     await run_detection(store, NOW + timedelta(minutes=5))
     assert len(await store.query("SELECT 1 FROM fathom.regressions")) == len(written)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from probes.detect import REGRESSION_COLUMNS
+from probes.detect import REGRESSION_COLUMNS, DetectionSettings
 from sidecar import check
 from sidecar.spawn import fathom_command
 from sidecar.store.client import open_store
@@ -40,6 +40,9 @@ def test_a_regression_fails_the_gate(store_url: str) -> None:
     lines = done.stdout.splitlines()
     q2 = [line for line in lines if line.startswith("q2 ")]
     assert len(q2) == 2 and all("REGRESSION (cusum" in line for line in q2)
+    # the canary rows carry item ids, so the per-item test judged them (threshold item_h)
+    (canary,) = [line for line in q2 if " factuality " in line]
+    assert f"/{DetectionSettings().item_h:.2f} (" in canary and canary.endswith(", sprt)")
     healthy = [line for line in lines if line.startswith(("fp16 ", "awq "))]
     assert len(healthy) == 4 and all(line.endswith(" ok") for line in healthy)
     assert lines[-1] == "regression in: q2"
