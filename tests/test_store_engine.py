@@ -46,6 +46,8 @@ def test_rows_round_trip_through_the_child_in_slices(tmp_path: Path) -> None:
             "SELECT count(), uniqExact(request_id), sum(e2e_ms) FROM fathom.requests"
         )
         assert got == [(2500, 2500, sum(range(2500)))]
+        # The rollup the view feeds saw the batch once too.
+        assert store.query_sync("SELECT countMerge(requests) FROM fathom.requests_1m") == [(2500,)]
         assert store.query_sync("SELECT {x:UInt8} + 1", {"x": 41}) == [(42,)]
     finally:
         store.close()
