@@ -6,9 +6,11 @@ arrived there, and the arrival itself on CLOCK_MONOTONIC); the proxy runs as its
 So the truth is absolute: TTFT = arrival - t0 + first content send, end-to-end = arrival - t0
 + last send, ITL from the send times. Compared over 200 streams at concurrency 16.
 
-The goal is 2 ms at p99 for every figure. The test prints every figure; it asserts the 2 ms
-goal where the figure is robust to machine load (ITL mean and p50) and a gross-error bound on
-the tails, which carry every scheduling hiccup of a shared 2-core VM (see the README).
+The goal is 2 ms at p99 for every figure. The "awake" variant (slow: it needs a quiet machine)
+keeps the proxy's event loop from sleeping and asserts the goal for every figure. The default
+"idle" variant prints every figure and asserts 2 ms where it is robust to machine load (ITL
+mean and p50): on this project's VMs a halted vCPU takes up to ~2-3 ms to wake, which lands
+in the tails (see the README).
 """
 
 from __future__ import annotations
@@ -142,9 +144,12 @@ async def test_recorded_timings_match_the_simulators_schedule(
             errors[name].append(abs(recorded[traced.request_id][name] - expected[name]))
     worst = {name: round(p99(values), 3) for name, values in errors.items()}
     print(f"\n{core} proxy core: p99 |recorded - truth| in ms over {STREAMS} streams: {worst}")
-    # Means and medians show a wrong clock or a buffered stream at once, even on a busy
-    # machine; the tails also carry every scheduling hiccup of the machine, so their bound
-    # only catches gross errors (a buffered stream is off by whole inter-token gaps).
+    if core == "awake":  # the goal itself: every figure within 2 ms at p99
+        assert all(value < 2.0 for value in worst.values()), worst
+        return
+    # With an idle core the tails also carry the VM's wake-up latency and every scheduling
+    # hiccup of a shared machine, so their bound only catches gross errors (a buffered stream
+    # is off by whole inter-token gaps); means and medians show a wrong clock at once.
     assert worst["itl_mean_ms"] < 2.0 and worst["itl_p50_ms"] < 2.0, worst
     tails = ("itl_p99_ms", "itl_max_ms", "ttft_ms", "e2e_ms")
     assert all(worst[name] < 25.0 for name in tails), worst
