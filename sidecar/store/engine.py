@@ -1,9 +1,10 @@
 """Where store operations run: in this process, or chDB in a child process of its own.
 
-chDB holds the GIL for milliseconds at a time while it inserts (measured: a 200-row insert
-stalls an event loop in the same process by up to 5 ms), and the proxy timestamps tokens on
-its event loop. `fathom serve` therefore runs the embedded engine in a child process
-(`ChildEngine`): storage never delays a timestamp, and the engine's CPU is not the proxy's.
+chDB holds the GIL for part of every insert, and the proxy timestamps tokens on its event
+loop: with the engine in the same process, the loop's p99 lateness during inserts was 1.7 ms
+for 200-row batches and 4.3 ms for 2,000-row ones, against 0.8 and 2.5 ms with the engine in
+its own process (`python -m bench.store_stall`). `fathom serve` therefore runs it there
+(`ChildEngine`); its CPU is then not the proxy's either.
 Both kinds answer the same three operations. The child speaks pickle over a private socket
 pair and exits when its parent goes away (end of file on the socket).
 
@@ -81,8 +82,8 @@ def _insert_packed(
 def pack(rows: Sequence[Sequence[Any]]) -> list[bytes]:
     """Rows as pickled column slices of PACK_ROWS rows.
 
-    Slices bound how long one pickling call holds this process's GIL (~1.4 ms per 1,000
-    request rows, measured); columns unpickle 3x faster than rows in the child.
+    Slices bound how long one pickling call holds this process's GIL; columns also
+    unpickle faster than rows in the child.
     """
     return [
         pickle.dumps(list(zip(*rows[i : i + PACK_ROWS], strict=True)), pickle.HIGHEST_PROTOCOL)
