@@ -20,7 +20,7 @@ from yarl import URL
 from sidecar.config import Settings
 from sidecar.record import Record
 from sidecar.routing import Upstream
-from sidecar.sampler import StreamAnswer, parse_answer
+from sidecar.sampler import StreamAnswer, parse_answer, storable
 from sidecar.sse import Chunk, SSEParser, StreamTiming, classify
 
 # RFC 9110 hop-by-hop headers, plus those the proxy recomputes for its own connections.
@@ -198,7 +198,7 @@ class Proxy:
             return body
         model = obj.get("model")
         # Client-chosen text: only a string, cut, and valid UTF-8 (JSON allows lone surrogates).
-        rec.model = _text(model[:200]) if isinstance(model, str) else ""
+        rec.model = storable(model[:200]) if isinstance(model, str) else ""
         rec.stream = obj.get("stream") is True
         ex.body = body
         options = obj.get("stream_options")
@@ -386,11 +386,6 @@ async def _read_body(request: web.Request, limit: int, timeout_s: float) -> byte
 def _dot_segments(path: str) -> bool:
     """Whether a decoded path has '.' or '..' segments: they could leave the upstream's path."""
     return any(segment in (".", "..") for segment in path.split("/"))
-
-
-def _text(value: str) -> str:
-    """`value` as valid UTF-8: a lone surrogate would break the /metrics page and the insert."""
-    return value.encode("utf-8", "replace").decode()
 
 
 async def _answer_and_close(request: web.Request, response: web.StreamResponse) -> None:

@@ -169,11 +169,12 @@ def _map_strings(obj: Any, fn: Callable[[str], str]) -> Any:
 
 
 def _dumps(obj: Any) -> str:
-    return _utf8(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+    return storable(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
 
 
-def _utf8(text: str) -> str:
-    """`text` storable as UTF-8: JSON lets a client send lone surrogates ("\\ud800")."""
+def storable(text: str) -> str:
+    """`text` encodable as UTF-8, for the store and /metrics: JSON lets a client send lone
+    surrogates ("\\ud800"), which UTF-8 cannot encode."""
     return text.encode("utf-8", "replace").decode()
 
 
@@ -207,7 +208,7 @@ def request_json(body: bytes, max_chars: int) -> str:
 
 def response_text(answer: str, max_chars: int) -> str:
     """The answer text, redacted and capped (redacting only what could be kept)."""
-    return _utf8(cap_text(redact(answer[: 2 * max_chars]), max_chars))
+    return storable(cap_text(redact(answer[: 2 * max_chars]), max_chars))
 
 
 # ---------------------------------------------------------------------------- answers
