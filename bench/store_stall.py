@@ -15,12 +15,12 @@ import asyncio
 import random
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import uvloop
 
-from sidecar.record import REQUEST_COLUMNS, Record
+from bench.ingest import templates
+from sidecar.record import REQUEST_COLUMNS
 from sidecar.store.client import Store, open_store
 from sidecar.store.schema import apply_schema
 
@@ -29,9 +29,14 @@ TICK_S = 0.001
 
 async def lateness(store: Store, rows: int, inserts: int) -> tuple[list[float], list[float]]:
     """(insert times, loop lateness) in ms over `inserts` batches of `rows` rows."""
-    rng = random.Random(7)
+    pool = templates(random.Random(7))
+
+    def row(n: int) -> list[object]:
+        values = {**pool[n % len(pool)], "request_id": f"r{n}"}
+        return [values[c] for c in REQUEST_COLUMNS]
+
     # Built before the clock starts: making rows on the loop would be lateness of our own.
-    batches = [[request_row(rng, f"{k}-{i}") for i in range(rows)] for k in range(inserts)]
+    batches = [[row(k * rows + i) for i in range(rows)] for k in range(inserts)]
     late: list[float] = []
     done = asyncio.Event()
 
@@ -51,25 +56,6 @@ async def lateness(store: Store, rows: int, inserts: int) -> tuple[list[float], 
     done.set()
     await ticker
     return took, late
-
-
-def request_row(rng: random.Random, request_id: str) -> list[object]:
-    """A streamed request's row with every column filled."""
-    tokens = rng.randint(1, 800)
-    record = Record(
-        ts=datetime.now(UTC), request_id=request_id, route="chat",
-        model=f"model-{rng.randint(0, 3)}", deployment=f"deploy-{rng.randint(0, 2)}",
-        origin="user", stream=True, status=200,
-        finish_reason="stop", input_tokens=rng.randint(10, 4000), output_tokens=tokens,
-        tokens_source="usage", ttfb_ms=rng.uniform(5, 50), ttft_ms=rng.uniform(20, 900),
-        e2e_ms=rng.uniform(100, 30_000), itl_mean_ms=rng.uniform(5, 60),
-        itl_p50_ms=rng.uniform(5, 60), itl_p99_ms=rng.uniform(20, 300),
-        itl_max_ms=rng.uniform(50, 900), decode_tps=rng.uniform(10, 200), chunks=tokens,
-        client=f"{rng.getrandbits(64):016x}", upstream="vllm", path="/v1/chat/completions",
-        request_bytes=rng.randint(200, 40_000), response_bytes=rng.randint(200, 40_000),
-    )  # fmt: skip
-    row = record.to_row()
-    return [row[c] for c in REQUEST_COLUMNS]
 
 
 def quantiles(values: list[float]) -> str:

@@ -1,8 +1,8 @@
 """Where store operations run: in this process, or chDB in a child process of its own.
 
 chDB holds the GIL for part of every insert, and the proxy timestamps tokens on its event
-loop: with the engine in the same process, the loop's p99 lateness during inserts was 1.5-1.7 ms
-for 200-row batches and 4.2-4.3 ms for 2,000-row ones, against 0.8 and 2.5-2.6 ms with the
+loop: with the engine in the same process, the loop's p99 lateness during inserts was 0.9-1.7 ms
+for 200-row batches and 4.1-4.3 ms for 2,000-row ones, against 0.8 and 2.4-2.6 ms with the
 engine in its own process (`python -m bench.store_stall`). `fathom serve` therefore runs it there
 (`ChildEngine`); its CPU is then not the proxy's either.
 Both kinds answer the same three operations. The child speaks pickle over a private socket
