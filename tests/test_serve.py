@@ -9,9 +9,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from prometheus_client import CollectorRegistry, generate_latest
 
 from sidecar import spawn
-from sidecar.metrics import Metrics
+from sidecar.metrics import TIME_PER_OUTPUT_CHUNK, TPOT_BUCKETS, Metrics
 from sidecar.record import Record
 from sidecar.store.client import open_store
 
@@ -91,3 +95,33 @@ def test_hostile_model_names_fold_into_other() -> None:
               for line in text.splitlines() if 'gen_ai_request_model="' in line}  # fmt: skip
     metrics.shutdown()
     assert models == {"model-0-", "model-1-x", "model-2-xx", "other"}
+
+
+def test_chunk_gap_histogram_exports_what_the_sdk_would() -> None:
+    """The per-chunk histogram skips the SDK for speed; its series must not change for that."""
+    gaps = {"": [0.01, 0.02, 0.025, 0.2, 3.0], "timeout": [0.0, 0.1, 0.75]}  # edges, +Inf
+    metrics = Metrics("openai", model_label_cap=8)
+    reader = PrometheusMetricReader(registry=(registry := CollectorRegistry()))
+    aggregation = ExplicitBucketHistogramAggregation(boundaries=TPOT_BUCKETS)
+    view = View(instrument_name=TIME_PER_OUTPUT_CHUNK, aggregation=aggregation)
+    provider = MeterProvider(metric_readers=[reader], views=[view])
+    sdk = provider.get_meter("fathom").create_histogram(TIME_PER_OUTPUT_CHUNK, unit="s")
+    for error, values in gaps.items():
+        record = Record(ts=datetime.now(UTC), request_id=error, route="chat", model="m",
+                        deployment="d", e2e_ms=5.0, error=error)  # fmt: skip
+        metrics.record(record, values)
+        attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                 "gen_ai.request.model": "m", "fathom.deployment": "d",
+                 "fathom.origin": "user"}  # fmt: skip
+        for value in values:
+            sdk.record(value, {**attrs, "error.type": error} if error else attrs)
+
+    def series(text: bytes) -> list[str]:
+        name = "gen_ai_client_operation_time_per_output_chunk"
+        return sorted(line for line in text.decode().splitlines() if line.startswith(name))
+
+    ours, theirs = series(metrics.exposition()), series(generate_latest(registry))
+    metrics.shutdown()
+    provider.shutdown()
+    assert len(ours) == 2 * (len(TPOT_BUCKETS) + 3)
+    assert ours == theirs
