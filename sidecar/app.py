@@ -100,6 +100,7 @@ def _writer_settings(settings: Settings) -> WriterSettings:
     return WriterSettings(
         queue_rows=settings.writer_queue_rows,
         batch_rows=settings.writer_batch_rows,
+        insert_max_rows=settings.writer_insert_max_rows,
         flush_s=settings.writer_flush_s,
         spool_dir=settings.spool_dir,
         spool_max_bytes=settings.spool_max_bytes,

@@ -52,6 +52,7 @@ class Settings:
     sample_max_chars: int = 32_768
     writer_queue_rows: int = 100_000
     writer_batch_rows: int = 10_000
+    writer_insert_max_rows: int = 50_000
     writer_flush_s: float = 1.0
     spool_dir: str = "./fathom-spool"
     spool_max_bytes: int = 1024 * 1024 * 1024
@@ -196,6 +197,9 @@ def validate(settings: Settings) -> Settings:
         raise ConfigError("sample rates must be within [0, 1]")
     if settings.probes and settings.store == "none":
         raise ConfigError("probes=true needs a store: the worker reads samples from it")
-    if settings.pool_limit < 1 or settings.max_body_bytes < 1:
-        raise ConfigError("pool_limit and max_body_bytes must be positive")
+    sizes = ("pool_limit", "max_body_bytes", "writer_queue_rows", "writer_batch_rows",
+             "writer_insert_max_rows")  # fmt: skip
+    for name in sizes:
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name} must be positive")
     return settings

@@ -4,7 +4,8 @@
 `http(s)://user:pass@host:8123/fathom` is a ClickHouse server or cluster. Every blocking
 call runs on one dedicated thread, so the event loop never waits on it and the embedded
 engine is only ever entered from one thread. `isolated=True` runs the embedded engine in a
-child process (see sidecar.store.engine): what `fathom serve` does.
+child process (see sidecar.store.engine): what `fathom serve` does. Rows bound for that child
+are pickled on a second thread first, so one batch is packed while the child inserts another.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from sidecar.store.engine import ChildEngine, Engine, InProcess, short
+from sidecar.store.engine import ChildEngine, Engine, InProcess, pack, short
 from sidecar.store.engine import RowsRejected as RowsRejected
 from sidecar.store.engine import StoreError as StoreError
 
@@ -90,6 +91,7 @@ class Store:
         self._thread = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="fathom-store", initializer=self._mark_thread
         )
+        self._packer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fathom-pack")
         self._thread_id = -1
         self._engine: Engine | None = None
         self._closed = False
@@ -164,8 +166,13 @@ class Store:
     async def insert(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], token: str = ""
     ) -> None:
-        """`insert_sync` on the store's thread."""
-        await self._run(self.insert_sync, table, columns, rows, token)
+        """`insert_sync` on the store's thread (rows for a child engine packed beforehand)."""
+        if not self._isolated:
+            await self._run(self.insert_sync, table, columns, rows, token)
+            return
+        packed = await asyncio.get_running_loop().run_in_executor(self._packer, pack, rows)
+        what = f"insert into {table}"
+        await self._run(self._call, what, "insert_packed", table, columns, packed, token)
 
     def close(self) -> None:
         """Close the engine and stop the thread (waits for the call in flight); idempotent."""
@@ -174,6 +181,7 @@ class Store:
         self._closed = True
         self._thread.submit(self._close_engine).result()
         self._thread.shutdown(wait=True)
+        self._packer.shutdown(wait=True)
 
     def _close_engine(self) -> None:
         if self._engine is not None:

@@ -2,7 +2,8 @@
 
 `submit()` never waits: a full queue drops the row and counts it. Rows are batched per table
 (`batch_rows` rows, or `flush_s` after a batch's first row) and inserted on the store's
-thread. A batch the store cannot take goes to the spool; the spool is replayed oldest first
+thread, two inserts at a time; when the store lags behind, waiting batches of a table join
+into one insert (up to `insert_max_rows`). A batch the store cannot take goes to the spool; the spool is replayed oldest first
 once the store answers again (retrying with jittered exponential backoff). Every batch keeps
 one deduplication token from creation to insert, so a batch that reached the store just
 before a crash, and is replayed from the spool afterwards, lands once.
@@ -27,6 +28,7 @@ from sidecar.store.client import RowsRejected, StoreError
 from sidecar.store.spool import Batch, Spool
 
 log = logging.getLogger("fathom.writer")
+IN_FLIGHT = 2  # inserts at a time
 T = TypeVar("T")
 
 
@@ -45,6 +47,7 @@ class WriterSettings:
 
     queue_rows: int = 100_000  # rows in memory, all tables together
     batch_rows: int = 10_000
+    insert_max_rows: int = 50_000  # ready batches of one table go in one insert up to this
     flush_s: float = 1.0  # the longest a row waits in memory
     spool_dir: str = "./fathom-spool"
     spool_max_bytes: int = 1024**3
@@ -74,7 +77,7 @@ class Writer:
         self._pending: dict[str, Batch] = {}  # per table, filling up
         self._pick: dict[str, Callable[[Mapping[str, Any]], tuple[Any, ...]]] = {}
         self._ready: deque[Batch] = deque()  # full, waiting for their insert
-        self._inflight: Batch | None = None
+        self._inflight: list[Batch] = []  # being inserted, at most IN_FLIGHT
         self.queue_depth = 0
         self.rows_written = 0
         self.rows_spooled = 0
@@ -84,6 +87,7 @@ class Writer:
         self._details: dict[str, str] = {}
         self._last_log = -1e18
         self.store_up = True
+        self._taking = False  # the store took the last insert: a backlog may be joined
         self._failures = 0
         self._retry_at = 0.0
         self._stopping = False
@@ -157,9 +161,8 @@ class Writer:
     async def _spool_leftovers(self) -> None:
         # Should an insert in flight still land, its token makes the replay a no-op; a
         # batch whose spool write did run is skipped by Spool.put.
-        leftovers = [self._inflight] if self._inflight else []
-        leftovers += [*self._ready, *self._pending.values()]
-        self._inflight, self._ready, self._pending = None, deque(), {}
+        leftovers = [*self._inflight, *self._ready, *self._pending.values()]
+        self._inflight, self._ready, self._pending = [], deque(), {}
         self.queue_depth = 0
         for batch in leftovers:
             await self._to_spool(batch)
@@ -176,9 +179,9 @@ class Writer:
             except Exception as exc:  # a bug here must neither end all writing nor lose rows
                 log.exception("writer cycle failed: handling it as a store outage")
                 self._went_down(exc)
-                if self._inflight is not None:
-                    await self._to_spool(self._inflight)
-                    self._inflight = None
+                inflight, self._inflight = self._inflight, []
+                for batch in inflight:
+                    await self._to_spool(batch)
             self._log_drops()
         await self._drain()
 
@@ -200,13 +203,45 @@ class Writer:
         now = self._clock()
         due = [t for t, b in self._pending.items() if everything or self._due(b, now)]
         self._ready.extend(self._pending.pop(t) for t in due)
-        while self._ready:
-            # One at a time, so a cancelled flush leaves the rest queued.
-            batch = self._inflight = self._ready.popleft()
-            self.queue_depth -= len(batch.rows)
+        # Two inserts at a time: the store packs one batch while the engine inserts the other.
+        # A few at a time, so a cancelled flush leaves the rest queued.
+        slots = asyncio.Semaphore(IN_FLIGHT)
+        async with asyncio.TaskGroup() as group:
+            while self._ready:
+                await slots.acquire()
+                batch = self._next_insert()
+                self._inflight.append(batch)
+                self.queue_depth -= len(batch.rows)
+                group.create_task(self._deliver(batch, slots))
+
+    async def _deliver(self, batch: Batch, slots: asyncio.Semaphore) -> None:
+        """Insert one batch, or spool it; a batch that raises stays in flight for `_run`."""
+        try:
             if not (self.store_up and await self._send(batch, replayed=False)):
                 await self._to_spool(batch)
-            self._inflight = None
+            self._inflight.remove(batch)
+        finally:
+            slots.release()
+
+    def _next_insert(self) -> Batch:
+        """The oldest ready batch, joined by the ones behind it when the store lags.
+
+        Every insert has a fixed cost, so fewer, larger inserts are how the writer catches up.
+        Only while the store takes inserts: a batch bound for the spool keeps its own size, so
+        the spool's bound still drops the oldest rows a batch at a time.
+        """
+        head = self._ready.popleft()
+        rows = list(head.rows)
+        while self._taking and self._ready and self._joins(head, self._ready[0], len(rows)):
+            rows += self._ready.popleft().rows
+        return head if len(rows) == len(head.rows) else Batch(head.table, head.columns, rows)
+
+    def _joins(self, head: Batch, batch: Batch, rows: int) -> bool:
+        return (
+            batch.table == head.table
+            and batch.columns == head.columns
+            and rows + len(batch.rows) <= self.settings.insert_max_rows
+        )
 
     def _due(self, batch: Batch, now: float) -> bool:
         return self._stopping or now - batch.started >= self.settings.flush_s
@@ -275,6 +310,7 @@ class Writer:
         return await asyncio.get_running_loop().run_in_executor(self._disk, fn, *args)
 
     def _went_down(self, exc: Exception) -> None:
+        self._taking = False
         self._failures += 1
         backoff = min(self.settings.retry_max_s, self.settings.retry_s * 2 ** (self._failures - 1))
         delay = backoff * (0.5 + self._rng.random() / 2)  # jitter: sidecars do not retry in step
@@ -288,7 +324,7 @@ class Writer:
         self.store_up = False
 
     def _came_back(self) -> None:
-        self.store_up = True
+        self.store_up = self._taking = True
         self._failures = 0
 
     def _drop(self, reason: str, rows: int, detail: str = "") -> None:
