@@ -8,7 +8,7 @@ second, whole-answer view, kept in `detail`.
 The re-asks use the original's sampling parameters, so the original is one more draw from the
 same model: checking every answer against the others estimates what checking the original
 alone does, with k+1 anchors instead of one. On SmolLM2-135M shipped vs Q2_K that took the
-chance of a 64-request test run separating the two from 31% to 96%
+chance of a 64-request test run separating the two from 31% to 98%
 (`python bench/consistency_views.py`).
 
 Score mapping (documented contract):

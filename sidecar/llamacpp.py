@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import importlib.util
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sidecar.spawn import Child
+from sidecar.spawn import Child, free_port
 
 MODEL_ALIAS = "smollm2-135m"  # the model id both servers report (and routes match on)
 SHIPPED = "smollm2-shipped"  # deployment labels
@@ -99,13 +98,6 @@ def _quantize_here(source: Path, dest: Path, precision: str) -> int:
     ))  # fmt: skip
     print(f"llama_model_quantize returned {status}")
     return 0 if status == 0 else 1
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_server(model: Path, log_path: Path, options: ServerOptions | None = None) -> Child:

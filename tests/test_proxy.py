@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 
 import aiohttp
 import openai
 import pytest
 
 from sidecar.proxy import REQUEST_ID_HEADER
+from sidecar.spawn import free_port
 from tests.conftest import proxied
 
 MESSAGES = [{"role": "user", "content": "Tell me about batching."}]
@@ -124,12 +124,6 @@ async def test_wire_variants_pass_through_and_are_measured(simulator: str, wire:
         direct, through = ([e for e in x if e != b": ping"] for x in (direct, through))
     assert through == direct
     assert record.chunks == 8 and record.tokens_source == "usage" and record.error == ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_upstream_down_gives_502_json() -> None:

@@ -25,7 +25,6 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from sidecar import config, spawn
 from sidecar.store.client import open_store
-from tests.test_proxy import free_port
 
 COUNT = "SELECT count() FROM fathom.{table:Identifier}"
 STRING_COLUMNS = """
@@ -187,7 +186,7 @@ def evidence(simulator: str, keys: Secrets, tmp_path_factory: pytest.TempPathFac
         "FATHOM_SAMPLE_RATE": "1", "FATHOM_PROBE_K": "2", "FATHOM_PROBE_IDLE_S": "0.2",
         "FATHOM_CANARIES_PER_ROUND": "1", "FATHOM_PROBE_API_KEY": keys.probe_key,
     }  # fmt: skip
-    down = f"http://fathom:{keys.store_password}@127.0.0.1:{free_port()}/fathom"
+    down = f"http://fathom:{keys.store_password}@127.0.0.1:{spawn.free_port()}/fathom"
     children = [serve(simulator, f"chdb://{tmp / 'store'}", tmp / "spool", "--probes", **probe_env)]
     try:
         children.append(serve(simulator, down, tmp / "spool-down", FATHOM_SAMPLE_RATE="1"))

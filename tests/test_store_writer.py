@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.record import Record
+from sidecar.spawn import free_port
 from sidecar.store.client import Store, StoreError, open_store
 from sidecar.store.schema import apply_schema
 from sidecar.store.spool import Batch, Spool, SpoolError
@@ -207,6 +208,30 @@ async def test_outage_spools_then_replays_every_row_once(
     assert (writer.rows_replayed, writer.spool_bytes, sum(writer.rows_dropped.values())) == (
         2000, 0, 0,
     )  # fmt: skip
+
+
+async def test_a_server_refusing_connections_loses_nothing(store: Store, tmp_path: Path) -> None:
+    """A ClickHouse server URL that refuses connections: rows spool, and replay elsewhere."""
+    refused = open_store(f"http://127.0.0.1:{free_port()}/fathom")
+    writer = Writer(refused, fast(tmp_path))
+    await writer.start()
+    try:
+        async with loop_lag() as lag:
+            for i in range(1_600):
+                assert writer.submit("fathom.requests", request_row(i))
+                if i % 400 == 0:
+                    await asyncio.sleep(0)
+            await wait_for(lambda: writer.rows_spooled == 1_600)
+        await writer.stop(10.0)
+    finally:
+        refused.close()
+    assert not writer.store_up and lag[0] < 1.0 and not writer.rows_dropped
+    # The spool holds no trace of where it was bound: the next writer replays it into chDB.
+    replayer = Writer(store, fast(tmp_path))
+    await replayer.start()
+    await wait_for(lambda: len(replayer.spool) == 0)
+    await replayer.stop(10.0)
+    assert sorted(request_ids(store)) == [f"r{i:06d}" for i in range(1_600)]
 
 
 async def test_batch_inserted_just_before_a_crash_is_not_stored_twice(
