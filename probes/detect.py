@@ -1,7 +1,10 @@
 """Regression detection on quality scores: CUSUM, SPRT and a window test per series.
 
-A series is one (model, deployment, probe). Its baseline window is the `baseline` span before
-the current window (the last `window`). Three tests run on it:
+A series is one (model, deployment, probe), scored by one scorer: when an upgrade changes how
+a probe scores (the `scorer` column names the version), only the newest scorer's rows count,
+so the series starts a new baseline instead of reading the change as a regression. Its
+baseline window is the `baseline` span before the current window (the last `window`). Three
+tests run on it:
 
 - a one-sided CUSUM on the current window's per-request scores, standardised against the
   baseline's mean and sd (fires on drops);
@@ -485,11 +488,15 @@ async def load_series(
     start = split - settings.baseline
     baseline = await store.query(
         detect_sql.QUALITY_ROWS,
-        detect_sql.window_parameters(start, split, deployment, settings.max_baseline_rows),
+        detect_sql.window_parameters(
+            start, split, (start, now), deployment, settings.max_baseline_rows
+        ),
     )
     current = await store.query(
         detect_sql.QUALITY_ROWS,
-        detect_sql.window_parameters(split, now, deployment, settings.max_current_rows),
+        detect_sql.window_parameters(
+            split, now, (start, now), deployment, settings.max_current_rows
+        ),
     )
     return build_series(baseline, current)
 

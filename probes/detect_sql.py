@@ -9,7 +9,8 @@ from datetime import datetime
 from typing import Any
 
 # The most recent `max_rows` quality rows of each series in [start, end); canary rows bring
-# their golden item (`item_id`) for the per-item test.
+# their golden item (`item_id`) for the per-item test. Only the rows of the scorer that scored
+# the series last in [span_start, span_end): scores of another scorer version are another scale.
 QUALITY_ROWS = """
 SELECT model, deployment, probe, ts, toFloat64(score) AS score, passed, item_id
 FROM fathom.quality
@@ -17,6 +18,13 @@ WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64})
   AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
   AND ({deployment:String} = '' OR deployment = {deployment:String})
   AND isFinite(score)
+  AND (model, deployment, probe, scorer) IN (
+    SELECT model, deployment, probe, argMax(scorer, ts)
+    FROM fathom.quality
+    WHERE ts >= fromUnixTimestamp64Milli({span_start_ms:Int64})
+      AND ts < fromUnixTimestamp64Milli({span_end_ms:Int64})
+    GROUP BY model, deployment, probe
+  )
 ORDER BY model, deployment, probe, ts DESC
 LIMIT {max_rows:UInt32} BY model, deployment, probe
 """
@@ -49,12 +57,14 @@ def epoch_ms(when: datetime) -> int:
 
 
 def window_parameters(
-    start: datetime, end: datetime, deployment: str, max_rows: int
+    start: datetime, end: datetime, span: tuple[datetime, datetime], deployment: str, max_rows: int
 ) -> dict[str, Any]:
-    """Parameters of QUALITY_ROWS."""
+    """Parameters of QUALITY_ROWS: the window [start, end) of the whole span read."""
     return {
         "start_ms": epoch_ms(start),
         "end_ms": epoch_ms(end),
+        "span_start_ms": epoch_ms(span[0]),
+        "span_end_ms": epoch_ms(span[1]),
         "deployment": deployment,
         "max_rows": max_rows,
     }

@@ -199,7 +199,8 @@ def test_sql_statistics_are_the_detectors(store: Store) -> None:
     series = asyncio.run(load_series(store, NOW, settings))
     assert len(cusum_sql) == len(series) == 6
     for one in series:
-        labels = tuple(zip(("model", "deployment", "probe"), one.key, strict=True))
+        # every seeded row has the default scorer, ""; series are per scorer in SQL too
+        labels = (*zip(("model", "deployment", "probe"), one.key, strict=True), ("scorer", ""))
         mean, sd = Reference.of(one.baseline_scores).shifted(
             settings.baseline_margin_se, settings.min_sd
         )

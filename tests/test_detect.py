@@ -293,8 +293,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         opened.close()
 
 
-def seed_quality(store: Store, deployment: str, drop: float, canary_now: float) -> None:
-    """700 baseline and 120 current scores and canary results for one deployment."""
+def seed_quality(
+    store: Store, deployment: str, drop: float, canary_now: float, scorer_now: str = ""
+) -> None:
+    """700 baseline and 120 current scores and canary results (by `scorer_now`)."""
     rng = random.Random(deployment)
     rows = []
     for current, count, span in ((False, 700, timedelta(days=7)), (True, 120, timedelta(hours=5))):
@@ -302,10 +304,14 @@ def seed_quality(store: Store, deployment: str, drop: float, canary_now: float) 
         for i in range(count):
             ts = end - span * (i + 0.5) / count
             mean = 0.8 - (drop if current else 0.0)
-            rows.append([ts, "x", "m", deployment, "consistency", "", rng.gauss(mean, 0.08), None])
+            scorer = scorer_now if current else ""
+            score = rng.gauss(mean, 0.08)
+            rows.append([ts, "x", "m", deployment, "consistency", "", score, None, scorer])
             ok = int(rng.random() < (canary_now if current else 0.9))
-            rows.append([ts, "", "m", deployment, "factuality", f"c{i % 20}", float(ok), ok])
-    columns = ("ts", "request_id", "model", "deployment", "probe", "item_id", "score", "passed")
+            item = f"c{i % 20}"
+            rows.append([ts, "", "m", deployment, "factuality", item, float(ok), ok, scorer])
+    columns = ("ts", "request_id", "model", "deployment", "probe", "item_id", "score", "passed",
+               "scorer")  # fmt: skip
     store.insert_sync("fathom.quality", columns, rows)
 
 
@@ -336,6 +342,15 @@ async def test_run_detection_writes_new_regressions_once(store: Store) -> None:
     assert {o.key[1] for o in only_steady} == {"steady"} and not any(
         o.regression for o in only_steady
     )
+
+
+async def test_a_new_scorer_starts_a_new_baseline(store: Store) -> None:
+    # The same drop as "broken", but scored by an upgraded scorer: another scale, no baseline.
+    seed_quality(store, "upgraded", 0.08, 0.6, scorer_now="selfcheck-emb-v2/x")
+    assert await run_detection(store, NOW, deployment="upgraded", write=False) == []
+    seed_quality(store, "not-upgraded", 0.08, 0.6)
+    found = await run_detection(store, NOW, deployment="not-upgraded", write=False)
+    assert {o.key[2] for o in found if o.regression} == {"consistency", "factuality"}
 
 
 def test_naive_times_are_refused(tmp_path: Path) -> None:
