@@ -11,6 +11,8 @@ from typing import Any
 # The most recent `max_rows` quality rows of each series in [start, end); canary rows bring
 # their golden item (`item_id`) for the per-item test. Only the rows of the scorer that scored
 # the series last in [span_start, span_end): scores of another scorer version are another scale.
+# GLOBAL IN: on a cluster fathom.quality is Distributed, and a plain IN on it in a query on it
+# is a double-distributed subquery, which servers refuse by default.
 QUALITY_ROWS = """
 SELECT model, deployment, probe, ts, toFloat64(score) AS score, passed, item_id
 FROM fathom.quality
@@ -18,7 +20,7 @@ WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64})
   AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
   AND ({deployment:String} = '' OR deployment = {deployment:String})
   AND isFinite(score)
-  AND (model, deployment, probe, scorer) IN (
+  AND (model, deployment, probe, scorer) GLOBAL IN (
     SELECT model, deployment, probe, argMax(scorer, ts)
     FROM fathom.quality
     WHERE ts >= fromUnixTimestamp64Milli({span_start_ms:Int64})

@@ -170,6 +170,8 @@ class Store:
         if not self._isolated:
             await self._run(self.insert_sync, table, columns, rows, token)
             return
+        if self._closed:  # the packer's thread is gone too
+            raise StoreError(f"the store at {self.url.safe} is closed")
         packed = await asyncio.get_running_loop().run_in_executor(self._packer, pack, rows)
         what = f"insert into {table}"
         await self._run(self._call, what, "insert_packed", table, columns, packed, token)
