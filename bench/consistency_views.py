@@ -12,7 +12,7 @@ server in the same state and a rerun repeats its answers. Answers are kept in `-
 (default `consistency-answers-SEED.json`), so scoring can be rerun without the servers.
 
 Every score view is then computed for every answer, and `--runs` test runs are simulated: each
-draws the test's share (4 answers per prompt and deployment) and computes the within-prompt
+draws the test's share (`--share` answers per prompt and deployment) and computes the within-prompt
 margin, shipped minus degraded, with a bootstrap 95% interval. Printed per view: the mean
 margin, its spread over runs, and how often the interval excluded 0 (how often the test's
 assertion on that view would hold).
@@ -35,8 +35,8 @@ from probes.consistency import ask, reask_body, score_consistency
 from probes.scorer import Scorer, load_scorer
 from sidecar import llamacpp
 
-TEST_SHARE = 4  # answers per prompt and deployment in one run of the test (64 requests)
 DRAWS = 1000  # bootstrap resamples per simulated run
+SHARE = 6  # answers per prompt and deployment in one run of the regression test (96 requests)
 
 Answers = dict[str, list[list[list[str]]]]  # deployment -> prompt -> [original, *re-asks]
 
@@ -97,7 +97,11 @@ async def views(scorer: Scorer, group: Sequence[str]) -> dict[str, float]:
 
 
 def simulate(
-    shipped: list[np.ndarray], degraded: list[np.ndarray], runs: int, rng: np.random.Generator
+    shipped: list[np.ndarray],
+    degraded: list[np.ndarray],
+    share: int,
+    runs: int,
+    rng: np.random.Generator,
 ) -> tuple[float, float, float]:
     """(mean margin, its std over runs, share of runs whose 95% interval excludes 0).
 
@@ -105,8 +109,8 @@ def simulate(
     """
     margins, excluded = [], 0
     for _ in range(runs):
-        x = _draw(shipped, TEST_SHARE, rng)
-        y = _draw(degraded, TEST_SHARE, rng)
+        x = _draw(shipped, share, rng)
+        y = _draw(degraded, share, rng)
         margins.append(float((x.mean(axis=1) - y.mean(axis=1)).mean()))
         boot = (_boot(x, rng) - _boot(y, rng)).mean(axis=1)  # equal strata: equal weights
         excluded += float(np.quantile(boot, 0.025)) > 0
@@ -145,6 +149,9 @@ def main() -> None:
     parser.add_argument("--per-prompt", type=int, default=16)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--runs", type=int, default=400)
+    parser.add_argument(
+        "--share", type=int, default=SHARE, help="answers per prompt and deployment in a run"
+    )
     parser.add_argument("--seed", type=int, default=1, help="of the requests and the runs")
     parser.add_argument("--cache", type=Path, help="default: consistency-answers-SEED.json")
     args = parser.parse_args()
@@ -161,11 +168,11 @@ def main() -> None:
     n = {name: sum(len(g) for g in answers[name]) for name in answers}
     print(f"{n[llamacpp.SHIPPED]} shipped and {n[llamacpp.DEGRADED]} {llamacpp.LOW_PRECISION} "
           f"answers, each re-asked {args.k} times; {args.runs} simulated test runs of "
-          f"{TEST_SHARE} answers per prompt and deployment\n")  # fmt: skip
+          f"{args.share} answers per prompt and deployment\n")  # fmt: skip
     print("| view | shipped mean | Q2_K mean | margin per run, mean ± sd | runs with CI > 0 |")
     print("|---|---|---|---|---|")
     for view in shipped:
-        mean, sd, power = simulate(shipped[view], degraded[view], args.runs, rng)
+        mean, sd, power = simulate(shipped[view], degraded[view], args.share, args.runs, rng)
         means = [np.concatenate(s[view]).mean() for s in (shipped, degraded)]
         print(f"| {view} | {means[0]:.3f} | {means[1]:.3f} | {mean:+.3f} ± {sd:.3f} "
               f"| {power:.0%} |")  # fmt: skip

@@ -8,8 +8,8 @@ second, whole-answer view, kept in `detail`.
 The re-asks use the original's sampling parameters, so the original is one more draw from the
 same model: checking every answer against the others estimates what checking the original
 alone does, with k+1 anchors instead of one. On SmolLM2-135M shipped vs Q2_K that took the
-chance of a 64-request test run separating the two from 31% to 98%
-(`python bench/consistency_views.py`).
+chance of a 64-request test run separating the two from 50-85% to 90-100% over two answer
+sets (`python bench/consistency_views.py --share 4 --seed 1`, and `--seed 2`).
 
 Score mapping (documented contract):
 - `score` = mean over the k+1 answers (those with sentences) of the mean over its sentences of
