@@ -148,10 +148,13 @@ class Store:
         """Insert rows; a non-empty `token` makes a repeated insert of the same batch a no-op."""
         self._call(f"insert into {table}", "insert", table, columns, rows, token)
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(
+        self, fn: Callable[..., T], *args: Any, on: concurrent.futures.Executor | None = None
+    ) -> T:
+        """`fn(*args)` on the store's thread (or `on`), unless the store is closed."""
         if self._closed:
             raise StoreError(f"the store at {self.url.safe} is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(on or self._thread, fn, *args)
 
     async def query(
         self, sql: str, parameters: Mapping[str, Any] | None = None
@@ -170,9 +173,7 @@ class Store:
         if not self._isolated:
             await self._run(self.insert_sync, table, columns, rows, token)
             return
-        if self._closed:  # the packer's thread is gone too
-            raise StoreError(f"the store at {self.url.safe} is closed")
-        packed = await asyncio.get_running_loop().run_in_executor(self._packer, pack, rows)
+        packed = await self._run(pack, rows, on=self._packer)
         what = f"insert into {table}"
         await self._run(self._call, what, "insert_packed", table, columns, packed, token)
 

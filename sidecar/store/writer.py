@@ -231,11 +231,14 @@ class Writer:
         Only while the store takes inserts: a batch bound for the spool keeps its own size, so
         the spool's bound still drops the oldest rows a batch at a time.
         """
-        head = self._ready.popleft()
-        rows = list(head.rows)
-        while self._taking and self._ready and self._joins(head, self._ready[0], len(rows)):
-            rows += self._ready.popleft().rows
-        return head if len(rows) == len(head.rows) else Batch(head.table, head.columns, rows)
+        joined = [self._ready.popleft()]
+        head, rows = joined[0], len(joined[0].rows)
+        while self._taking and self._ready and self._joins(head, self._ready[0], rows):
+            joined.append(self._ready.popleft())
+            rows += len(joined[-1].rows)
+        if len(joined) == 1:
+            return head
+        return Batch(head.table, head.columns, [row for batch in joined for row in batch.rows])
 
     def _joins(self, head: Batch, batch: Batch, rows: int) -> bool:
         return (
