@@ -11,15 +11,23 @@ alone does, with k+1 anchors instead of one. On SmolLM2-135M shipped vs Q2_K tha
 chance of a 64-request test run separating the two from 50-85% to 90-100% over two answer
 sets (`python bench/consistency_views.py --share 4 --seed 1`, and `--seed 2`).
 
+Only informative answers agree (`informative`): a refusal, an abstention ("I don't know"), a
+bare "No.", an empty answer or one that loops or repeats itself supports nothing and is
+supported by nothing, however many times it comes back. A model that collapses into one
+non-answer is not consistent; it scores 0.
+
 Score mapping (documented contract):
-- `score` = mean over the k+1 answers (those with sentences) of the mean over its sentences of
-  (mean over the other answers of max(0, max cosine to that answer's sentences)); identical
-  answers give 1.0, unrelated ones about 0.1-0.3. An answer with no sentences supports
-  nothing (0 for every sentence) and has nothing of its own to check.
+- a sample whose original answer is not informative scores 0 and is not re-asked;
+- else `score` = mean over the k+1 answers of the mean over its sentences of (mean over the
+  other answers of max(0, max cosine to that answer's sentences)), where an answer that is
+  not informative has no sentences: it contributes 0 and supports nothing. Identical
+  informative answers give 1.0, unrelated ones about 0.1-0.3.
+- `detail.informative` = which of the k+1 answers (the original first) counted.
 - `detail.agreement` = that support per sentence of the original answer (`weakest`: its
   least supported); `detail.selfcheck` = their mean, SelfCheckGPT's original-only score.
-- `detail.eigen_consistency` = EigenScore rescaled to [0, 1] between its bounds for unit
-  vectors: 1 = all answers the same direction, 0 = all mutually orthogonal.
+- `detail.eigen_consistency` = EigenScore over the informative answers rescaled to [0, 1]
+  between its bounds for unit vectors: 1 = all answers the same direction, 0 = all mutually
+  orthogonal (0 when fewer than two are informative).
 """
 
 from __future__ import annotations
@@ -35,11 +43,14 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from probes.answer_kind import classify
+from probes.degeneration import score_degeneration
 from probes.scorer import ProbeResult, Scorer, Vectors, similarity
 from sidecar.proxy import DEPLOYMENT_HEADER, ORIGIN_HEADER
 from sidecar.sampler import NO_SAMPLE_HEADER, parse_answer
 
 PROBE = "consistency"
+SCORER = "selfcheck-emb-v3"  # v3: only informative answers agree
 DEFAULT_K = 5
 EIGEN_ALPHA = 1e-3  # the INSIDE paper's regulariser
 MAX_SENTENCES = 48  # per answer: bounds the cost of one very long answer
@@ -138,43 +149,74 @@ def eigen_consistency(score: float, k: int, alpha: float = EIGEN_ALPHA) -> float
 # ---------------------------------------------------------------------------- the probe
 
 
+def informative(answer: str, prompt: str = "") -> bool:
+    """Whether an answer can agree with anything: an answer (not a refusal, an abstention, a
+    bare "No." or nothing) that does not loop or repeat itself."""
+    if classify(answer, prompt) != "answer":
+        return False
+    flags = score_degeneration(answer).detail.get("flags", [])
+    return not {"loop", "repetition", "repeated_lines"} & set(flags)
+
+
+def non_answer(item_id: str, scorer_name: str, k: int) -> ProbeResult:
+    """The consistency of a sample whose answer is no answer: 0, without re-asking."""
+    detail = {"k": k, "informative": [False], "reasked": False}
+    return ProbeResult(PROBE, item_id, 0.0, None, detail, f"{SCORER}/{scorer_name}")
+
+
 async def score_consistency(
     scorer: Scorer,
     original: str,
     samples: Sequence[str],
     *,
+    prompt: str = "",
     item_id: str = "",
     tokens: int = 0,
     errors: Sequence[str] = (),
 ) -> ProbeResult | None:
-    """Agreement of `original` with re-asked `samples`; None when there is nothing to compare."""
-    sentences = split_sentences(original)
-    if not sentences or not samples:
-        return None  # an empty answer is the degeneration probe's finding, not ours
-    sample_sentences = [split_sentences(s) for s in samples]
-    texts = [*sentences, *(t for ss in sample_sentences for t in ss), original, *samples]
-    vectors = await scorer.embed(texts)
-    per_answer: list[Vectors] = []
-    n = 0
-    for ss in (sentences, *sample_sentences):
-        per_answer.append(vectors[n : n + len(ss)])
-        n += len(ss)
+    """Agreement of `original` with re-asked `samples`; None when no sample came back."""
+    if not samples:
+        return None
+    answers = [original, *samples]
+    useful = [informative(a, prompt) for a in answers]
+    if not useful[0]:
+        return non_answer(item_id, scorer.name, len(samples))
+    whole = [a for a, u in zip(answers, useful, strict=True) if u]
+    kept = [a if u else "" for a, u in zip(answers, useful, strict=True)]
+    per_answer, vectors = await _embed(scorer, kept, whole)
     mutual = mutual_agreement(per_answer)
     agreement = mutual[0]
-    eigen = eigenscore(vectors[n:])
+    eigen = eigenscore(vectors) if len(whole) > 1 else math.nan
     detail = {
         "k": len(samples),
-        "sentences": len(sentences),
+        "informative": useful,
+        "sentences": len(agreement),
         "agreement": [round(float(a), 4) for a in agreement],
         "weakest": int(np.argmin(agreement)),
         "selfcheck": round(float(agreement.mean()), 4),
-        "eigenscore": round(eigen, 4),
-        "eigen_consistency": round(eigen_consistency(eigen, len(samples) + 1), 4),
+        "eigenscore": None if math.isnan(eigen) else round(eigen, 4),
+        "eigen_consistency": 0.0 if math.isnan(eigen) else round(
+            eigen_consistency(eigen, len(whole)), 4),
         "tokens": tokens,
         "errors": list(errors),
-    }
-    score = float(np.clip(np.mean([m.mean() for m in mutual if len(m)]), 0.0, 1.0))
-    return ProbeResult(PROBE, item_id, score, None, detail, f"selfcheck-emb-v2/{scorer.name}")
+    }  # fmt: skip
+    # An answer that is no answer contributes 0 and supports nothing (its sentences are none).
+    score = float(np.clip(np.mean([m.mean() if len(m) else 0.0 for m in mutual]), 0.0, 1.0))
+    return ProbeResult(PROBE, item_id, score, None, detail, f"{SCORER}/{scorer.name}")
+
+
+async def _embed(
+    scorer: Scorer, answers: Sequence[str], whole: Sequence[str]
+) -> tuple[list[Vectors], Vectors]:
+    """The sentence vectors of each answer (none for "") and the vectors of `whole`, in one
+    batch."""
+    sentences = [split_sentences(a) for a in answers]
+    vectors = await scorer.embed([*(t for ss in sentences for t in ss), *whole])
+    per_answer, n = [], 0
+    for ss in sentences:
+        per_answer.append(vectors[n : n + len(ss)])
+        n += len(ss)
+    return per_answer, vectors[n:]
 
 
 # ---------------------------------------------------------------------------- re-asking
@@ -218,6 +260,19 @@ def reask_body(request: Mapping[str, Any]) -> dict[str, Any]:
     # A fixed seed would make the k samples one sample k times: the probe needs the spread.
     body.pop("seed", None)
     return body
+
+
+def prompt_text(request: Mapping[str, Any]) -> str:
+    """The text a request asks: its last user message (chat) or its prompt (completion)."""
+    for message in reversed(request.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):  # content parts: keep the text ones
+                parts = [p.get("text", "") for p in content if isinstance(p, dict)]
+                return " ".join(p for p in parts if isinstance(p, str))
+            return content if isinstance(content, str) else ""
+    prompt = request.get("prompt")
+    return prompt if isinstance(prompt, str) else ""
 
 
 def probe_headers(origin: str, deployment: str, extra: Mapping[str, str] | None) -> dict[str, str]:

@@ -1,12 +1,20 @@
 """Factuality probe: canary prompts with reference answers, scored per answer.
 
+A reply that does not answer (`probes.answer_kind`: empty, a refusal, an abstention, a bare
+"No.") fails every canary, whatever its kind: a model that stops answering must lose.
+
 - numeric canaries: the number is extracted from the answer ("The answer is 1,024." -> 1024)
   and compared exactly (or within the item's `tolerance`); score 1.0 or 0.0.
-- text canaries, TruthfulQA-style: `diff` = max similarity to a correct reference - max
-  similarity to an incorrect one, where a similarity is the cosine of the answer and the
-  reference embedded after the question, mixed with their token F1, less a penalty when one
-  is negative and the other is not (`polarity`). `score` = clip(0.5 + diff, 0, 1) (0.5 =
-  undecided), `passed` = diff > 0, or None (abstain) when |diff| < `band`.
+- text canaries: first by mention. A short reference (at most MENTION_WORDS words, such as
+  "Canberra.") is mentioned when the answer contains it as whole words, accents and case
+  aside. Where both sides have short references, an answer that mentions a correct one and
+  no incorrect one passes, and one that mentions only incorrect ones fails. Otherwise
+  TruthfulQA-style: `diff` = max similarity to a correct reference - max similarity to an
+  incorrect one, where a similarity is the cosine of the answer and the reference embedded
+  after the question, mixed with their token F1, less a penalty when one is negative and the
+  other is not (`polarity`). `score` = clip(0.5 + diff, 0, 1), `passed` = diff > 0: every
+  answer gets a verdict, since a verdict withheld on the hard cases hides exactly the wrong
+  answers. `detail.close_call` says when |diff| is within MiniLM's paraphrase noise.
 
 The golden-set format is documented in probes/golden/README.md.
 """
@@ -18,6 +26,7 @@ import importlib.resources
 import json
 import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,13 +37,15 @@ import aiohttp
 import numpy as np
 import numpy.typing as npt
 
+from probes.answer_kind import classify
 from probes.consistency import Reply, ask, probe_headers
 from probes.scorer import ProbeResult, Scorer, Vectors, similarity
 
 PROBE = "factuality"
 NUMERIC_SCORER = "exact-number/v1"
-TEXT_SCORER = "truthful-diff-v2"  # v2: in-context embeddings, polarity, token F1
-DEFAULT_BAND = 0.05  # |diff| under this is within MiniLM's paraphrase noise: abstain
+TEXT_SCORER = "truthful-diff-v3"  # v3: non-answers fail, mentions first, no abstain band
+CLOSE_CALL = 0.05  # |diff| under this is within MiniLM's paraphrase noise: a close call
+MENTION_WORDS = 4  # references this short are names, numbers or terms: look for them verbatim
 KINDS = ("numeric", "text")
 SYSTEM_PROMPT = "Answer the question briefly and directly."
 
@@ -274,6 +285,8 @@ _STOPWORDS = frozenset({
     "does", "did", "can", "will", "would", "should",
 })  # fmt: skip
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+_MENTION_WORD = re.compile(r"[^\W_]+")
+_NEGATING = frozenset({"not", "no", "never", "nor", "neither", "isn", "wasn", "aren", "t"})
 
 
 def _tokens(text: str) -> list[str]:
@@ -346,41 +359,93 @@ def truthful_diff(answer: str, vector: Vectors, correct: Side, incorrect: Side) 
     return Diff(float(true_sims[i]), float(false_sims[j]), i, j)
 
 
-def text_result(canary_id: str, diff: Diff, band: float, scorer_name: str) -> ProbeResult:
-    """Score (clip(0.5 + diff)) and verdict (None inside the abstain band) of a text answer."""
+def text_result(canary_id: str, diff: Diff, scorer_name: str) -> ProbeResult:
+    """Score (clip(0.5 + diff)) and verdict (diff > 0) of a text answer by similarity."""
     d = diff.diff
-    passed = None if abs(d) < band else d > 0
     detail = {
-        "kind": "text", "max_true": round(diff.max_true, 4), "max_false": round(diff.max_false, 4),
-        "diff": round(d, 4), "best_true": diff.best_true, "best_false": diff.best_false,
-        "band": band,
+        "kind": "text", "by": "similarity", "max_true": round(diff.max_true, 4),
+        "max_false": round(diff.max_false, 4), "diff": round(d, 4),
+        "best_true": diff.best_true, "best_false": diff.best_false,
+        "close_call": abs(d) < CLOSE_CALL,
     }  # fmt: skip
     score = min(1.0, max(0.0, 0.5 + d))
-    return ProbeResult(PROBE, canary_id, score, passed, detail, f"{TEXT_SCORER}/{scorer_name}")
+    return ProbeResult(PROBE, canary_id, score, d > 0, detail, f"{TEXT_SCORER}/{scorer_name}")
 
 
-async def score_text(
-    scorer: Scorer, canary: Canary, answer: str, band: float = DEFAULT_BAND
-) -> ProbeResult:
-    """TruthfulQA-style score of a text answer (one embedding batch with its references)."""
-    if not answer.strip():
-        detail = {"kind": "text", "empty": True}
-        return ProbeResult(PROBE, canary.id, 0.0, False, detail, f"{TEXT_SCORER}/{scorer.name}")
+def _folded(text: str) -> str:
+    """Lower case without accents, words separated by single spaces."""
+    plain = unicodedata.normalize("NFKD", text.casefold())
+    plain = "".join(c for c in plain if not unicodedata.combining(c))
+    return " ".join(_MENTION_WORD.findall(plain))
+
+
+def mentions(answer: str, references: Sequence[str]) -> list[int]:
+    """Indexes of the short references (names, numbers, terms) the answer states verbatim; a
+    mention right after a negation ("not a fruit") states nothing."""
+    said = _folded(answer).split()
+    found = []
+    for i, ref in enumerate(references):
+        term = _folded(ref).split()
+        if 0 < len(term) <= MENTION_WORDS and _states(said, term):
+            found.append(i)
+    return found
+
+
+def _states(said: list[str], term: list[str]) -> bool:
+    n = len(term)
+    for at in range(len(said) - n + 1):
+        if said[at : at + n] == term and not _NEGATING & set(said[max(0, at - 2) : at]):
+            return True
+    return False
+
+
+def _short(references: Sequence[str]) -> bool:
+    return any(0 < len(_folded(ref).split()) <= MENTION_WORDS for ref in references)
+
+
+def mention_result(canary: Canary, answer: str, scorer_name: str) -> ProbeResult | None:
+    """The verdict when the answer names short references of one side only, else None.
+
+    Only items with short references on both sides decide so: where the right answer is a
+    sentence, naming a wrong term may be the sentence that corrects it."""
+    if not (_short(canary.correct) and _short(canary.incorrect)):
+        return None
+    right, wrong = mentions(answer, canary.correct), mentions(answer, canary.incorrect)
+    if bool(right) == bool(wrong):
+        return None
+    detail = {"kind": "text", "by": "mention", "correct": right, "incorrect": wrong}
+    passed = bool(right)
+    score = 1.0 if passed else 0.0
+    return ProbeResult(PROBE, canary.id, score, passed, detail, f"{TEXT_SCORER}/{scorer_name}")
+
+
+async def score_text(scorer: Scorer, canary: Canary, answer: str) -> ProbeResult:
+    """A text answer's verdict: by mention when that decides, else TruthfulQA-style."""
+    by_mention = mention_result(canary, answer, scorer.name)
+    if by_mention is not None:
+        return by_mention
     texts = [answer, *canary.correct, *canary.incorrect]
     vectors = await scorer.embed([in_context(canary.prompt, t) for t in texts])
     n = 1 + len(canary.correct)
     correct, incorrect = Side(canary.correct, vectors[1:n]), Side(canary.incorrect, vectors[n:])
     diff = truthful_diff(answer, vectors[0], correct, incorrect)
-    return text_result(canary.id, diff, band, scorer.name)
+    return text_result(canary.id, diff, scorer.name)
 
 
-async def score_canary(
-    scorer: Scorer, canary: Canary, answer: str, band: float = DEFAULT_BAND
-) -> ProbeResult:
-    """Score one canary answer by its kind."""
+def scorer_name(canary: Canary, scorer: Scorer) -> str:
+    """The `scorer` column of a canary's results."""
+    return NUMERIC_SCORER if canary.kind == "numeric" else f"{TEXT_SCORER}/{scorer.name}"
+
+
+async def score_canary(scorer: Scorer, canary: Canary, answer: str) -> ProbeResult:
+    """Score one canary answer by its kind; a reply that does not answer fails."""
+    kind = classify(answer, canary.prompt)
+    if kind != "answer":
+        detail = {"kind": canary.kind, "non_answer": kind}
+        return ProbeResult(PROBE, canary.id, 0.0, False, detail, scorer_name(canary, scorer))
     if canary.kind == "numeric":
         return score_numeric(canary, answer)
-    return await score_text(scorer, canary, answer, band)
+    return await score_text(scorer, canary, answer)
 
 
 # ---------------------------------------------------------------------------- asking

@@ -33,8 +33,17 @@ from typing import Any
 import aiohttp
 
 from probes import worker_sql
+from probes.answer_kind import score_abstention
 from probes.budget import Backoff, Budget, TokenBucket
-from probes.consistency import Reasked, Reply, reask, score_consistency, split_sentences
+from probes.consistency import (
+    Reasked,
+    Reply,
+    informative,
+    non_answer,
+    prompt_text,
+    reask,
+    score_consistency,
+)
 from probes.degeneration import score_degeneration
 from probes.detect import run_detection
 from probes.factuality import (
@@ -55,7 +64,7 @@ from probes.scorer import (
 )
 from sidecar.config import ConfigError, Settings
 from sidecar.proxy import PROBE_TOKEN_HEADER
-from sidecar.sampler import is_truncated
+from sidecar.sampler import is_redacted, is_truncated
 from sidecar.store.client import RowsRejected, Store, StoreError
 
 log = logging.getLogger("fathom.probe")
@@ -247,17 +256,20 @@ class Scored:
 
 
 def reaskable(sample: Sample) -> tuple[dict[str, Any] | None, str]:
-    """(the original request, '') when the sample can be re-asked, else (None, why not)."""
+    """(the original request, '') when the sample can be re-asked, else (None, why not).
+
+    Re-asks send exactly the prompt that produced the answer: a stored request that lost
+    part of itself to the cap or to redaction asks another question, so it is not re-asked."""
     if is_truncated(sample.request_json):
-        return None, "truncated"  # the stored request is not what the model was asked
+        return None, "truncated"
+    if is_redacted(sample.request_json):
+        return None, "redacted"
     try:
         request = json.loads(sample.request_json)
     except ValueError:
         return None, "not_json"
     if not isinstance(request, dict) or not request.get("model"):
         return None, "not_json"
-    if not split_sentences(sample.response_text):
-        return None, "empty_answer"  # nothing to agree with: degeneration has flagged it
     return request, ""
 
 
@@ -434,12 +446,34 @@ class Worker:
             score_degeneration, sample.response_text, sample.finish_reason
         )
         request, why_not = reaskable(sample)
+        prompt = prompt_text(request) if request is not None else ""
+        cheap = (degeneration, score_abstention(sample.response_text, prompt))
         if request is None:
-            return Scored((degeneration,), why_not)
+            return Scored(cheap, why_not)
         k = self.settings.k
+        if not informative(sample.response_text, prompt):  # nothing to agree with: 0, no re-ask
+            return Scored((*cheap, non_answer("", self._scorer.name, k)))
         estimate = k * estimate_tokens(request, sample)
         if not self._budget.try_spend(k, estimate):
-            return Scored((degeneration,), "budget")
+            return Scored(cheap, "budget")
+        replies, busy = await self._reask(sample, request, estimate)
+        try:
+            consistency = await score_consistency(
+                self._scorer, sample.response_text, replies.answers, prompt=prompt,
+                tokens=replies.tokens, errors=replies.errors,
+            )  # fmt: skip
+        except ValueError as exc:  # bad data in this one sample: never retry it forever
+            log.warning("%s: consistency of %s failed: %s", self.name, sample.request_id, exc)
+            return Scored(cheap, "scoring_error", busy)
+        if consistency is None:
+            return Scored(cheap, "reask_failed", busy)
+        return Scored((*cheap, consistency), "", busy)
+
+    async def _reask(
+        self, sample: Sample, request: dict[str, Any], estimate: int
+    ) -> tuple[Reasked, bool]:
+        """k re-asks pinned to the sample's deployment; (replies, upstream overloaded)."""
+        k = self.settings.k
         started = time.monotonic()
         self.stats.reasking += 1
         try:
@@ -453,18 +487,7 @@ class Worker:
         slow = time.monotonic() - started > self.settings.slow_s
         self.stats.probe_requests += k
         settle(self._budget.tokens, estimate, replies)
-        busy = slow or any(overloaded(e) for e in replies.errors)
-        try:
-            consistency = await score_consistency(
-                self._scorer, sample.response_text, replies.answers, tokens=replies.tokens,
-                errors=replies.errors,
-            )  # fmt: skip
-        except ValueError as exc:  # bad data in this one sample: never retry it forever
-            log.warning("%s: consistency of %s failed: %s", self.name, sample.request_id, exc)
-            return Scored((degeneration,), "scoring_error", busy)
-        if consistency is None:
-            return Scored((degeneration,), "reask_failed", busy)
-        return Scored((degeneration, consistency), "", busy)
+        return replies, slow or any(overloaded(e) for e in replies.errors)
 
     async def _write(self, sample: Sample, outcome: Scored) -> None:
         """All of one sample's rows in one insert: it is scored completely or not at all."""

@@ -210,6 +210,12 @@ def _start_probes(service: Service) -> None:
                 True,
             ),
             Gauge(
+                "fathom.probes.not_reasked_redacted",
+                "samples not re-asked: redaction changed their stored prompt",
+                lambda: stats.skipped["redacted"],
+                True,
+            ),
+            Gauge(
                 "fathom.probes.canaries_sent", "canary requests", lambda: stats.canaries_sent, True
             ),
             Gauge("fathom.probes.errors", "probe rounds that failed", lambda: stats.errors, True),

@@ -138,7 +138,7 @@ def _replacer(rule: _Rule, counts: Counter[str] | None) -> Callable[[re.Match[st
         if counts is not None:
             counts[rule.kind] += 1
         prefix = match.group(rule.keep_prefix_group) if rule.keep_prefix_group else ""
-        return f"{prefix}[REDACTED:{rule.kind}]"
+        return f"{prefix}{REDACTION_MARK}{rule.kind}]"
 
     return replace
 
@@ -151,6 +151,14 @@ def cap_text(text: str, max_chars: int) -> str:
     if len(text) <= max_chars:
         return text
     return f"{text[:max_chars]}…{TRUNCATION_MARK}{len(text) - max_chars} chars]"
+
+
+REDACTION_MARK = "[REDACTED:"
+
+
+def is_redacted(text: str) -> bool:
+    """Whether redaction replaced part of a stored text (re-asking it would change it)."""
+    return REDACTION_MARK in text
 
 
 def is_truncated(text: str) -> bool:

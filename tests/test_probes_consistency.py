@@ -149,7 +149,7 @@ async def test_identical_answers_score_one(scorer: Scorer) -> None:
     assert result.detail["errors"] == ["http_503"]
     assert result.detail["sentences"] == 2 and len(result.detail["agreement"]) == 2
     assert result.passed is None and result.item_id == "r1"
-    assert result.scorer == "selfcheck-emb-v2/all-MiniLM-L6-v2"
+    assert result.scorer == "selfcheck-emb-v3/all-MiniLM-L6-v2"
     json.loads(result.detail_json())
 
 
@@ -166,10 +166,31 @@ async def test_agreement_orders_paraphrase_contradiction_unrelated(scorer: Score
 
 
 async def test_nothing_to_compare_gives_none(scorer: Scorer) -> None:
-    assert await score_consistency(scorer, "", ["Something."]) is None
     assert await score_consistency(scorer, ORIGINAL, []) is None
     empty_samples = await score_consistency(scorer, ORIGINAL, ["", ""])
     assert empty_samples is not None and empty_samples.score == 0.0
+
+
+LOOP = "and so on " * 40
+NON_ANSWERS = ["", "I don't know.", "I'm not sure.", "No.", "Yes.", "I can't help with that.", LOOP]
+
+
+@pytest.mark.parametrize("reply", NON_ANSWERS)
+async def test_agreeing_on_a_non_answer_is_not_consistency(scorer: Scorer, reply: str) -> None:
+    """A model that collapsed into one non-answer repeats it every time: that scores 0."""
+    result = await score_consistency(scorer, reply, [reply] * 5, prompt="What is 17 x 23?")
+    assert result is not None and result.score == 0.0
+    assert result.detail["informative"] == [False] and result.detail["reasked"] is False
+
+
+async def test_non_answers_among_the_re_asks_count_as_disagreement(scorer: Scorer) -> None:
+    sound = await score_consistency(scorer, ORIGINAL, [ORIGINAL] * 4)
+    mixed = await score_consistency(scorer, ORIGINAL, [ORIGINAL, ORIGINAL, "I don't know.", ""])
+    assert sound is not None and mixed is not None
+    assert mixed.detail["informative"] == [True, True, True, False, False]
+    # Three of five answers agree fully; the two non-answers give and get nothing.
+    assert mixed.score == pytest.approx(3 / 5 * 2 / 4, abs=0.02)
+    assert sound.score == pytest.approx(1.0, abs=1e-3)
 
 
 # ---------------------------------------------------------------------------- re-asking

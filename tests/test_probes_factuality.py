@@ -228,15 +228,32 @@ async def test_score_text_judges_true_and_false(
     assert right.score > 0.5 > wrong.score
 
 
-async def test_score_text_details_abstains_and_empty(scorer: Scorer) -> None:
-    right = await score_text(scorer, AUSTRALIA, "Australia's capital city is Canberra.")
-    assert right.detail["diff"] == pytest.approx(right.score - 0.5, abs=1e-3)
-    assert right.detail["max_true"] > right.detail["max_false"]
-    unsure = await score_text(scorer, AUSTRALIA, "Australia's capital city is Canberra.", band=1.0)
-    assert unsure.passed is None and unsure.score == right.score
-    empty = await score_text(scorer, AUSTRALIA, "  ")
-    assert (empty.score, empty.passed) == (0.0, False)
-    assert right.scorer == "truthful-diff-v2/all-MiniLM-L6-v2"
+async def test_score_text_details_and_mentions(scorer: Scorer) -> None:
+    right = await score_text(scorer, AUSTRALIA, "I believe the seat of government is Canberra.")
+    assert right.detail["by"] == "mention" and right.detail["correct"] == [0]
+    assert (right.score, right.passed) == (1.0, True)
+    wrong = await score_text(scorer, AUSTRALIA, "It is Sydney, the largest city.")
+    assert wrong.detail == {"kind": "text", "by": "mention", "correct": [], "incorrect": [0]}
+    assert (wrong.score, wrong.passed) == (0.0, False)
+    both = await score_text(scorer, AUSTRALIA, "Sydney or Canberra, one of the two.")
+    assert both.detail["by"] == "similarity"  # naming both sides decides nothing by itself
+    near = await score_text(scorer, AUSTRALIA, "Canberran politics is a small world.")
+    assert near.detail["by"] == "similarity"  # whole words only: 'Canberran' is not 'Canberra'
+    said = await score_text(scorer, AUSTRALIA, "Australia's capital city is not on the coast.")
+    assert said.detail["diff"] == pytest.approx(said.score - 0.5, abs=1e-3)
+    assert said.passed is (said.detail["diff"] > 0)
+    assert right.scorer == "truthful-diff-v3/all-MiniLM-L6-v2"
+
+
+@pytest.mark.parametrize(
+    "reply", ["", "  ", "I don't know.", "No.", "Yes.", "I'm not sure.", "I can't help with that."]
+)
+async def test_a_reply_that_does_not_answer_fails_every_kind(scorer: Scorer, reply: str) -> None:
+    numeric = Canary("n1", "What is 2 + 2?", "numeric", answer=4)
+    for canary in (AUSTRALIA, GREAT_WALL, numeric):
+        result = await score_canary(scorer, canary, reply)
+        assert (result.score, result.passed) == (0.0, False), (canary.id, reply)
+        assert result.detail["non_answer"] in ("empty", "bare", "abstention", "refusal")
 
 
 @pytest.mark.parametrize(
@@ -274,8 +291,8 @@ async def test_polarity_tells_a_statement_from_its_negation(
     assert (await score_text(scorer, GREAT_WALL, denied)).passed is True
     assert (await score_text(scorer, GREAT_WALL, said)).passed is False
     monkeypatch.setattr(factuality, "POLARITY_PENALTY", 0.0)
-    for text in (said, denied):  # cosine and word overlap alone: within the abstain band
-        assert (await score_text(scorer, GREAT_WALL, text)).passed is None
+    for text in (said, denied):  # cosine and word overlap alone: a close call either way
+        assert (await score_text(scorer, GREAT_WALL, text)).detail["close_call"] is True
 
 
 async def test_score_canary_dispatches_by_kind(scorer: Scorer) -> None:

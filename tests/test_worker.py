@@ -169,8 +169,12 @@ async def test_through_the_proxy_each_sample_scored_once_and_probe_traffic_label
             await worker.step(stop)
             await worker.step(stop)  # nothing left: nothing scored twice, no canaries yet
         rows = await quality(store, "request_id != ''")
-        assert {(r[2], r[3]) for r in rows} == {("consistency", 1), ("degeneration", 1)}
-        assert len(rows) == 12 and len({r[0] for r in rows}) == 6
+        assert {(r[2], r[3]) for r in rows} == {
+            ("abstention", 1),
+            ("consistency", 1),
+            ("degeneration", 1),
+        }
+        assert len(rows) == 18 and len({r[0] for r in rows}) == 6
         consistency = [r[4] for r in rows if r[2] == "consistency"]
         assert min(consistency) > 0.99  # 'steady' repeats itself
         canary_rows = await quality(store, "request_id = ''")
@@ -318,7 +322,7 @@ async def test_three_workers_score_every_sample_exactly_once(
         await asyncio.gather(*tasks)
     rows = await quality(store)
     counts = {(r[0], r[2]): r[3] for r in rows}
-    assert counts == {(i, p): 1 for i in ids for p in ("consistency", "degeneration")}
+    assert counts == {(i, p): 1 for i in ids for p in ("abstention", "consistency", "degeneration")}
     assert sum(s.samples_scored for s in stats) == 30
     assert all(s.samples_scored > 0 and s.errors == 0 for s in stats)
     shares = await store.query(
@@ -344,7 +348,7 @@ async def test_stop_finishes_the_samples_in_hand(sim: str, scorer: Scorer, store
         await running
     rows = await quality(store)
     assert [(r[0], r[2]) for r in rows] == [
-        (i, p) for (i,) in oldest[:2] for p in ("consistency", "degeneration")
+        (i, p) for (i,) in oldest[:2] for p in ("abstention", "consistency", "degeneration")
     ]
     assert worker.stats.samples_scored == 2 and worker.stats.reasking == 0
 
@@ -382,10 +386,38 @@ def test_unreaskable_samples_say_why() -> None:
     assert reaskable(sample(ok)) == ({"model": "m", "messages": []}, "")
     assert reaskable(sample("not json"))[1] == "not_json"
     assert reaskable(sample('{"messages": []}'))[1] == "not_json"
-    assert reaskable(sample(ok, "  "))[1] == "empty_answer"
+    assert reaskable(sample('{"model": "m", "x": "key [REDACTED:secret]"}'))[1] == "redacted"
     assert reaskable(sample('{"model": "m", "x": "a [fathom: truncated 9 chars]"}'))[1] == (
         "truncated"
     )
+
+
+async def test_non_answers_score_zero_unasked_and_redacted_prompts_are_not_reasked(
+    sim: str, scorer: Scorer, store: Store
+) -> None:
+    def row(request_id: str, content: str, answer: str) -> list[Any]:
+        body = {"model": "steady", "messages": [{"role": "user", "content": content}]}
+        record = Record(ts=datetime.now(UTC), request_id=request_id, route="chat",
+                        model="steady", deployment="d1", finish_reason="stop")  # fmt: skip
+        sampled = Sampler().row(record, json.dumps(body).encode(), answer)
+        return [sampled[c] for c in SAMPLE_COLUMNS]
+
+    secret = "sk-" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
+    rows = [
+        row("blank", "What is the capital of Peru?", "I don't know."),
+        row("secret", f"Is {secret} a valid key format?", "It looks like an API key."),
+    ]
+    await store.insert("fathom.samples", SAMPLE_COLUMNS, rows)
+    async with client_session(settings()) as session:
+        worker = Worker(store, session, sim, scorer, [], settings())
+        await worker.step(asyncio.Event())
+    got = {(r[0], r[2]): (r[4], r[5]) for r in await quality(store)}
+    assert got[("blank", "consistency")] == (0.0, None)
+    assert got[("blank", "abstention")] == (0.0, 0.0)
+    assert got[("secret", "abstention")] == (1.0, 1.0)
+    assert ("secret", "consistency") not in got
+    assert worker.stats.probe_requests == 0  # neither was re-asked
+    assert worker.stats.skipped["redacted"] == 1
 
 
 class BrokenModel:
@@ -413,4 +445,4 @@ async def test_scorer_failure_leaves_samples_for_a_later_round(
             await worker.step(asyncio.Event())
     finally:
         broken.close()
-    assert worker.stats.consistency_scored == 3 and len(await quality(store)) == 6
+    assert worker.stats.consistency_scored == 3 and len(await quality(store)) == 9

@@ -143,7 +143,7 @@ async def test_scores_samples_then_exits_0_on_sigterm(
         )
     finally:
         store.close()
-    assert sorted(rows) == sorted((i, p, 1) for i in ids for p in ("consistency", "degeneration"))
+    assert sorted(rows) == sorted((i, p, 1) for i in ids for p in ("abstention", "consistency", "degeneration"))
 
 
 # ---------------------------------------------------------------------------- settings
