@@ -183,10 +183,11 @@ def test_always_passing_items_that_fail_alarm() -> None:
     items = np.tile(ITEMS, 3)
     broken = np.tile((np.arange(40) < ALWAYS_PASS) & (np.arange(40) >= 6), 3)  # c0..c5 fail
     res = canary(items, broken)
-    assert res.regression and res.alarm_at is not None and res.alarm_at < 50
-    # one always-passing item failing again and again alarms too, though each repeat counts less
+    assert res.regression and res.alarm_at is not None and res.alarm_at < 100
+    # one always-passing item failing again and again counts less with each repeat: it builds
+    # evidence, but alone it does not page within 40 repeats
     alone = canary(["c0"] * 40, [False] * 40)
-    assert alone.regression
+    assert not alone.regression and alone.peak > 8
 
 
 def test_noise_on_items_that_always_failed_does_not_alarm() -> None:
@@ -211,40 +212,53 @@ def test_a_new_item_that_fails_does_not_dominate() -> None:
 
 
 def test_per_item_test_meets_the_targets_on_a_short_simulation() -> None:
-    """A small version of bench/detect.py's 2-point rows: found fast, rare false alarms."""
+    """A small version of bench/detect.py's 2-point rows: a 10-point drop found within 3 rounds
+    of the 133-item set; no false alarm in 200,000 stable results (a smoke check: the budget of
+    0.01 per 10,000 needs the bench's longer runs to show)."""
     rng = np.random.default_rng(23)
     for rate in (0.5, 0.9):
         deployment = canaries(two_point(rate, S.sprt_delta))
         scenario = Scenario("item", "2-point", 1000, "10 pts", deployment, item_alarms(S))
         row = measure(scenario, rng, reps=60, stable=200_000, window=5000)
-        assert row.median <= 100 and row.false_per_10k < 1.0
+        assert row.median <= 3 * 133 and row.false_per_10k == 0.0
 
 
 def test_evaluate_needs_enough_data() -> None:
     rng = np.random.default_rng(5)
     empty = np.empty(0, dtype=np.bool_)
-    few = Series(("m", "d", "p"), rng.normal(0.8, 0.1, 150), empty, rng.normal(0.8, 0.1, 50), empty)
-    assert evaluate(few, S) == []
+    few = Series(("m", "d", "p"), rng.normal(0.8, 0.1, 63), empty, rng.normal(0.8, 0.1, 50), empty)
+    assert evaluate(few, S) == []  # 64 baseline scores pin the mean to k/2 sd
+    short = dataclasses.replace(few, baseline_scores=rng.normal(0.8, 0.1, 64))
+    assert [o.test for o in evaluate(short, S)] == ["cusum", "welch"]
+    shorter = dataclasses.replace(short, current_scores=rng.normal(0.8, 0.1, 36))
+    assert [o.test for o in evaluate(shorter, S)] == ["cusum"]  # the window test needs 37
+    # canaries: 42 baseline results at 0.94 are enough (23 needed); 10 at 0.5 are not (100)
+    base = np.arange(42) % 17 != 0
+    sharp = Series(("m", "d", "f"), base * 1.0, base, np.zeros(107), np.arange(107) % 4 == 0)
+    (sprt,) = [o for o in evaluate(sharp, S) if o.test == "sprt"]
+    assert sprt.regression  # 0.94 -> 0.25 over 42 vs 107 results is decided
+    vague = Series(("m", "d", "f"), np.ones(10), np.arange(10) % 2 == 0, np.zeros(5), empty)
+    assert evaluate(dataclasses.replace(vague, current_passed=np.zeros(5, bool)), S) == []
     passed = rng.random(400) < 0.9
     enough = Series(
         ("m", "d", "p"),
         rng.normal(0.8, 0.1, 400),
         passed,
-        rng.normal(0.6, 0.1, 60),
-        rng.random(60) < 0.5,
+        rng.normal(0.6, 0.1, 100),
+        rng.random(100) < 0.5,
     )
     outcomes = {o.test: o for o in evaluate(enough, S)}
     assert set(outcomes) == {"cusum", "welch", "sprt"}
     assert all(o.regression for o in outcomes.values())
     assert outcomes["sprt"].baseline == pytest.approx(passed.mean())
-    assert outcomes["cusum"].n_current == 60 and outcomes["cusum"].threshold == S.cusum_h
+    assert outcomes["cusum"].n_current == 100 and outcomes["cusum"].threshold == S.cusum_h
     assert outcomes["sprt"].threshold == sprt_bounds(S.sprt_alpha, S.sprt_beta)[0]  # pooled
 
 
 def test_evaluate_runs_the_per_item_test_when_every_result_names_its_item() -> None:
     base_items, base_passed = golden_baseline()
-    now_items = np.tile(ITEMS, 2)
-    now_passed = np.tile((np.arange(40) < ALWAYS_PASS) & (np.arange(40) >= 6), 2)
+    now_items = np.tile(ITEMS, 3)
+    now_passed = np.tile((np.arange(40) < ALWAYS_PASS) & (np.arange(40) >= 6), 3)
     scores = np.where(base_passed, 1.0, 0.0)
     now_scores = np.where(now_passed, 1.0, 0.0)
     key = ("m", "d", "factuality")
@@ -262,7 +276,8 @@ def test_evaluate_runs_the_per_item_test_when_every_result_names_its_item() -> N
 
 
 def test_defaults_meet_the_targets_on_a_short_simulation() -> None:
-    """A small version of bench/detect.py: 0.5 sd drop found fast, rare false alarms."""
+    """A small version of bench/detect.py: a 0.5 sd drop found within 150 scores, no false
+    alarm in 300,000 stable ones (a smoke check of the budget, see bench/detect.py)."""
     rng = np.random.default_rng(17)
     delays, alarms = [], 0
     for _ in range(60):
@@ -275,8 +290,8 @@ def test_defaults_meet_the_targets_on_a_short_simulation() -> None:
         ) is not None:
             alarms += 1
             stable = stable[hit + 1 :]
-    assert np.median(delays) < 100
-    assert alarms / (60 * 5000) * 10_000 < 1.0
+    assert np.median(delays) < 150
+    assert alarms == 0
 
 
 # ------------------------------------------------------------------ on the real engine

@@ -10,10 +10,13 @@ flips between answers (what re-asking catches).
 
 from __future__ import annotations
 
+import operator
 import random
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from sidecar.sim import zoo
 from sidecar.sim.models import Known, ModelSpec, normalise
 
 SENTENCES = (
@@ -43,13 +46,29 @@ class Answer:
 
 
 def answer(
-    spec: ModelSpec, prompt: str, length: int, limit: int, rng: random.Random, seed: int
+    spec: ModelSpec,
+    prompt: str,
+    length: int,
+    limit: int,
+    rng: random.Random,
+    seed: int,
+    member: str = "",
 ) -> Answer:
-    """Answer `prompt` per the model's quality knobs.
+    """Answer `prompt` per the model's quality knobs, degraded the zoo `member`'s way if any.
 
     `length` sizes filler; loops run to `limit` (max_tokens; 0: none), as they do on real
     servers, else to `length`.
     """
+    sound = _sound(spec, prompt, length, limit, rng, seed)
+    if not member or (member == "wrong" and sound.kind == "filler"):
+        return sound
+    text = zoo.degrade(member, " ".join(sound.tokens), limit, rng)
+    return Answer(tokenize(text), "loop" if member == "loop" else member)
+
+
+def _sound(
+    spec: ModelSpec, prompt: str, length: int, limit: int, rng: random.Random, seed: int
+) -> Answer:
     key = normalise(prompt)
     canonical = rng.random() < spec.consistency
     draw = random.Random(f"{seed}/{spec.name}/{key}") if canonical else rng
@@ -58,12 +77,34 @@ def answer(
             return Answer((), "empty")
         size = max(1, limit or length)
         return Answer(tokenize(" ".join([LOOP] * size))[:size], "loop")
-    known = spec.knowledge.get(key)
+    known = spec.knowledge.get(key) or solve(prompt)
     if known is None:
         return Answer(_filler(draw, length), "filler")
     if draw.random() < spec.accuracy:
         return Answer(tokenize(draw.choice(known.correct)), "correct")
     return Answer(tokenize(wrong(known, spec.knowledge, draw)), "incorrect")
+
+
+_SUM = re.compile(
+    r"what is (-?\d[\d,]*) *([-+\u2212\u00d7x*\u00f7/]) *(-?\d[\d,]*)\?", re.IGNORECASE
+)
+_OPS: dict[str, Callable[[int, int], float]] = {
+    "+": operator.add, "-": operator.sub, "\u2212": operator.sub, "\u00d7": operator.mul,
+    "x": operator.mul, "*": operator.mul, "\u00f7": operator.truediv, "/": operator.truediv,
+}  # fmt: skip
+
+
+def solve(prompt: str) -> Known | None:
+    """The simulator's own arithmetic: "What is 17 x 23?" -> 391, computed, not looked up."""
+    match = _SUM.search(prompt)
+    if match is None:
+        return None
+    a, b = (int(match.group(i).replace(",", "")) for i in (1, 3))
+    if match.group(2) in "\u00f7/" and b == 0:
+        return None
+    value = _OPS[match.group(2).lower()](a, b)
+    text = str(int(value)) if float(value).is_integer() else f"{value:.4g}"
+    return Known((f"The answer is {text}.",), ())
 
 
 def tokenize(text: str) -> tuple[str, ...]:
@@ -80,7 +121,7 @@ def wrong(known: Known, knowledge: Mapping[str, Known], rng: random.Random) -> s
         candidates = [i for i in known.incorrect if normalise(i) not in right]
         if candidates:
             return rng.choice(candidates)
-    number = _nearby_number(known.correct[0], rng)
+    number = _nearby_number(known.correct[0].removeprefix("The answer is ").rstrip("."), rng)
     if number is not None:
         return number
     others = list(knowledge.values())

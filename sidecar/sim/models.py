@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from sidecar.sim.zoo import MEMBERS
+
 
 class SimConfigError(ValueError):
     """A simulator setting or file that cannot be used; the message says which and why."""
@@ -47,6 +49,8 @@ class ModelSpec:
     stall_first_rate: float = 0.0  # chance of a stall of stall_s before the first byte
     stall_s: float = 1.0
     answers: str = ""  # JSONL: {prompt, answer | correct: [...], incorrect: [...]}
+    zoo: str = ""  # a degradation zoo member (sidecar.sim.zoo) that takes over the answers...
+    zoo_after_s: float = 0.0  # ...this long after the simulator started
     knowledge: Mapping[str, Known] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -67,6 +71,8 @@ KNOB_HELP = {
     "stall_first_rate": "chance of a stall of --stall-s before the first byte",
     "stall_s": "length of injected stalls",
     "answers": "JSONL of {prompt, answer | correct, incorrect} the model knows",
+    "zoo": f"degrade every answer this way: {', '.join(MEMBERS)}",
+    "zoo_after_s": "seconds after start when the zoo member takes over",
 }
 MAX_TOKENS = 1_000_000  # an answer is built in memory before it is sent
 RATES = ("accuracy", "consistency", "degeneration", "error_rate", "reset_rate",
@@ -105,7 +111,9 @@ def _check(spec: ModelSpec) -> None:
     for key in RATES:
         if not 0.0 <= getattr(spec, key) <= 1.0:
             raise SimConfigError(f"model {spec.name!r}: {key} must be in [0, 1]")
-    for key in ("ttft_ms", "itl_ms", "tokens", "jitter_ms", "stall_s"):
+    if spec.zoo and spec.zoo not in MEMBERS:
+        raise SimConfigError(f"model {spec.name!r}: zoo must be one of {', '.join(MEMBERS)}")
+    for key in ("ttft_ms", "itl_ms", "tokens", "jitter_ms", "stall_s", "zoo_after_s"):
         if getattr(spec, key) < 0:
             raise SimConfigError(f"model {spec.name!r}: {key} must be >= 0")
     if spec.tokens > MAX_TOKENS:

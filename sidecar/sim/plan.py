@@ -30,6 +30,7 @@ from typing import Any
 from sidecar.sim.answers import answer
 from sidecar.sim.models import MAX_TOKENS, BadKnob, ModelSpec
 from sidecar.sim.wire import Wire, parse_wire, usage
+from sidecar.sim.zoo import MEMBERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,17 @@ def schedule(
     return due
 
 
+def zoo_member(headers: Mapping[str, str], spec: ModelSpec, elapsed_s: float) -> str:
+    """The zoo member degrading this answer: the x-sim-zoo header's, else the model's once
+    its time has come, else ''."""
+    member = headers.get("x-sim-zoo")
+    if member is not None:
+        if member and member not in MEMBERS:
+            raise BadKnob(f"x-sim-zoo: one of {', '.join(MEMBERS)}")
+        return member
+    return spec.zoo if spec.zoo and elapsed_s >= spec.zoo_after_s else ""
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """Everything one completion request will get, decided before the first byte."""
@@ -178,13 +190,16 @@ def make_plan(
     chat: bool,
     rng: random.Random,
     seed: int,
+    elapsed_s: float = 0.0,
 ) -> Plan:
-    """Decide a request's answer, faults and schedule from its body, headers and model."""
+    """Decide a request's answer, faults and schedule from its body, headers and model
+    (`elapsed_s`: time since the simulator started, for the model's zoo switch)."""
     length = int(number(headers, "x-sim-tokens", spec.tokens))
     if length > MAX_TOKENS:
         raise BadKnob(f"x-sim-tokens: at most {MAX_TOKENS}")
     limit = _max_tokens(body)
-    said = answer(spec, prompt_of(body, chat), length, limit, rng, seed)
+    member = zoo_member(headers, spec, elapsed_s)
+    said = answer(spec, prompt_of(body, chat), length, limit, rng, seed, member)
     tokens, finish = said.tokens, "length" if said.kind == "loop" else "stop"
     if limit and len(tokens) > limit:
         tokens, finish = tokens[:limit], "length"

@@ -51,6 +51,7 @@ class Simulator:
         self.seed = seed
         self.rng = random.Random(seed)
         self.clock, self.wall = clock, wall
+        self.started = clock()
 
     def app(self) -> web.Application:
         """The web application serving the OpenAI routes."""
@@ -96,7 +97,10 @@ class Simulator:
         body, spec = await self._read(request)
         chat = request.path.endswith("/chat/completions")
         try:
-            plan = make_plan(request.headers, body, spec, chat, self._rng(request), self.seed)
+            plan = make_plan(
+                request.headers, body, spec, chat, self._rng(request), self.seed,
+                arrival - self.started,
+            )  # fmt: skip
         except BadKnob as exc:
             raise Refused(400, str(exc)) from None
         await sleep_until(self.clock, arrival + plan.faults.first_byte_stall_s)
