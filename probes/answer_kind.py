@@ -12,8 +12,9 @@ The kinds, checked in this order:
 - `answer`: anything else.
 
 "Nothing new" means no content word outside the phrase lists' own vocabulary and the prompt's
-words: "I'm not sure, but I think it is Canberra." is a (hedged) answer, "I don't know the
-answer to your question about Canberra's founding." is not. The lists are English; a reply in
+words, unless the reply still picks one ("but", "I think", "probably"): "I'm not sure, but I
+think it is Canberra." is a (hedged) answer, "I don't know the answer to your question about
+Canberra." is not. The lists are English; a reply in
 another language is an `answer` here and left to the other probes.
 """
 
@@ -23,6 +24,7 @@ import re
 import unicodedata
 from typing import Literal
 
+from probes.degeneration import score_degeneration
 from probes.scorer import ProbeResult
 
 PROBE = "abstention"
@@ -55,7 +57,7 @@ def _vocabulary(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
-_HEDGE_WORDS = _vocabulary(
+HEDGE_WORDS = _vocabulary(
     "i im i'm me my you your we it its it's this that these those there here the a an of to "
     "in on at for with about and or but so if as is are was were be been being am do does did "
     "don't dont doesn't didn't not no yes yeah yep nope ok okay sure maybe perhaps possibly "
@@ -67,13 +69,14 @@ _HEDGE_WORDS = _vocabulary(
     "ai language model assistant allowed decline comply determined determine remember think "
     "believe guess thing things something anything nothing everything any some all none "
     "one true false correct right wrong please thank thanks n't let else entirely other "
-    "different exact specific depends depend"
+    "different exact specific depends depend request requests topic matter"
 )  # fmt: skip
 _STOPWORDS = _vocabulary(
     "yes no yeah yep nope ok okay sure maybe perhaps possibly well hmm um uh oh the a an it "
     "is are was were be this that so and or but not true false correct right indeed of course "
     "certainly absolutely definitely"
 )  # fmt: skip
+_ASSERTING = frozenset({"but", "think", "believe", "probably", "likely", "guess", "suspect"})
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 
 
@@ -103,9 +106,12 @@ def classify(reply: str, prompt: str = "") -> Kind:
     if not found:
         return "empty"
     text = normalise(reply)
+    content = [w for w in found if w not in HEDGE_WORDS]
     asked = {stem(w) for w in words(prompt)}
-    news = [w for w in found if w not in _HEDGE_WORDS and stem(w) not in asked]
-    if not news:
+    news = [w for w in content if stem(w) not in asked]
+    # "I'm not sure, but I think it is Canberra": a hedge that still picks an answer.
+    picks = bool(content) and not _ASSERTING.isdisjoint(found)
+    if not news and not picks:
         if _has_phrase(text, _REFUSALS):
             return "refusal"
         if _has_phrase(text, _ABSTENTIONS):
@@ -118,6 +124,15 @@ def classify(reply: str, prompt: str = "") -> Kind:
 def answers(reply: str, prompt: str = "") -> bool:
     """Whether `reply` is an answer rather than a way of not answering."""
     return classify(reply, prompt) == "answer"
+
+
+def informative(reply: str, prompt: str = "") -> bool:
+    """Whether a reply can agree with anything or pass a canary: an answer that does not loop
+    or repeat itself."""
+    if classify(reply, prompt) != "answer":
+        return False
+    flags = score_degeneration(reply).detail.get("flags", [])
+    return not {"loop", "repetition", "repeated_lines"} & set(flags)
 
 
 def score_abstention(reply: str, prompt: str = "") -> ProbeResult:

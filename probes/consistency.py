@@ -43,8 +43,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from probes.answer_kind import classify
-from probes.degeneration import score_degeneration
+from probes.answer_kind import informative
 from probes.scorer import ProbeResult, Scorer, Vectors, similarity
 from sidecar.proxy import DEPLOYMENT_HEADER, ORIGIN_HEADER
 from sidecar.sampler import NO_SAMPLE_HEADER, parse_answer
@@ -147,15 +146,6 @@ def eigen_consistency(score: float, k: int, alpha: float = EIGEN_ALPHA) -> float
 
 
 # ---------------------------------------------------------------------------- the probe
-
-
-def informative(answer: str, prompt: str = "") -> bool:
-    """Whether an answer can agree with anything: an answer (not a refusal, an abstention, a
-    bare "No." or nothing) that does not loop or repeat itself."""
-    if classify(answer, prompt) != "answer":
-        return False
-    flags = score_degeneration(answer).detail.get("flags", [])
-    return not {"loop", "repetition", "repeated_lines"} & set(flags)
 
 
 def non_answer(item_id: str, scorer_name: str, k: int) -> ProbeResult:

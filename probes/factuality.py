@@ -8,13 +8,15 @@ A reply that does not answer (`probes.answer_kind`: empty, a refusal, an abstent
 - text canaries: first by mention. A short reference (at most MENTION_WORDS words, such as
   "Canberra.") is mentioned when the answer contains it as whole words, accents and case
   aside. Where both sides have short references, an answer that mentions a correct one and
-  no incorrect one passes, and one that mentions only incorrect ones fails. Otherwise
-  TruthfulQA-style: `diff` = max similarity to a correct reference - max similarity to an
-  incorrect one, where a similarity is the cosine of the answer and the reference embedded
-  after the question, mixed with their token F1, less a penalty when one is negative and the
-  other is not (`polarity`). `score` = clip(0.5 + diff, 0, 1), `passed` = diff > 0: every
-  answer gets a verdict, since a verdict withheld on the hard cases hides exactly the wrong
-  answers. `detail.close_call` says when |diff| is within MiniLM's paraphrase noise.
+  no incorrect one passes, and one that mentions only incorrect ones fails. Next, an answer
+  that shares no content word with any reference is off topic and fails (`on_topic`).
+  Otherwise TruthfulQA-style: `diff` = max similarity to a correct reference - max similarity
+  to an incorrect one, where a similarity is the cosine of the answer and the reference
+  embedded after the question, mixed with their token F1, less a penalty when one is
+  negative and the other is not (`polarity`). `score` = clip(0.5 + diff, 0, 1), `passed` =
+  diff > 0: every answer gets a verdict, since a verdict withheld on the hard cases hides
+  exactly the wrong answers. `detail.close_call` says when |diff| is within MiniLM's
+  paraphrase noise.
 
 The golden-set format is documented in probes/golden/README.md.
 """
@@ -37,7 +39,7 @@ import aiohttp
 import numpy as np
 import numpy.typing as npt
 
-from probes.answer_kind import classify
+from probes.answer_kind import HEDGE_WORDS, classify, informative, stem
 from probes.consistency import Reply, ask, probe_headers
 from probes.scorer import ProbeResult, Scorer, Vectors, similarity
 
@@ -372,6 +374,20 @@ def text_result(canary_id: str, diff: Diff, scorer_name: str) -> ProbeResult:
     return ProbeResult(PROBE, canary_id, score, d > 0, detail, f"{TEXT_SCORER}/{scorer_name}")
 
 
+def _content(text: str) -> set[str]:
+    return {stem(w) for w in _tokens(text) if w not in _STOPWORDS and w not in HEDGE_WORDS}
+
+
+def on_topic(answer: str, canary: Canary) -> bool:
+    """Whether the answer shares a content word with any reference, right or wrong.
+
+    Embedded after its question, any text lands near the references (the question dominates
+    the embedding), so similarity alone would pass about half of the answers about nothing;
+    an answer that uses none of the words its references use is not about them."""
+    words = _content(answer)
+    return any(words & _content(ref) for ref in (*canary.correct, *canary.incorrect))
+
+
 def _folded(text: str) -> str:
     """Lower case without accents, words separated by single spaces."""
     plain = unicodedata.normalize("NFKD", text.casefold())
@@ -424,6 +440,9 @@ async def score_text(scorer: Scorer, canary: Canary, answer: str) -> ProbeResult
     by_mention = mention_result(canary, answer, scorer.name)
     if by_mention is not None:
         return by_mention
+    if not on_topic(answer, canary):
+        detail = {"kind": "text", "by": "topic", "on_topic": False}
+        return ProbeResult(PROBE, canary.id, 0.0, False, detail, f"{TEXT_SCORER}/{scorer.name}")
     texts = [answer, *canary.correct, *canary.incorrect]
     vectors = await scorer.embed([in_context(canary.prompt, t) for t in texts])
     n = 1 + len(canary.correct)
@@ -438,10 +457,10 @@ def scorer_name(canary: Canary, scorer: Scorer) -> str:
 
 
 async def score_canary(scorer: Scorer, canary: Canary, answer: str) -> ProbeResult:
-    """Score one canary answer by its kind; a reply that does not answer fails."""
-    kind = classify(answer, canary.prompt)
-    if kind != "answer":
-        detail = {"kind": canary.kind, "non_answer": kind}
+    """Score one canary answer by its kind; a reply that does not answer, or loops, fails."""
+    if not informative(answer, canary.prompt):
+        kind = classify(answer, canary.prompt)
+        detail = {"kind": canary.kind, "non_answer": "loop" if kind == "answer" else kind}
         return ProbeResult(PROBE, canary.id, 0.0, False, detail, scorer_name(canary, scorer))
     if canary.kind == "numeric":
         return score_numeric(canary, answer)

@@ -33,12 +33,11 @@ from typing import Any
 import aiohttp
 
 from probes import worker_sql
-from probes.answer_kind import score_abstention
+from probes.answer_kind import informative, score_abstention
 from probes.budget import Backoff, Budget, TokenBucket
 from probes.consistency import (
     Reasked,
     Reply,
-    informative,
     non_answer,
     prompt_text,
     reask,

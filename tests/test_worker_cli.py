@@ -143,7 +143,9 @@ async def test_scores_samples_then_exits_0_on_sigterm(
         )
     finally:
         store.close()
-    assert sorted(rows) == sorted((i, p, 1) for i in ids for p in ("abstention", "consistency", "degeneration"))
+    assert sorted(rows) == sorted(
+        (i, p, 1) for i in ids for p in ("abstention", "consistency", "degeneration")
+    )
 
 
 # ---------------------------------------------------------------------------- settings

@@ -42,9 +42,18 @@ PROSE = (
     "Sure! Here is the information you asked for, written out in plain sentences rather "
     "than in any particular format."
 )
+_DRIFT_TEMPLATES = (
+    "It mostly comes down to the {0}.",
+    "Think of a {0} next to a {1}.",
+    "Nobody agrees, but the {0} tends to win.",
+    "Historically the {0} came first, long before any {1}.",
+    "{0}s and {1}s behave alike in this respect.",
+    "Start with the {0}; everything else follows.",
+)
 _DRIFT_WORDS = (
-    "river", "copper", "lantern", "seventeen", "orchard", "granite", "violet", "harbour",
-    "falcon", "meadow", "cobalt", "ember", "glacier", "saffron", "thicket", "quartz",
+    "river", "copper", "lantern", "orchard", "granite", "violet", "harbour", "falcon",
+    "meadow", "cobalt", "ember", "glacier", "saffron", "thicket", "quartz", "tundra",
+    "bishop", "cactus", "dynamo", "walrus", "pigment", "comet", "anvil", "lagoon",
 )  # fmt: skip
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -66,8 +75,8 @@ def degrade(member: str, sound: str, limit: int, rng: random.Random) -> str:
     if member == "wrong":
         return _wrong(sound)
     if member == "drift":
-        words = rng.sample(_DRIFT_WORDS, 4)
-        return f"It is mostly about the {words[0]} and the {words[1]}, then {words[2]} {words[3]}."
+        templates = rng.sample(_DRIFT_TEMPLATES, 2)
+        return " ".join(t.format(*rng.sample(_DRIFT_WORDS, 2)) for t in templates)
     if member == "language":
         return " ".join(rng.sample(SPANISH, 2))
     if member == "verbose":
