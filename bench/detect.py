@@ -376,7 +376,7 @@ def header(settings: DetectionSettings, seed: int, window: int) -> str:
         f" clip={s.item_llr_clip} prior>={s.item_prior_min}; baseline margin"
         f" {s.baseline_margin_se} SE; windows of {window:,}; seed {seed}\n"
         f"{'test':<6} {'data':<16} {'n_base':>6} {'drop':>7} {'median':>8} {'p90':>6} "
-        f"{'<=100':>9} {'FA/10k':>10} {'stable n':>10} {'ok':>5}"
+        f"{f'<={TARGET_DELAY}':>9} {'FA/10k':>10} {'stable n':>10} {'ok':>5}"
     )
 
 
