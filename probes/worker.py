@@ -44,7 +44,7 @@ from probes.consistency import (
     score_consistency,
 )
 from probes.degeneration import score_degeneration
-from probes.detect import run_detection
+from probes.detect import DetectionSettings, run_detection
 from probes.factuality import (
     SYSTEM_PROMPT,
     Canary,
@@ -100,6 +100,10 @@ class ProbeSettings:
     worker_index: int = 0
     worker_count: int = 1
     detect_interval_s: float = 300.0
+    detect_window_s: float = 6 * 3600.0  # the window judged against the baseline before it
+    detect_baseline_s: float = 7 * 86400.0
+    # (model, deployment) pairs the routes configure: canaried from the start
+    routed: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_settings(
@@ -125,6 +129,9 @@ class ProbeSettings:
             worker_index=worker_index(settings.worker_index, count, env.get("HOSTNAME", "")),
             worker_count=count,
             detect_interval_s=settings.detect_interval_s,
+            detect_window_s=settings.detect_window_s,
+            detect_baseline_s=settings.detect_baseline_s,
+            routed=routed_targets(settings),
         ).validate()
 
     def validate(self) -> ProbeSettings:
@@ -139,7 +146,8 @@ class ProbeSettings:
             )
         positive = ("k", "batch", "concurrency", "requests_per_min", "tokens_per_min",
                     "lookback_s", "idle_s", "timeout_s", "slow_s", "canary_interval_s",
-                    "canary_lookback_s", "detect_interval_s")  # fmt: skip
+                    "canary_lookback_s", "detect_interval_s", "detect_window_s",
+                    "detect_baseline_s")  # fmt: skip
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"probe setting {name}={getattr(self, name)!r} must be > 0")
@@ -162,6 +170,17 @@ def worker_index(configured: int, count: int, hostname: str) -> int:
             f"...); HOSTNAME is {hostname!r}"
         )
     return int(match.group(1))
+
+
+def routed_targets(settings: Settings) -> tuple[tuple[str, str], ...]:
+    """The (model, deployment) pairs of the configured routes ('*' routes name no model)."""
+    pairs = {
+        (route.model, upstream.deployment)
+        for route in settings.routes
+        if route.model != "*"
+        for upstream in route.upstreams
+    }
+    return tuple(sorted(pairs))
 
 
 def scorer_config(settings: Settings) -> ScorerConfig:
@@ -525,7 +544,9 @@ class Worker:
         now = self._clock()
         if now - self._targets_at >= min(s.canary_interval_s, 60.0):
             since = self.now() - timedelta(seconds=s.canary_lookback_s)
-            parameters = worker_sql.targets_parameters(since, s.worker_index, s.worker_count)
+            parameters = worker_sql.targets_parameters(
+                since, s.worker_index, s.worker_count, s.routed
+            )
             rows = await self.store.query(worker_sql.CANARY_TARGETS, parameters)
             self._targets, self._targets_at = [(str(m), str(d)) for m, d in rows], now
         for target in self._targets:
@@ -583,7 +604,13 @@ class Worker:
         self._detect_at = now + self.settings.detect_interval_s
         # The statistics are numpy on the calling loop: give them a loop of their own on a
         # thread, so that a proxy sharing this process's loop never waits on them.
-        outcomes = await asyncio.to_thread(asyncio.run, run_detection(self.store, self.now()))
+        s = self.settings
+        windows = DetectionSettings(
+            window=timedelta(seconds=s.detect_window_s),
+            baseline=timedelta(seconds=s.detect_baseline_s),
+        )
+        detection = run_detection(self.store, self.now(), windows)
+        outcomes = await asyncio.to_thread(asyncio.run, detection)
         found = [o for o in outcomes if o.regression]
         self.stats.detections += 1
         self.stats.regressions += len(found)

@@ -7,6 +7,7 @@ would be refused (or run per shard against partial data).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -42,16 +43,24 @@ ORDER BY ts, request_id
 LIMIT {batch:UInt32}
 """
 
-# The (model, deployment) pairs users asked in the window that this worker sends canaries to.
+# The (model, deployment) pairs this worker sends canaries to: those users asked in the window,
+# and those the routes configure (known from the start, so a deployment has a canary baseline
+# before its first user request).
 CANARY_TARGETS = """
 SELECT model, deployment
-FROM fathom.requests
-WHERE ts >= fromUnixTimestamp64Milli({since_ms:Int64})
-  AND origin = 'user'
-  AND route IN ('chat', 'completion')
-  AND model != ''
-  AND status > 0 AND status < 400
-  AND cityHash64(model, deployment) % {worker_count:UInt32} = {worker_index:UInt32}
+FROM (
+    SELECT model, deployment
+    FROM fathom.requests
+    WHERE ts >= fromUnixTimestamp64Milli({since_ms:Int64})
+      AND origin = 'user'
+      AND route IN ('chat', 'completion')
+      AND model != ''
+      AND status > 0 AND status < 400
+    UNION ALL
+    SELECT pair.1 AS model, pair.2 AS deployment
+    FROM (SELECT arrayJoin({routed:Array(Tuple(String, String))}) AS pair)
+)
+WHERE cityHash64(model, deployment) % {worker_count:UInt32} = {worker_index:UInt32}
 GROUP BY model, deployment
 ORDER BY model, deployment
 """
@@ -74,6 +83,16 @@ def unscored_parameters(
     }
 
 
-def targets_parameters(since: datetime, worker_index: int, worker_count: int) -> dict[str, Any]:
-    """Parameters of CANARY_TARGETS."""
-    return {"since_ms": epoch_ms(since), "worker_index": worker_index, "worker_count": worker_count}
+def targets_parameters(
+    since: datetime,
+    worker_index: int,
+    worker_count: int,
+    routed: Sequence[tuple[str, str]] = (),
+) -> dict[str, Any]:
+    """Parameters of CANARY_TARGETS (`routed`: the configured (model, deployment) pairs)."""
+    return {
+        "since_ms": epoch_ms(since),
+        "worker_index": worker_index,
+        "worker_count": worker_count,
+        "routed": [tuple(pair) for pair in routed],
+    }

@@ -82,6 +82,8 @@ class Settings:
     worker_index: int = -1  # -1: the trailing -N of HOSTNAME (StatefulSet ordinal), else 0
     worker_count: int = 1
     detect_interval_s: float = 300.0  # regression detection (worker 0 only)
+    detect_window_s: float = 6 * 3600.0  # detection judges this window...
+    detect_baseline_s: float = 7 * 86400.0  # ...against this much history before it
 
     @property
     def listen_addr(self) -> tuple[str, int]:

@@ -98,6 +98,9 @@ async def user_traffic(proxy: str, keys: Secrets) -> None:
         {"role": "user", "content": PROMPT.format(key=keys.prompt_key)}
     ]
     await client.chat.completions.create(model="sim", messages=messages)
+    # The one prompt without a secret: redaction leaves it whole, so the probes re-ask it.
+    clean: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Summarise: region=eu"}]
+    await client.chat.completions.create(model="sim", messages=clean)
     stream = await client.chat.completions.create(model="sim", messages=messages, stream=True)
     async for _ in stream:
         pass
@@ -148,7 +151,7 @@ async def drive(scored: spawn.Child, spooled: spawn.Child, keys: Secrets) -> lis
         await user_traffic(child.addresses["proxy"], keys)
         await malformed_headers(child.addresses["proxy"], keys)
     return [
-        await wait_for(scored.addresses["admin"], {"fathom_probes_samples_scored": 2,
+        await wait_for(scored.addresses["admin"], {"fathom_probes_samples_scored": 4,
                                                    "fathom_probes_canaries_sent": 1}),
         await wait_for(spooled.addresses["admin"], {"fathom_writer_rows_spooled": 5}),
     ]  # fmt: skip
@@ -204,7 +207,8 @@ def evidence(simulator: str, keys: Secrets, tmp_path_factory: pytest.TempPathFac
 def test_no_credential_in_any_string_column_of_any_table(evidence: Evidence) -> None:
     store = evidence.store
     assert store.leaks == {}
-    assert store.rows["requests"] >= 10 and store.rows["samples"] >= 3
+    # 6 user requests, k=2 re-asks of the one sample redaction left whole, 1+ canaries
+    assert store.rows["requests"] >= 9 and store.rows["samples"] >= 3
     assert store.rows["quality"] >= 1  # the probes ran, sending their own key
     assert store.origins == {"user", "probe", "canary"}
     assert evidence.exit_codes == [0, 0]

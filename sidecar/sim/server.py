@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import socket
 import struct
@@ -21,6 +22,7 @@ from aiohttp import web
 from sidecar.sim import wire
 from sidecar.sim.models import BadKnob, ModelSpec
 from sidecar.sim.plan import Plan, make_plan
+from sidecar.sim.zoo import MEMBERS
 
 Clock = Callable[[], float]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -61,7 +63,23 @@ class Simulator:
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/health", self.health)
+        app.router.add_post("/sim/zoo", self.switch_zoo)
         return app
+
+    async def switch_zoo(self, request: web.Request) -> web.Response:
+        """POST /sim/zoo {"model", "member"}: degrade a model's answers from now on ('' ends)."""
+        try:
+            body = await request.json()
+            name, member = str(body["model"]), str(body["member"])
+        except (ValueError, KeyError, TypeError):
+            raise Refused(400, 'expected {"model": NAME, "member": ZOO_MEMBER or ""}') from None
+        spec = self.models.get(name)
+        if spec is None:
+            raise Refused(404, f"no model {name!r}", "model_not_found")
+        if member and member not in MEMBERS:
+            raise Refused(400, f"member must be one of {', '.join(MEMBERS)}, or '' for none")
+        self.models[name] = dataclasses.replace(spec, zoo=member, zoo_after_s=0.0)
+        return web.json_response({"model": name, "member": member})
 
     async def health(self, _request: web.Request) -> web.Response:
         """GET /health."""
