@@ -17,6 +17,11 @@ tests run on it:
   p1 = p0 - delta, restarted whenever it accepts H0 (the Grafana rule computes this one);
 - a window test (Welch's t or Mann-Whitney U) of the current window against the baseline.
 
+Beside the quality series, one answer-shape series per (model, deployment): the lengths (output
+tokens) of its user answers, tested with a two-sided two-sample Kolmogorov-Smirnov test ('ks',
+probe 'shape'): answers padded to three times their length, or cut to a few words, change
+their shape before any score moves. It fires when p < `shape_alpha` and D >= `shape_min_d`.
+
 The detector reports a CUSUM regression when the statistic passed h anywhere in the current
 window (its peak, written to `fathom.regressions`); the Grafana rule computes the same statistic
 in SQL and fires while its value now is above h, so the alert clears once quality recovers.
@@ -46,6 +51,7 @@ BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.intp]
 StrArray = npt.NDArray[np.str_]
 WindowMethod = Literal["welch", "mannwhitney"]
+SHAPE = "shape"  # the answer-shape series: answer lengths of user traffic, not quality rows
 SeriesKey = tuple[str, str, str]  # (model, deployment, probe)
 
 REGRESSION_COLUMNS: tuple[str, ...] = (
@@ -106,6 +112,9 @@ class DetectionSettings:
     window_min_effect_sd: float = 0.25  # significant but tiny differences are not regressions
     window_effect_sd: float = 1.0  # the drop the window test must find...
     window_power: float = 0.9  # ...this often
+    # Answer shape: a two-sample KS test of answer lengths, current against baseline.
+    shape_alpha: float = 1e-6
+    shape_min_d: float = 0.3  # a shift smaller than this is the prompt mix, not the model
     window: timedelta = timedelta(hours=6)
     baseline: timedelta = timedelta(days=7)
     # The most recent rows read per series: a baseline mean from 5,000 scores is already known
@@ -430,6 +439,8 @@ class Outcome:
 
 def evaluate(series: Series, settings: DetectionSettings) -> list[Outcome]:
     """Every test that has enough data for this series (sizes: DetectionSettings)."""
+    if series.key[2] == SHAPE:
+        return [_shape_outcome(series, settings)] if series.current_scores.size else []
     outcomes: list[Outcome] = []
     n_current = series.current_scores.size
     if series.baseline_scores.size >= settings.min_baseline and n_current:
@@ -491,6 +502,22 @@ def _sprt_outcome(series: Series, s: DetectionSettings) -> Outcome:
     return Outcome(series.key, "sprt", res.llr, base, res.rate, n_base, res.n, hit, upper)
 
 
+def shape_test(baseline: FloatArray, current: FloatArray) -> tuple[float, float]:
+    """(D, p) of the two-sided two-sample Kolmogorov-Smirnov test of two length samples."""
+    from scipy import stats
+
+    res = stats.ks_2samp(baseline, current)
+    return float(res.statistic), float(res.pvalue)
+
+
+def _shape_outcome(series: Series, s: DetectionSettings) -> Outcome:
+    base, now = series.baseline_scores, series.current_scores
+    d, p = shape_test(base, now)
+    hit = p < s.shape_alpha and d >= s.shape_min_d
+    b, c = float(np.median(base)), float(np.median(now))
+    return Outcome(series.key, "ks", d, b, c, int(base.size), int(now.size), hit, s.shape_min_d)
+
+
 # ---------------------------------------------------------------- store I/O
 
 
@@ -547,7 +574,22 @@ async def load_series(
             split, now, (start, now), deployment, settings.max_current_rows
         ),
     )
-    return build_series(baseline, current)
+    return build_series(baseline, current) + await load_shapes(store, now, settings, deployment)
+
+
+async def load_shapes(
+    store: Store, now: datetime, settings: DetectionSettings, deployment: str = ""
+) -> list[Series]:
+    """The answer lengths of each (model, deployment), baseline and current, as series."""
+    split = now - settings.window
+    start = split - settings.baseline
+    rows = []
+    for begin, end, most in ((start, split, settings.max_baseline_rows),
+                             (split, now, settings.max_current_rows)):  # fmt: skip
+        parameters = detect_sql.window_parameters(begin, end, (start, now), deployment, most)
+        found = await store.query(detect_sql.ANSWER_LENGTHS, parameters)
+        rows.append([(m, d, SHAPE, ts, tokens, None, "") for m, d, ts, tokens in found])
+    return [s for s in build_series(*rows) if s.baseline_scores.size]
 
 
 async def run_detection(

@@ -31,6 +31,21 @@ ORDER BY model, deployment, probe, ts DESC
 LIMIT {max_rows:UInt32} BY model, deployment, probe
 """
 
+# Answer lengths (output tokens) of the most recent `max_rows` user answers of each (model,
+# deployment) in [start, end), for the answer-shape test; failed requests have no shape.
+ANSWER_LENGTHS = """
+SELECT model, deployment, ts, toFloat64(output_tokens) AS tokens
+FROM fathom.requests
+WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64})
+  AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
+  AND ({deployment:String} = '' OR deployment = {deployment:String})
+  AND origin = 'user'
+  AND route IN ('chat', 'completion')
+  AND error = '' AND status < 400
+ORDER BY model, deployment, ts DESC
+LIMIT {max_rows:UInt32} BY model, deployment
+"""
+
 # The latest recorded finding per (model, deployment, probe, test) in [since, until].
 RECENT_FINDINGS = """
 SELECT model, deployment, probe, test, max(ts) AS latest

@@ -17,8 +17,10 @@ from hypothesis.extra.numpy import arrays
 
 from bench.detect import Scenario, canaries, item_alarms, measure, two_point
 from probes.detect import (
+    SHAPE,
     CusumResult,
     DetectionSettings,
+    Outcome,
     Reference,
     Series,
     StrArray,
@@ -374,3 +376,22 @@ def test_naive_times_are_refused(tmp_path: Path) -> None:
     assert epoch_ms(NOW) == int(NOW.timestamp()) * 1000
     with pytest.raises(ValueError, match="naive"):
         epoch_ms(datetime(2026, 1, 1))
+
+
+def test_the_shape_test_finds_answers_padded_or_cut_but_not_noise() -> None:
+    rng = np.random.default_rng(9)
+    base = rng.gamma(4.0, 30.0, 2000)  # answer lengths in tokens, right-skewed
+    key = ("m", "d", SHAPE)
+    empty = np.empty(0, dtype=np.bool_)
+
+    def judged(now: np.ndarray) -> Outcome:
+        (outcome,) = evaluate(Series(key, base, empty, now, empty), S)
+        return outcome
+
+    padded, cut = judged(3 * rng.gamma(4.0, 30.0, 40)), judged(np.full(40, 3.0))
+    assert padded.regression and cut.regression and padded.test == "ks"
+    assert padded.current > 2 * padded.baseline and cut.current < cut.baseline / 10
+    same = judged(rng.gamma(4.0, 30.0, 5000))
+    assert not same.regression
+    nudged = judged(1.1 * rng.gamma(4.0, 30.0, 20_000))  # significant, and too small to matter
+    assert nudged.statistic < S.shape_min_d and not nudged.regression

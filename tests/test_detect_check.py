@@ -38,12 +38,15 @@ def test_a_regression_fails_the_gate(store_url: str) -> None:
     done = fathom_check("--store", store_url, "--since", "6h", "--at", NOW.isoformat())
     assert done.returncode == 1, done.stderr
     lines = done.stdout.splitlines()
-    q2 = [line for line in lines if line.startswith("q2 ")]
+    q2 = [line for line in lines if line.startswith("q2 ") and " shape " not in line]
     assert len(q2) == 2 and all("REGRESSION (cusum" in line for line in q2)
+    # the seeded answers all have one length: the shape test sees no change anywhere
+    shapes = [line for line in lines if " shape " in line]
+    assert len(shapes) == 3 and all("ks +0.00" in line and line.endswith(" ok") for line in shapes)
     # the canary rows carry item ids, so the per-item test judged them (threshold item_h)
     (canary,) = [line for line in q2 if " factuality " in line]
     assert f"/{DetectionSettings().item_h:.2f} (" in canary and canary.endswith(", sprt)")
-    healthy = [line for line in lines if line.startswith(("fp16 ", "awq "))]
+    healthy = [line for line in lines if line.startswith(("fp16 ", "awq ")) and "shape" not in line]
     assert len(healthy) == 4 and all(line.endswith(" ok") for line in healthy)
     assert lines[-1] == "regression in: q2"
 
@@ -110,7 +113,8 @@ def test_series_without_enough_baseline_say_so(store_url: str) -> None:
     short = args(store_url, baseline=timedelta(hours=1), deployment="fp16")
     assert asyncio.run(check._check(short, out)) == 0
     rows = [line for line in out.getvalue().splitlines() if line.startswith("fp16 ")]
-    assert len(rows) == 2 and all(row.endswith("too little data") for row in rows)
+    quality = [row for row in rows if " shape " not in row]
+    assert len(quality) == 2 and all(row.endswith("too little data") for row in quality)
 
 
 def test_usage_and_store_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
