@@ -28,7 +28,7 @@ from sidecar.record import Record
 from sidecar.routing import Router, Upstream
 from sidecar.sampler import Sampler
 from sidecar.store.client import StoreError, open_store
-from sidecar.store.schema import apply_schema
+from sidecar.store.schema import SchemaBehind, apply_schema, require
 from sidecar.store.spool import SpoolError
 from sidecar.store.writer import Writer, WriterSettings
 
@@ -218,13 +218,24 @@ def _start_probes(service: Service) -> None:
 
 
 async def _open_store(service: Service) -> None:
-    """Apply the schema and start the writer; an unreachable store only means spooling."""
+    """Bring the schema up (embedded) or check it (server), then start the writer.
+
+    A server store's schema belongs to `fathom schema apply` alone: DDL from every sidecar
+    would create single-server tables on whichever cluster node it reached first. An
+    unreachable store only means spooling; a reachable one that is behind stops the start.
+    """
     if service.store is None or service.writer is None:
         return
+    store = service.store
     try:
-        applied = await service.store.call(apply_schema)
-        if applied:
-            log.info("schema at %s: applied %s", service.store.url.safe, ", ".join(applied))
+        if store.url.kind == "chdb" and not service.settings.schema_check_only:
+            applied = await store.call(apply_schema)
+            if applied:
+                log.info("schema at %s: applied %s", store.url.safe, ", ".join(applied))
+        else:
+            await store.call(require)
+    except SchemaBehind:
+        raise
     except StoreError as exc:
         log.warning("%s: records will be spooled until the store answers", exc)
     await service.writer.start()

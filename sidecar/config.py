@@ -57,6 +57,9 @@ class Settings:
     spool_dir: str = "./fathom-spool"
     spool_max_bytes: int = 1024 * 1024 * 1024
     probes: bool = False
+    # Only check the schema version at start, never apply it. Always so for a server store,
+    # whose schema `fathom schema apply` owns; for the embedded store, a choice.
+    schema_check_only: bool = False
     # Per-model traffic split: [{model, upstreams: [{url, deployment, weight}]}] (YAML or JSON).
     routes: tuple[Route, ...] = ()
     # probe worker (read and range-checked by probes.worker.ProbeSettings.from_settings)

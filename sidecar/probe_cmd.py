@@ -3,8 +3,9 @@
 Point --upstream at the proxy (the sidecar), so that probe traffic is measured, labelled
 origin='probe'/'canary' and kept out of user figures; the model server itself works too.
 Worker i of N (FATHOM_WORKER_INDEX / FATHOM_WORKER_COUNT, or the StatefulSet ordinal ending
-HOSTNAME) scores only its share of the samples. The schema is not applied here (the schema
-Job does that): the worker waits, saying so, until the tables exist. SIGTERM: the samples in
+HOSTNAME) scores only its share of the samples. The schema is never applied here (`fathom
+schema apply`, the schema Job, owns it): while the store lacks a migration of this release the
+worker scores nothing and says so, checking again every few seconds. SIGTERM: the samples in
 hand are finished and written, then the process exits 0.
 """
 
@@ -21,7 +22,6 @@ from collections.abc import Mapping
 
 import uvloop
 
-from probes import worker_sql
 from probes.factuality import Canary, GoldenError
 from probes.scorer import ScorerError, load_scorer
 from probes.worker import (
@@ -34,6 +34,7 @@ from probes.worker import (
 from sidecar import config
 from sidecar.config import ConfigError, Settings
 from sidecar.store.client import Store, StoreError, open_store, parse_store_url
+from sidecar.store.schema import require
 
 log = logging.getLogger("fathom.probe")
 SCHEMA_POLL_S = 5.0
@@ -109,23 +110,14 @@ async def _main(settings: Settings, probe: ProbeSettings, canaries: list[Canary]
 
 
 async def wait_for_schema(store: Store, stop: asyncio.Event, poll_s: float = SCHEMA_POLL_S) -> bool:
-    """Wait until the store answers and has Fathom's tables; False when stopped first."""
+    """Wait until the store answers and has every migration of this release; False when
+    stopped first. Waiting, not exiting: workers start beside the schema Job."""
     while not stop.is_set():
         try:
-            rows = await store.query(
-                worker_sql.MISSING_TABLES, worker_sql.missing_tables_parameters()
-            )
-        except StoreError as exc:
-            problem = str(exc)
-        else:
-            if not rows:
-                return True
-            tables = ", ".join(f"fathom.{name}" for (name,) in rows)
-            problem = (
-                f"store {store.url.safe} has no {tables}: apply the schema first "
-                f"(`fathom schema apply --store URL`; in Kubernetes the schema Job does it)"
-            )
-        log.warning("%s; checking again in %.0f s", problem, poll_s)
+            await store.call(require)
+            return True
+        except StoreError as exc:  # unreachable, or SchemaBehind saying what to apply
+            log.warning("%s; checking again in %.0f s", exc, poll_s)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), poll_s)
     return False

@@ -104,16 +104,21 @@ def test_index_not_below_count_exits_2(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "no upstream" in missing.stderr
 
 
-def test_missing_tables_are_named_and_sigterm_exits_0(
+def test_missing_schema_is_named_and_sigterm_exits_0(
     tmp_path: Path, processes: list[Process]
 ) -> None:
     env = {"FATHOM_WORKER_INDEX": "", "HOSTNAME": "fathom-probe-worker-0"}
     process = Process(probe(tmp_path / "db", "http://127.0.0.1:9"), env)
     processes.append(process)
-    match = process.wait_for(r"has no (fathom\.\S+(?:, fathom\.\S+)*): apply the schema first")
-    assert match.group(1) == "fathom.quality, fathom.regressions, fathom.requests, fathom.samples"
+    match = process.wait_for(r"at schema version 0, this release needs \d+ \(missing (.*?)\)")
+    assert match.group(1).startswith("001_init.sql")
     assert "fathom schema apply" in process.lines[-1]
+    assert "checking again in" in process.lines[-1]
     assert process.stop() == 0
+    store = open_store(f"chdb://{tmp_path / 'db'}")
+    tables = store.query_sync("SELECT name FROM system.tables WHERE database = 'fathom'")
+    store.close()
+    assert tables == []  # the worker checked, and created nothing
 
 
 async def test_scores_samples_then_exits_0_on_sigterm(
