@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import random
@@ -22,6 +23,7 @@ from yarl import URL
 
 from sidecar import config
 from sidecar.config import ConfigError, Settings
+from sidecar.drain import Drain
 from sidecar.metrics import Gauge, Metrics
 from sidecar.proxy import Proxy
 from sidecar.record import Record
@@ -55,10 +57,15 @@ class Service:
         default = Upstream(URL(settings.upstream), settings.deployment)
         self.router = Router(default, settings.routes, random.Random())
         self.sampler = Sampler.from_settings(settings)
+        upstream = URL(settings.upstream)
+        self.drain = Drain(
+            settings.drain_settle_s, settings.grace_s, (upstream.host or "", upstream.port or 80)
+        )
         self.proxy = Proxy(
             settings, self.session, self.router.pick, self.on_record, time.perf_counter,
             random.Random(), should_sample=self.sampler.should_sample if self.writer else None,
             on_answer=self.on_answer if self.writer else None,
+            refusing=lambda: self.drain.refusing,
         )  # fmt: skip
         self.ready = False
         self.records = 0
@@ -68,6 +75,14 @@ class Service:
         self.tasks: set[asyncio.Future[dict[str, Any]]] = set()
         self.stopping = asyncio.Event()
         self.worker: asyncio.Task[None] | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """A proxied request, counted while in flight (what a drain waits for)."""
+        self.drain.enter()
+        try:
+            return await self.proxy.handle(request)
+        finally:
+            self.drain.leave()
 
     def on_record(self, record: Record, gaps: list[float]) -> None:
         """Every finished request: metrics, the store, and any listener (tests, the demo)."""
@@ -172,6 +187,7 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
         yield service
     finally:
         service.ready = False
+        await service.drain.close()
         service.stopping.set()  # the probe worker finishes the sample in hand...
         if service.worker is not None:  # ...whose re-asks still need the proxy
             await asyncio.wait({service.worker}, timeout=settings.grace_s)
@@ -262,12 +278,13 @@ async def _start(service: Service) -> None:
     logging.getLogger("aiohttp.server").addFilter(_without_request_bytes)
     proxy_app = web.Application()
     proxy_app[SERVICE] = service
-    proxy_app.router.add_route("*", "/{tail:.*}", service.proxy.handle)
+    proxy_app.router.add_route("*", "/{tail:.*}", service.handle)
     admin_app = web.Application()
     admin_app[SERVICE] = service
     admin_app.router.add_get("/metrics", _metrics)
     admin_app.router.add_get("/healthz", _healthz)
     admin_app.router.add_get("/readyz", _readyz)
+    admin_app.router.add_get("/drain", _drain)
     for name, app, (host, port) in (
         ("proxy", proxy_app, settings.listen_addr),
         ("admin", admin_app, settings.admin_addr),
@@ -307,5 +324,15 @@ async def _healthz(_request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    ready = request.app[SERVICE].ready
-    return web.json_response({"ready": ready}, status=200 if ready else 503)
+    service = request.app[SERVICE]
+    ready = service.ready and not service.drain.started
+    body: dict[str, object] = {"ready": ready}
+    if service.drain.phase:
+        body["drain"] = service.drain.phase
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def _drain(request: web.Request) -> web.Response:
+    """The model server's preStop hook: returns once Fathom has drained (see sidecar.drain)."""
+    result = await request.app[SERVICE].drain.run()
+    return web.json_response(dataclasses.asdict(result))

@@ -37,6 +37,9 @@ class Settings:
     first_byte_timeout_s: float = 600.0
     idle_timeout_s: float = 120.0
     grace_s: float = 30.0
+    # GET /drain (the model server's preStop) keeps relaying new requests this long, while
+    # the pod's removal from the Service reaches every node; then it answers them 503.
+    drain_settle_s: float = 5.0
     # Client side. A request body must arrive within body_timeout_s (else 408). Headers within
     # header_timeout_s, which aiohttp's one timer also applies to idle keep-alive connections.
     body_timeout_s: float = 30.0

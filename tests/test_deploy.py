@@ -2,8 +2,9 @@
 
 Real tools, no cluster: `kubectl kustomize` renders each overlay (alone and with the
 legacy-sidecar component), kubernetes-validate checks the result against the schemas of
-Kubernetes 1.30 (and 1.25 for the legacy layout), and the real settings loader reads the
-rendered Fathom config.
+the stated minimum Kubernetes (1.29; 1.25 for the legacy layout) and the newest it ships, no
+field that is alpha at the minimum is used, and the real settings loader reads the rendered
+Fathom config.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 DASHBOARDS = ROOT / "dashboards"
 SECRET_EXAMPLE = DEPLOY / "overlays" / "clickhouse" / "store.env.example"
-KUBERNETES = "1.30"  # what the native-sidecar layout targets
+KUBERNETES = "1.29"  # the minimum the README states: native sidecars are on by default
+NEWEST = "1.37"  # the newest schemas kubernetes-validate ships: nothing removed since
 OLDEST = "1.25"  # the oldest schemas kubernetes-validate ships; the legacy layout must fit
 LAYOUTS = ("embedded", "clickhouse", "embedded+legacy", "clickhouse+legacy")
 STATE_MOUNT = "/var/lib/fathom"
+VLLM_EXIT_S = 30  # what vLLM takes from SIGTERM to exit with nothing in flight
 
 Doc = dict[str, Any]
 
@@ -179,7 +182,7 @@ def settings_of(docs: list[Doc], tmp_path: Path) -> config.Settings:
 def test_every_layout_validates_against_kubernetes(
     renders: dict[str, list[Doc]], layout: str
 ) -> None:
-    versions = [KUBERNETES, OLDEST] if layout.endswith("+legacy") else [KUBERNETES]
+    versions = [KUBERNETES, NEWEST] + ([OLDEST] if layout.endswith("+legacy") else [])
     for doc in renders[layout]:
         for version in versions:
             try:
@@ -194,11 +197,79 @@ def test_every_layout_validates_against_kubernetes(
                 pytest.fail(f"{layout}: {exc.message}")
 
 
-def test_native_layout_really_needs_a_new_cluster(renders: dict[str, list[Doc]]) -> None:
-    """The validator is strict enough to reject the native layout on 1.28: legacy is needed."""
-    deployment = one(renders["clickhouse"], "Deployment", "model-server")
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(deployment, "1.28", strict=True)
+# Fields (by the end of their path) that a feature gate guards, and the first release where
+# that gate is on by default (beta or GA), from the Kubernetes feature-gate reference. The
+# schemas list a field from its alpha release on, so validation alone cannot catch them.
+ON_BY_DEFAULT: dict[str, tuple[str, str]] = {
+    "initContainers.restartPolicy": ("1.29", "SidecarContainers"),
+    "lifecycle.preStop.sleep": ("1.30", "PodLifecycleSleepAction"),
+    "lifecycle.postStart.sleep": ("1.30", "PodLifecycleSleepAction"),
+    "accessModes=ReadWriteOncePod": ("1.27", "ReadWriteOncePod"),
+    "spec.persistentVolumeClaimRetentionPolicy": ("1.27", "StatefulSetAutoDeletePVC"),
+    "spec.unhealthyPodEvictionPolicy": ("1.27", "PDBUnhealthyPodEvictionPolicy"),
+    "labels['apps.kubernetes.io/pod-index']": ("1.28", "PodIndexLabel"),
+    "updateStrategy.rollingUpdate.maxUnavailable": ("1.35", "MaxUnavailableStatefulSet"),
+    "spec.trafficDistribution": ("1.31", "ServiceTrafficDistribution"),
+}
+# Gates whose absence the code handles: a missing pod-index label reads as '' and the probe
+# worker then takes its ordinal from the hostname.
+DEGRADES_GRACEFULLY = {"PodIndexLabel"}
+
+
+def paths(node: Any, prefix: str = "") -> Iterator[str]:
+    """Every field path of an object (list indices dropped), plus `path=value` for strings."""
+    if prefix:
+        yield prefix
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from paths(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(node, list):
+        for item in node:
+            yield from paths(item, prefix)
+    elif isinstance(node, str):
+        yield f"{prefix}={node}"
+        yield f"{prefix}[{node}]"  # fieldRef paths such as metadata.labels['...']
+
+
+def gated_features(docs: list[Doc]) -> dict[str, str]:
+    """Feature gate -> the release where it is on by default, for every gated field used."""
+    used = {}
+    for doc in docs:
+        for path in paths(doc):
+            for suffix, (version, gate) in ON_BY_DEFAULT.items():
+                if path.endswith(suffix) or path.endswith(f"={suffix}"):
+                    used[gate] = version
+    return used
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_no_field_is_off_by_default_at_the_minimum_version(
+    renders: dict[str, list[Doc]], layout: str
+) -> None:
+    minimum = OLDEST if layout.endswith("+legacy") else KUBERNETES
+    used = gated_features(renders[layout])
+    late = {
+        gate: v
+        for gate, v in used.items()
+        if version_key(v) > version_key(minimum) and gate not in DEGRADES_GRACEFULLY
+    }
+    assert not late, f"{layout} needs gates off by default in {minimum}: {late}"
+    if not layout.endswith("+legacy"):
+        # The stated minimum is tight: native sidecars are what needs it.
+        assert used["SidecarContainers"] == KUBERNETES
+
+
+def test_the_gate_check_sees_a_sleep_hook(renders: dict[str, list[Doc]]) -> None:
+    """The check is not vacuous: the preStop sleep the manifests used to have is caught."""
+    doc = json.loads(json.dumps(one(renders["clickhouse"], "Deployment", "model-server")))
+    doc["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"] = {
+        "sleep": {"seconds": 10}
+    }
+    assert gated_features([doc])["PodLifecycleSleepAction"] == "1.30"
 
 
 @pytest.mark.parametrize("layout", ["embedded", "clickhouse"])
@@ -222,7 +293,7 @@ def test_sidecar_is_native_with_probes_and_resources(
     }
     assert set(fathom["resources"]["requests"]) >= {"cpu", "memory"}
     assert "memory" in fathom["resources"]["limits"]
-    assert fathom["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    assert fathom["lifecycle"]["preStop"] == {"httpGet": {"path": "/drain", "port": admin}}
     assert fathom["securityContext"]["runAsNonRoot"] is True
 
 
@@ -234,9 +305,11 @@ def test_legacy_sidecar_is_the_same_container_in_containers(
     legacy_pod = model_pod(renders[f"{overlay}+legacy"])
     assert "fathom" not in containers(legacy_pod, "initContainers")
     legacy = containers(legacy_pod)["fathom"]
-    assert legacy["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "10"]}}
-    assert containers(legacy_pod)["vllm"]["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
-    drop = {"restartPolicy", "lifecycle"}
+    # Both hooks wait on the drain: the kubelet runs them together in this layout.
+    drain = {"httpGet": {"path": "/drain", "port": port(native, "admin")}}
+    assert legacy["lifecycle"]["preStop"] == drain
+    assert containers(legacy_pod)["vllm"]["lifecycle"]["preStop"] == drain
+    drop = {"restartPolicy"}
     assert {k: v for k, v in legacy.items() if k not in drop} == {
         k: v for k, v in native.items() if k not in drop
     }
@@ -256,13 +329,12 @@ def test_settings_ports_and_grace_period_agree(
     assert settings.upstream == f"http://127.0.0.1:{port(containers(pod)['vllm'], 'vllm')}"
     assert settings.spool_dir.startswith(STATE_MOUNT + "/")
 
-    def sleep_s(container: Doc) -> int:
-        pre_stop = container["lifecycle"]["preStop"]
-        return int(
-            pre_stop["sleep"]["seconds"] if "sleep" in pre_stop else pre_stop["exec"]["command"][1]
-        )
-
-    needed = sleep_s(containers(pod)["vllm"]) + settings.grace_s + sleep_s(fathom) + 10
+    # vLLM's preStop waits on Fathom's drain, on the port Fathom's admin server really uses.
+    hook = containers(pod)["vllm"]["lifecycle"]["preStop"]["httpGet"]
+    assert (hook["path"], hook["port"]) == ("/drain", settings.admin_addr[1])
+    # The drain, vLLM's exit, then Fathom's stop, whose flush waits up to grace_s for a store
+    # that hangs before it spools.
+    needed = settings.drain_settle_s + settings.grace_s + VLLM_EXIT_S + settings.grace_s
     assert pod["terminationGracePeriodSeconds"] >= needed
 
 
