@@ -119,6 +119,7 @@ def _writer_settings(settings: Settings) -> WriterSettings:
         flush_s=settings.writer_flush_s,
         spool_dir=settings.spool_dir,
         spool_max_bytes=settings.spool_max_bytes,
+        spool_ephemeral=settings.spool_ephemeral,
     )
 
 

@@ -59,6 +59,9 @@ class Settings:
     writer_flush_s: float = 1.0
     spool_dir: str = "./fathom-spool"
     spool_max_bytes: int = 1024 * 1024 * 1024
+    # spool_dir is on a volume deleted with the pod (emptyDir): rows still spooled at exit
+    # are replayed once more, and counted as dropped if the store does not take them.
+    spool_ephemeral: bool = False
     probes: bool = False
     # Only check the schema version at start, never apply it. Always so for a server store,
     # whose schema `fathom schema apply` owns; for the embedded store, a choice.

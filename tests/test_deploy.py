@@ -138,7 +138,7 @@ def pod_specs(docs: list[Doc]) -> Iterator[tuple[str, Doc]]:
 
 def model_pod(docs: list[Doc]) -> Doc:
     """The pod spec of the model server with its Fathom sidecar."""
-    spec: Doc = one(docs, "Deployment", "model-server")["spec"]["template"]["spec"]
+    spec: Doc = one(docs, "StatefulSet", "model-server")["spec"]["template"]["spec"]
     return spec
 
 
@@ -265,7 +265,7 @@ def test_no_field_is_off_by_default_at_the_minimum_version(
 
 def test_the_gate_check_sees_a_sleep_hook(renders: dict[str, list[Doc]]) -> None:
     """The check is not vacuous: the preStop sleep the manifests used to have is caught."""
-    doc = json.loads(json.dumps(one(renders["clickhouse"], "Deployment", "model-server")))
+    doc = json.loads(json.dumps(one(renders["clickhouse"], "StatefulSet", "model-server")))
     doc["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"] = {
         "sleep": {"seconds": 10}
     }
@@ -342,7 +342,7 @@ def test_settings_ports_and_grace_period_agree(
 def test_service_sends_clients_to_the_sidecar(renders: dict[str, list[Doc]], layout: str) -> None:
     docs = renders[layout]
     service = one(docs, "Service", "model-server")
-    labels = one(docs, "Deployment", "model-server")["spec"]["template"]["metadata"]["labels"]
+    labels = one(docs, "StatefulSet", "model-server")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     target_ports = [p["targetPort"] for p in service["spec"]["ports"]]
     assert target_ports == [port(sidecar(model_pod(docs)), "proxy")]
@@ -416,17 +416,37 @@ def test_embedded_is_one_pod_on_a_volume(
 ) -> None:
     docs = renders[layout]
     assert [name for name, _ in pod_specs(docs)] == ["model-server"]
-    deployment = one(docs, "Deployment", "model-server")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
-    pod = model_pod(docs)
-    state = next(v for v in pod["volumes"] if v["name"] == "state")
-    one(docs, "PersistentVolumeClaim", state["persistentVolumeClaim"]["claimName"])
-    mounts = {m["name"]: m["mountPath"] for m in sidecar(pod)["volumeMounts"]}
+    workload = one(docs, "StatefulSet", "model-server")
+    assert workload["spec"]["replicas"] == 1  # a StatefulSet deletes its pod before replacing it
+    claims = {c["metadata"]["name"]: c["spec"] for c in workload["spec"]["volumeClaimTemplates"]}
+    # Only ReadWriteOncePod keeps a second pod on the same node from opening the store.
+    modes = ["ReadWriteOnce"] if layout.endswith("+legacy") else ["ReadWriteOncePod"]
+    assert claims["state"]["accessModes"] == modes
+    mounts = {m["name"]: m["mountPath"] for m in sidecar(model_pod(docs))["volumeMounts"]}
     assert mounts["state"] == STATE_MOUNT
     settings = settings_of(docs, tmp_path)
     assert settings.store.startswith(f"chdb://{STATE_MOUNT}/")
     assert settings.probes is True
+    env = {e["name"]: e.get("value") for e in sidecar(model_pod(docs))["env"]}
+    assert env["OMP_NUM_THREADS"] == "1"  # torch's pools would take every core of the node
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_spool_and_model_cache_outlive_the_pod(
+    renders: dict[str, list[Doc]], layout: str, tmp_path: Path
+) -> None:
+    docs = renders[layout]
+    workload = one(docs, "StatefulSet", "model-server")
+    claims = {c["metadata"]["name"] for c in workload["spec"]["volumeClaimTemplates"]}
+    pod = model_pod(docs)
+    assert claims >= {"state", "hf-cache"}
+    assert not {v["name"] for v in pod["volumes"]} & claims, "an emptyDir shadows a claim"
+    settings = settings_of(docs, tmp_path)
+    assert settings.spool_dir.startswith(STATE_MOUNT + "/") and not settings.spool_ephemeral
+    vllm_mounts = {m["name"] for m in containers(pod)["vllm"]["volumeMounts"]}
+    assert "hf-cache" in vllm_mounts
+    # The default retention (Retain) keeps a scaled-down pod's spool for when it comes back.
+    assert workload["spec"].get("persistentVolumeClaimRetentionPolicy") is None
 
 
 def test_images_are_pinned(renders: dict[str, list[Doc]]) -> None:

@@ -133,3 +133,39 @@ async def test_a_model_server_restarted_alone_ends_the_drain(
         await until_ready_is(session, admin, 200, "")
         async with session.post(url + CHAT, json=chat(False)) as back:
             assert back.status == 200
+
+
+async def test_pod_deleted_mid_outage_loses_nothing(
+    simulator: str, tmp_path: Path, children: list[spawn.Child]
+) -> None:
+    """The spool on a per-pod claim: the replacement pod mounts it and replays what the
+    deleted one spooled while the store was down. (The store here is down as an unanswered
+    server URL, and back as the embedded engine: spool files hold rows, not store URLs.)"""
+    claim = tmp_path / "claim"  # the StatefulSet's volumeClaimTemplate, kept across pods
+    env = {"FATHOM_SPOOL_DIR": str(claim / "spool"), "FATHOM_DRAIN_SETTLE_S": "0"}
+    argv = spawn.fathom_command(
+        "serve", "--upstream", simulator, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+    )  # fmt: skip
+    down = f"http://127.0.0.1:{spawn.free_port()}/fathom"
+    old = spawn.start([*argv, "--store", down], ["proxy", "admin"], env)
+    children.append(old)
+    async with aiohttp.ClientSession() as session:
+        for i in range(20):
+            async with session.post(old.addresses["proxy"] + CHAT, json=chat(i % 2 == 0)) as r:
+                assert r.status == 200
+                await r.read()
+        async with session.get(old.addresses["admin"] + "/drain") as hook:
+            assert (await hook.json())["drained"] is True
+    assert old.stop() == 0  # the pod is deleted in the middle of the outage
+    assert list((claim / "spool").glob("*.jsonl")), "nothing was spooled"
+    assert not [line for line in old.output if "dropped" in line]
+    new = spawn.start([*argv, "--store", f"chdb://{tmp_path / 'store'}"], ["proxy"], env)
+    children.append(new)
+    async with asyncio.timeout(30):  # the new pod replays the claim's spool, file by file
+        while list((claim / "spool").glob("*.jsonl")):  # noqa: ASYNC110 - files, no event
+            await asyncio.sleep(0.05)
+    assert new.stop() == 0
+    store = open_store(f"chdb://{tmp_path / 'store'}")
+    rows = store.query_sync("SELECT count(), countIf(stream = 1) FROM fathom.requests")
+    store.close()
+    assert rows == [(20, 10)]
