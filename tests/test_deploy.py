@@ -581,3 +581,40 @@ def test_dockerfile_is_slim_non_root_and_offline() -> None:
     assert args["TORCH_INDEX_URL"].endswith("/cpu"), "the sidecar image uses CPU torch"
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "*.env"} <= set(ignored)
+
+
+# ---- the schema step ---------------------------------------------------------------------------
+
+
+def schema_job(docs: list[Doc]) -> Doc:
+    (job,) = find(docs, "Job")
+    return job
+
+
+@pytest.mark.parametrize("layout", ["clickhouse", "clickhouse+legacy"])
+def test_schema_job_is_named_per_release_and_gitops_safe(
+    renders: dict[str, list[Doc]], layout: str
+) -> None:
+    job = schema_job(renders[layout])
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    tag = container["image"].rpartition(":")[2]
+    assert job["metadata"]["name"] == f"fathom-schema-{tag}"
+    assert "ttlSecondsAfterFinished" not in job["spec"], "GitOps would recreate it every sync"
+    assert job["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PreSync"
+    assert container["args"][:2] == ["schema", "apply"]
+    env = {e["name"] for e in container["env"]}
+    assert env == {"FATHOM_SCHEMA_STORE"}, "only the Job holds the DDL credential"
+
+
+def test_schema_job_name_follows_the_image_in_a_user_overlay(kubectl: str, tmp_path: Path) -> None:
+    """The recipe the clickhouse overlay documents: `images:` plus its first replacements."""
+    base = yaml.safe_load((DEPLOY / "overlays" / "clickhouse" / "kustomization.yaml").read_text())
+    user = {
+        "resources": [os.path.relpath(DEPLOY / "overlays" / "clickhouse", tmp_path)],
+        "images": [{"name": "fathom", "newName": "registry.example/fathom", "newTag": "0.2.0"}],
+        "replacements": base["replacements"][:1],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(user))
+    job = schema_job(render(kubectl, tmp_path))
+    assert job["metadata"]["name"] == "fathom-schema-0.2.0"
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":0.2.0")

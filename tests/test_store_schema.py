@@ -243,3 +243,13 @@ def test_cli_check_and_unlock(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["schema", "unlock", "--store", url, "--cluster", "bad name"]) == 2
     assert "cluster name 'bad name'" in capsys.readouterr().err
     assert main(["schema", "unlock", "--store", url]) == 0
+
+
+def test_cli_takes_the_ddl_credential_from_fathom_schema_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schema_url, pods_url = f"chdb://{tmp_path / 'ddl'}", f"chdb://{tmp_path / 'pods'}"
+    monkeypatch.setenv("FATHOM_SCHEMA_STORE", schema_url)
+    monkeypatch.setenv("FATHOM_STORE", pods_url)
+    assert main(["schema", "apply"]) == 0
+    assert capsys.readouterr().out == f"schema at {schema_url}: 001_init.sql\n"
