@@ -208,6 +208,7 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
 def _start_probes(service: Service) -> None:
     """The probe worker in this process, sharing the embedded store; probes go via the proxy."""
     from probes.worker import WorkerStats, run_in_process
+    from sidecar.probe_cmd import probe_gauges
 
     if service.store is None:
         raise ConfigError("--probes needs a store: the worker reads samples from it")
@@ -215,23 +216,7 @@ def _start_probes(service: Service) -> None:
     target = service.addresses["proxy"]
     coro = run_in_process(service.store, service.settings, target, service.stopping, stats=stats)
     service.worker = asyncio.create_task(coro, name="fathom-probes")
-    service.metrics.observe(
-        [
-            Gauge(
-                "fathom.probes.samples_scored", "samples scored", lambda: stats.samples_scored, True
-            ),
-            Gauge(
-                "fathom.probes.skipped_budget",
-                "samples over the probe budget",
-                lambda: stats.skipped_budget,
-                True,
-            ),
-            Gauge(
-                "fathom.probes.canaries_sent", "canary requests", lambda: stats.canaries_sent, True
-            ),
-            Gauge("fathom.probes.errors", "probe rounds that failed", lambda: stats.errors, True),
-        ]
-    )
+    service.metrics.observe(probe_gauges(stats))
 
 
 async def _open_store(service: Service) -> None:

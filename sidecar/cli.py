@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "grafana": ("sidecar.grafana", "push Fathom's data source, dashboards and alerts to Grafana"),
     "report": ("sidecar.report.command", "write the quality-against-speed report (HTML, md, JSON)"),
     "probe": ("sidecar.probe_cmd", "run a probe worker: score sampled answers, send canaries"),
+    "detect": ("sidecar.detect_cmd", "run one round of regression detection and record it"),
 }
 
 

@@ -7,6 +7,8 @@ HOSTNAME) scores only its share of the samples. The schema is never applied here
 schema apply`, the schema Job, owns it): while the store lacks a migration of this release the
 worker scores nothing and says so, checking again every few seconds. SIGTERM: the samples in
 hand are finished and written, then the process exits 0.
+The admin address (`admin`, env FATHOM_ADMIN) serves /healthz (200 while the worker runs)
+and /metrics (the worker's counters), for the kubelet's probes and for Prometheus.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -21,18 +24,21 @@ import sys
 from collections.abc import Mapping
 
 import uvloop
+from aiohttp import web
 
 from probes.factuality import Canary, GoldenError
 from probes.scorer import ScorerError, load_scorer
 from probes.worker import (
     ProbeSettings,
     Worker,
+    WorkerStats,
     client_session,
     scorer_config,
     settings_canaries,
 )
 from sidecar import config
 from sidecar.config import ConfigError, Settings
+from sidecar.metrics import Gauge, Metrics
 from sidecar.store.client import Store, StoreError, open_store, parse_store_url
 from sidecar.store.schema import require
 
@@ -89,6 +95,27 @@ async def _main(settings: Settings, probe: ProbeSettings, canaries: list[Canary]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    stats = WorkerStats()
+    metrics = Metrics(settings.provider, settings.model_label_cap)
+    metrics.observe(probe_gauges(stats))
+    working: asyncio.Task[int] = asyncio.create_task(
+        _work(settings, probe, canaries, stats, stop), name="fathom-probe"
+    )
+    admin = await _serve_admin(settings, metrics, working)
+    try:
+        return await working
+    finally:
+        await admin.cleanup()
+        metrics.shutdown()
+
+
+async def _work(
+    settings: Settings,
+    probe: ProbeSettings,
+    canaries: list[Canary],
+    stats: WorkerStats,
+    stop: asyncio.Event,
+) -> int:
     store = open_store(settings.store)
     try:
         if not await wait_for_schema(store, stop):
@@ -100,13 +127,67 @@ async def _main(settings: Settings, probe: ProbeSettings, canaries: list[Canary]
             return 2
         try:
             async with client_session(probe) as session:
-                worker = Worker(store, session, settings.upstream, scorer, canaries, probe)
+                worker = Worker(
+                    store, session, settings.upstream, scorer, canaries, probe, stats=stats
+                )
                 await worker.run(stop)
         finally:
             await asyncio.to_thread(scorer.close)
     finally:
         store.close()
     return 0
+
+
+def probe_gauges(stats: WorkerStats) -> list[Gauge]:
+    """The worker's counters as metrics (`fathom probe`, and `fathom serve --probes`)."""
+    counters = {
+        "rounds": "worker rounds (a stalled worker stops counting)",
+        "samples_scored": "samples scored",
+        "skipped_budget": "samples over the probe budget",
+        "probe_requests": "re-asks sent",
+        "canaries_sent": "canary requests",
+        "detections": "regression detection rounds",
+        "regressions": "regressions found",
+        "errors": "probe rounds that failed",
+    }
+    return [
+        Gauge(f"fathom.probes.{name}", text, functools.partial(_read, stats, name), True)
+        for name, text in counters.items()
+    ]
+
+
+def _read(stats: WorkerStats, name: str) -> float:
+    return float(getattr(stats, name))
+
+
+WORKING = web.AppKey("working", asyncio.Task)
+METRICS = web.AppKey("metrics", Metrics)
+
+
+async def _serve_admin(
+    settings: Settings, metrics: Metrics, working: asyncio.Task[int]
+) -> web.AppRunner:
+    app = web.Application()
+    app[WORKING], app[METRICS] = working, metrics
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = settings.admin_addr
+    await web.TCPSite(runner, host, port).start()
+    bound = runner.addresses[0]
+    print(f"admin listening on http://{bound[0]}:{bound[1]}", flush=True)
+    return runner
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    alive = not request.app[WORKING].done()
+    return web.json_response({"alive": alive}, status=200 if alive else 503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].exposition()
+    return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
 async def wait_for_schema(store: Store, stop: asyncio.Event, poll_s: float = SCHEMA_POLL_S) -> bool:

@@ -391,8 +391,54 @@ def test_probe_workers_split_by_ordinal(renders: dict[str, list[Doc]], layout: s
     index = env["FATHOM_WORKER_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
     assert index == "metadata.labels['apps.kubernetes.io/pod-index']"
     assert env["FATHOM_WORKER_COUNT"]["value"] == str(workers["spec"]["replicas"])
-    assert probe["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert "--upstream" in probe["args"]
+
+
+def probe_worker(docs: list[Doc]) -> Doc:
+    workers = one(docs, "StatefulSet", "fathom-probe-worker")
+    return containers(workers["spec"]["template"]["spec"])["probe"]
+
+
+@pytest.mark.parametrize("layout", ["clickhouse", "clickhouse+legacy"])
+def test_probe_workers_run_on_cpu_with_probes_metrics_and_thread_caps(
+    renders: dict[str, list[Doc]], layout: str
+) -> None:
+    probe = probe_worker(renders[layout])
+    env = {e["name"]: e.get("value") for e in probe["env"]}
+    limits = probe["resources"]["limits"]
+    assert "nvidia.com/gpu" not in limits and env["FATHOM_SCORER_DEVICE"] == "cpu"
+    assert probe["image"].startswith("fathom:")
+    # torch's pools sized to the CPU limit, not to the node.
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == limits["cpu"]
+    admin = config.parse_hostport(env["FATHOM_ADMIN"], "admin")
+    assert admin == ("0.0.0.0", port(probe, "admin"))
+    for kind in ("startupProbe", "livenessProbe"):
+        assert probe[kind]["httpGet"] == {"path": "/healthz", "port": "admin"}
+
+
+def test_gpu_probes_component_moves_workers_onto_gpus(kubectl: str, tmp_path: Path) -> None:
+    user = {
+        "resources": [os.path.relpath(DEPLOY / "overlays" / "clickhouse", tmp_path)],
+        "components": [os.path.relpath(DEPLOY / "components" / "gpu-probes", tmp_path)],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(user))
+    docs = render(kubectl, tmp_path)
+    probe = probe_worker(docs)
+    env = {e["name"]: e.get("value") for e in probe["env"]}
+    assert probe["image"].startswith("fathom-gpu:") and env["FATHOM_SCORER_DEVICE"] == "cuda"
+    assert probe["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert env["FATHOM_ADMIN"] == "0.0.0.0:9464"  # the rest of the env is kept
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+
+
+@pytest.mark.parametrize("layout", ["clickhouse", "clickhouse+legacy"])
+def test_detection_does_not_depend_on_worker_0(renders: dict[str, list[Doc]], layout: str) -> None:
+    cron = one(renders[layout], "CronJob", "fathom-detect")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["detect"] and "nodeSelector" not in pod
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
 
 
 def test_worker_count_follows_replicas_in_a_user_overlay(kubectl: str, tmp_path: Path) -> None:
