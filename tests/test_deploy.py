@@ -664,3 +664,36 @@ def test_schema_job_name_follows_the_image_in_a_user_overlay(kubectl: str, tmp_p
     job = schema_job(render(kubectl, tmp_path))
     assert job["metadata"]["name"] == "fathom-schema-0.2.0"
     assert job["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":0.2.0")
+
+
+@pytest.mark.parametrize("layout", ["clickhouse", "clickhouse+legacy"])
+def test_weekly_report_is_dated_and_served_from_its_node(
+    renders: dict[str, list[Doc]], layout: str
+) -> None:
+    docs = renders[layout]
+    cron = one(docs, "CronJob", "fathom-weekly-report")
+    job_pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    args = job_pod["containers"][0]["args"]
+    assert "{date}" in args[args.index("--out") + 1]  # one file per week
+    server = one(docs, "Deployment", "fathom-reports")
+    server_pod = server["spec"]["template"]["spec"]
+    assert server["spec"]["strategy"] == {"type": "Recreate"}
+    (container,) = server_pod["containers"]
+    assert container["args"][0] == "reports"
+    assert [m.get("readOnly") for m in container["volumeMounts"]] == [True]
+
+    def claim(pod: Doc) -> str:
+        (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        return str(volume["persistentVolumeClaim"]["claimName"])
+
+    assert claim(job_pod) == claim(server_pod)
+    modes = one(docs, "PersistentVolumeClaim", claim(server_pod))["spec"]["accessModes"]
+    # ReadWriteOnce is shared by pods on one node only: the report pod follows the server.
+    assert modes == ["ReadWriteOnce"]
+    (term,) = job_pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= (
+        server["spec"]["template"]["metadata"]["labels"].items()
+    )
+    selector = one(docs, "Service", "fathom-reports")["spec"]["selector"]
+    assert selector.items() <= server["spec"]["template"]["metadata"]["labels"].items()
