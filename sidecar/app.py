@@ -248,11 +248,21 @@ def _writer_gauges(writer: Writer) -> list[Gauge]:
     return [
         Gauge("fathom.writer.queue_rows", "rows waiting in memory", lambda: writer.queue_depth),
         Gauge("fathom.writer.spool_bytes", "bytes spooled on disk", lambda: writer.spool.bytes),
+        # The bounds, so that alert rules can say "nearly full" without repeating settings.
+        Gauge(
+            "fathom.writer.queue_max_rows", "writer_queue_rows", lambda: writer.settings.queue_rows
+        ),
+        Gauge(
+            "fathom.writer.spool_max_bytes",
+            "spool_max_bytes",
+            lambda: writer.settings.spool_max_bytes,
+        ),
+        Gauge("fathom.writer.store_up", "1 while the store takes inserts", lambda: writer.store_up),
         Gauge("fathom.writer.rows_written", "rows inserted", lambda: writer.rows_written, True),
         Gauge("fathom.writer.rows_spooled", "rows spooled", lambda: writer.rows_spooled, True),
         Gauge(
             "fathom.writer.rows_dropped",
-            "rows lost: queue or spool full",
+            "rows lost: queue or spool full, or left on an ephemeral spool",
             lambda: sum(writer.rows_dropped.values()),
             True,
         ),
