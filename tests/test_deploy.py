@@ -10,6 +10,7 @@ Fathom config.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -166,7 +167,13 @@ def port(container: Doc, name: str) -> int:
 
 def settings_of(docs: list[Doc], tmp_path: Path) -> config.Settings:
     """What the real settings loader makes of the rendered ConfigMap and the sidecar's env."""
-    pod = model_pod(docs)
+    workloads = [d for d in docs if d["kind"] in ("StatefulSet", "Deployment")]
+    pod = next(
+        w["spec"]["template"]["spec"]
+        for w in workloads
+        if "fathom" in containers(w["spec"]["template"]["spec"], "initContainers")
+        or "fathom" in containers(w["spec"]["template"]["spec"])
+    )
     mounted = next(v for v in pod["volumes"] if v["name"] == "fathom-config")
     data = one(docs, "ConfigMap", mounted["configMap"]["name"])["data"]
     (tmp_path / "fathom.yaml").write_text(data["fathom.yaml"])
@@ -697,3 +704,46 @@ def test_weekly_report_is_dated_and_served_from_its_node(
     )
     selector = one(docs, "Service", "fathom-reports")["spec"]["selector"]
     assert selector.items() <= server["spec"]["template"]["metadata"]["labels"].items()
+
+
+# ---- adding Fathom to a Deployment of your own ---------------------------------------------------
+
+
+def test_add_sidecar_component_adds_the_same_sidecar_to_the_named_deployment_only(
+    kubectl: str, tmp_path: Path
+) -> None:
+    example = DEPLOY / "examples" / "add-sidecar"
+    docs = render(kubectl, example)
+    mine = one(docs, "Deployment", "my-vllm")
+    pod = mine["spec"]["template"]["spec"]
+    base = render(kubectl, DEPLOY / "base")
+    base_pod = model_pod(base)
+    native = containers(base_pod, "initContainers")["fathom"]
+    assert containers(pod, "initContainers")["fathom"] == native
+    # The model server (container 0) waits on the drain, as in deploy/base.
+    drain = containers(base_pod)["vllm"]["lifecycle"]
+    assert pod["containers"][0]["lifecycle"] == drain
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes["state"]
+    settings = settings_of(docs, tmp_path)
+    assert settings.spool_ephemeral is True  # counted as dropped, not silently lost
+    base_settings = settings_of(base, tmp_path)
+    assert dataclasses.replace(settings, spool_ephemeral=False) == base_settings
+    # The drain, vLLM's exit, the flush, and one more replay of the ephemeral spool.
+    needed = settings.drain_settle_s + 3 * settings.grace_s + VLLM_EXIT_S
+    assert pod["terminationGracePeriodSeconds"] >= needed
+    # GPU rollouts: no surge pod waiting for a GPU; a deadline past vLLM's startup budget.
+    startup = containers(base_pod)["vllm"]["startupProbe"]
+    assert mine["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert (
+        mine["spec"]["progressDeadlineSeconds"]
+        > startup["periodSeconds"] * startup["failureThreshold"]
+    )
+    # The other Deployment is left exactly as it was.
+    original = list(yaml.safe_load_all((example / "model" / "deployment.yaml").read_text()))
+    untouched = one(original, "Deployment", "my-frontend")
+    assert one(docs, "Deployment", "my-frontend") == untouched
+    for doc in docs:
+        for version in (KUBERNETES, NEWEST):
+            kubernetes_validate.validate(doc, version, strict=True)
+    assert gated_features(docs) == {"SidecarContainers": KUBERNETES}
