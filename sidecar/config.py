@@ -91,6 +91,7 @@ class Settings:
     worker_index: int = -1  # -1: the trailing -N of HOSTNAME (StatefulSet ordinal), else 0
     worker_count: int = 1
     detect_interval_s: float = 300.0  # regression detection (worker 0 only)
+    probe_admin: str = ""  # HOST:PORT of `fathom probe`'s /healthz and /metrics; '' = none
 
     @property
     def listen_addr(self) -> tuple[str, int]:
@@ -191,6 +192,8 @@ def _coerce(name: str, raw: Any) -> Any:
 def validate(settings: Settings) -> Settings:
     """Check ranges and formats; returns the settings unchanged when they are usable."""
     settings.listen_addr, settings.admin_addr  # noqa: B018 - parsing is the check
+    if settings.probe_admin:
+        parse_hostport(settings.probe_admin, "probe_admin")
     if settings.upstream:
         try:
             parse_upstream_url(settings.upstream)

@@ -7,8 +7,8 @@ HOSTNAME) scores only its share of the samples. The schema is never applied here
 schema apply`, the schema Job, owns it): while the store lacks a migration of this release the
 worker scores nothing and says so, checking again every few seconds. SIGTERM: the samples in
 hand are finished and written, then the process exits 0.
-The admin address (`admin`, env FATHOM_ADMIN) serves /healthz (200 while the worker runs)
-and /metrics (the worker's counters), for the kubelet's probes and for Prometheus.
+With `probe_admin` set (env FATHOM_PROBE_ADMIN=HOST:PORT) it serves /healthz (200 while the
+worker runs) and /metrics (the worker's counters), for the kubelet's probes and Prometheus.
 """
 
 from __future__ import annotations
@@ -101,11 +101,12 @@ async def _main(settings: Settings, probe: ProbeSettings, canaries: list[Canary]
     working: asyncio.Task[int] = asyncio.create_task(
         _work(settings, probe, canaries, stats, stop), name="fathom-probe"
     )
-    admin = await _serve_admin(settings, metrics, working)
+    admin = await _serve_admin(settings.probe_admin, metrics, working)
     try:
         return await working
     finally:
-        await admin.cleanup()
+        if admin is not None:
+            await admin.cleanup()
         metrics.shutdown()
 
 
@@ -165,15 +166,18 @@ METRICS = web.AppKey("metrics", Metrics)
 
 
 async def _serve_admin(
-    settings: Settings, metrics: Metrics, working: asyncio.Task[int]
-) -> web.AppRunner:
+    address: str, metrics: Metrics, working: asyncio.Task[int]
+) -> web.AppRunner | None:
+    """/healthz and /metrics at `address` (HOST:PORT); none when it is ''."""
+    if not address:
+        return None
     app = web.Application()
     app[WORKING], app[METRICS] = working, metrics
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    host, port = settings.admin_addr
+    host, port = config.parse_hostport(address, "probe_admin")
     await web.TCPSite(runner, host, port).start()
     bound = runner.addresses[0]
     print(f"admin listening on http://{bound[0]}:{bound[1]}", flush=True)

@@ -417,7 +417,7 @@ def test_probe_workers_run_on_cpu_with_probes_metrics_and_thread_caps(
     assert probe["image"].startswith("fathom:")
     # torch's pools sized to the CPU limit, not to the node.
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == limits["cpu"]
-    admin = config.parse_hostport(env["FATHOM_ADMIN"], "admin")
+    admin = config.parse_hostport(env["FATHOM_PROBE_ADMIN"], "probe_admin")
     assert admin == ("0.0.0.0", port(probe, "admin"))
     for kind in ("startupProbe", "livenessProbe"):
         assert probe[kind]["httpGet"] == {"path": "/healthz", "port": "admin"}
@@ -434,7 +434,7 @@ def test_gpu_probes_component_moves_workers_onto_gpus(kubectl: str, tmp_path: Pa
     env = {e["name"]: e.get("value") for e in probe["env"]}
     assert probe["image"].startswith("fathom-gpu:") and env["FATHOM_SCORER_DEVICE"] == "cuda"
     assert probe["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert env["FATHOM_ADMIN"] == "0.0.0.0:9464"  # the rest of the env is kept
+    assert env["FATHOM_PROBE_ADMIN"] == "0.0.0.0:9464"  # the rest of the env is kept
     for doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
 

@@ -109,7 +109,7 @@ def test_rules_read_metrics_fathom_really_exports(
     probe = spawn.fathom_command(
         "probe", "--store", f"chdb://{tmp_path / 'empty'}", "--upstream", simulator
     )
-    env = {"FATHOM_SPOOL_DIR": str(tmp_path / "spool"), "FATHOM_ADMIN": "127.0.0.1:0"}
+    env = {"FATHOM_SPOOL_DIR": str(tmp_path / "spool"), "FATHOM_PROBE_ADMIN": "127.0.0.1:0"}
     with (
         spawn.running(serve, ["proxy", "admin"], env) as sidecar_process,
         spawn.running(probe, ["admin"], env) as worker,

@@ -32,7 +32,7 @@ class Process:
     def __init__(self, argv: list[str], env: Mapping[str, str]) -> None:
         self.popen = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "FATHOM_ADMIN": "127.0.0.1:0", **env},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "FATHOM_PROBE_ADMIN": "127.0.0.1:0", **env},
         )  # fmt: skip
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
