@@ -57,10 +57,9 @@ class Service:
         default = Upstream(URL(settings.upstream), settings.deployment)
         self.router = Router(default, settings.routes, random.Random())
         self.sampler = Sampler.from_settings(settings)
-        upstream = URL(settings.upstream)
-        self.drain = Drain(
-            settings.drain_settle_s, settings.grace_s, (upstream.host or "", upstream.port or 80)
-        )
+        # A drain ends when the model server behind the default upstream has restarted.
+        watched = (default.url.host or "", default.url.port or 80)
+        self.drain = Drain(settings.drain_settle_s, settings.grace_s, watched)
         self.proxy = Proxy(
             settings, self.session, self.router.pick, self.on_record, time.perf_counter,
             random.Random(), should_sample=self.sampler.should_sample if self.writer else None,
