@@ -454,7 +454,7 @@ def test_worker_count_follows_replicas_in_a_user_overlay(kubectl: str, tmp_path:
     user = {
         "resources": [os.path.relpath(DEPLOY / "overlays" / "clickhouse", tmp_path)],
         "replicas": [{"name": "fathom-probe-worker", "count": 5}],
-        "replacements": base["replacements"],
+        "replacements": base["replacements"][1:],
     }
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(user))
     workers = one(render(kubectl, tmp_path), "StatefulSet", "fathom-probe-worker")
