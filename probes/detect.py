@@ -137,6 +137,13 @@ class DetectionSettings:
         return math.ceil(4 * rate * (1 - rate) / self.sprt_delta**2)
 
 
+def with_windows(window_s: float, baseline_s: float) -> DetectionSettings:
+    """The default tests over a window of `window_s` against `baseline_s` before it."""
+    return DetectionSettings(
+        window=timedelta(seconds=window_s), baseline=timedelta(seconds=baseline_s)
+    )
+
+
 def min_results(alpha: float, power: float, effect_sd: float) -> int:
     """Results a one-sided z-test needs to find a drop of `effect_sd` with `power` at `alpha`."""
     from statistics import NormalDist

@@ -44,7 +44,7 @@ from probes.consistency import (
     score_consistency,
 )
 from probes.degeneration import score_degeneration
-from probes.detect import DetectionSettings, run_detection
+from probes.detect import run_detection, with_windows
 from probes.factuality import (
     SYSTEM_PROMPT,
     Canary,
@@ -604,11 +604,7 @@ class Worker:
         self._detect_at = now + self.settings.detect_interval_s
         # The statistics are numpy on the calling loop: give them a loop of their own on a
         # thread, so that a proxy sharing this process's loop never waits on them.
-        s = self.settings
-        windows = DetectionSettings(
-            window=timedelta(seconds=s.detect_window_s),
-            baseline=timedelta(seconds=s.detect_baseline_s),
-        )
+        windows = with_windows(self.settings.detect_window_s, self.settings.detect_baseline_s)
         detection = run_detection(self.store, self.now(), windows)
         outcomes = await asyncio.to_thread(asyncio.run, detection)
         found = [o for o in outcomes if o.regression]

@@ -13,16 +13,6 @@ from typing import Any
 
 from probes.detect_sql import epoch_ms
 
-TABLES = ("requests", "samples", "quality", "regressions")
-
-# The schema tables this store lacks (an empty result: ready).
-MISSING_TABLES = """
-SELECT name
-FROM (SELECT arrayJoin({tables:Array(String)}) AS name)
-WHERE name NOT IN (SELECT name FROM system.tables WHERE database = 'fathom')
-ORDER BY name
-"""
-
 # This worker's oldest samples without a degeneration row: every scored sample has one, and
 # all of a sample's rows are written in one insert, so "has one" means "fully scored".
 # Quality rows carry their sample's ts, so the anti-join reads the same window.
@@ -64,11 +54,6 @@ WHERE cityHash64(model, deployment) % {worker_count:UInt32} = {worker_index:UInt
 GROUP BY model, deployment
 ORDER BY model, deployment
 """
-
-
-def missing_tables_parameters() -> dict[str, Any]:
-    """Parameters of MISSING_TABLES."""
-    return {"tables": list(TABLES)}
 
 
 def unscored_parameters(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import random
@@ -22,13 +23,14 @@ from yarl import URL
 
 from sidecar import config
 from sidecar.config import ConfigError, Settings
+from sidecar.drain import Drain
 from sidecar.metrics import Gauge, Metrics
 from sidecar.proxy import Proxy
 from sidecar.record import Record
 from sidecar.routing import Router, Upstream
 from sidecar.sampler import Sampler
 from sidecar.store.client import StoreError, open_store
-from sidecar.store.schema import apply_schema
+from sidecar.store.schema import SchemaBehind, apply_schema, require
 from sidecar.store.spool import SpoolError
 from sidecar.store.writer import Writer, WriterSettings
 
@@ -55,10 +57,14 @@ class Service:
         default = Upstream(URL(settings.upstream), settings.deployment)
         self.router = Router(default, settings.routes, random.Random())
         self.sampler = Sampler.from_settings(settings)
+        # A drain ends when the model server behind the default upstream has restarted.
+        watched = (default.url.host or "", default.url.port or 80)
+        self.drain = Drain(settings.drain_settle_s, settings.grace_s, watched)
         self.proxy = Proxy(
             settings, self.session, self.router.pick, self.on_record, time.perf_counter,
             random.Random(), should_sample=self.sampler.should_sample if self.writer else None,
             on_answer=self.on_answer if self.writer else None,
+            refusing=lambda: self.drain.refusing,
         )  # fmt: skip
         self.ready = False
         self.records = 0
@@ -68,6 +74,14 @@ class Service:
         self.tasks: set[asyncio.Future[dict[str, Any]]] = set()
         self.stopping = asyncio.Event()
         self.worker: asyncio.Task[None] | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """A proxied request, counted while in flight (what a drain waits for)."""
+        self.drain.enter()
+        try:
+            return await self.proxy.handle(request)
+        finally:
+            self.drain.leave()
 
     def on_record(self, record: Record, gaps: list[float]) -> None:
         """Every finished request: metrics, the store, and any listener (tests, the demo)."""
@@ -104,6 +118,7 @@ def _writer_settings(settings: Settings) -> WriterSettings:
         flush_s=settings.writer_flush_s,
         spool_dir=settings.spool_dir,
         spool_max_bytes=settings.spool_max_bytes,
+        spool_ephemeral=settings.spool_ephemeral,
     )
 
 
@@ -172,6 +187,7 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
         yield service
     finally:
         service.ready = False
+        await service.drain.close()
         service.stopping.set()  # the probe worker finishes the sample in hand...
         if service.worker is not None:  # ...whose re-asks still need the proxy
             await asyncio.wait({service.worker}, timeout=settings.grace_s)
@@ -191,6 +207,7 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
 def _start_probes(service: Service) -> None:
     """The probe worker in this process, sharing the embedded store; probes go via the proxy."""
     from probes.worker import WorkerStats, run_in_process
+    from sidecar.probe_cmd import probe_gauges
 
     if service.store is None:
         raise ConfigError("--probes needs a store: the worker reads samples from it")
@@ -198,39 +215,28 @@ def _start_probes(service: Service) -> None:
     target = service.addresses["proxy"]
     coro = run_in_process(service.store, service.settings, target, service.stopping, stats=stats)
     service.worker = asyncio.create_task(coro, name="fathom-probes")
-    service.metrics.observe(
-        [
-            Gauge(
-                "fathom.probes.samples_scored", "samples scored", lambda: stats.samples_scored, True
-            ),
-            Gauge(
-                "fathom.probes.skipped_budget",
-                "samples over the probe budget",
-                lambda: stats.skipped_budget,
-                True,
-            ),
-            Gauge(
-                "fathom.probes.not_reasked_redacted",
-                "samples not re-asked: redaction changed their stored prompt",
-                lambda: stats.skipped["redacted"],
-                True,
-            ),
-            Gauge(
-                "fathom.probes.canaries_sent", "canary requests", lambda: stats.canaries_sent, True
-            ),
-            Gauge("fathom.probes.errors", "probe rounds that failed", lambda: stats.errors, True),
-        ]
-    )
+    service.metrics.observe(probe_gauges(stats))
 
 
 async def _open_store(service: Service) -> None:
-    """Apply the schema and start the writer; an unreachable store only means spooling."""
+    """Bring the schema up (embedded) or check it (server), then start the writer.
+
+    A server store's schema belongs to `fathom schema apply` alone: DDL from every sidecar
+    would create single-server tables on whichever cluster node it reached first. An
+    unreachable store only means spooling; a reachable one that is behind stops the start.
+    """
     if service.store is None or service.writer is None:
         return
+    store = service.store
     try:
-        applied = await service.store.call(apply_schema)
-        if applied:
-            log.info("schema at %s: applied %s", service.store.url.safe, ", ".join(applied))
+        if store.url.kind == "chdb" and not service.settings.schema_check_only:
+            applied = await store.call(apply_schema)
+            if applied:
+                log.info("schema at %s: applied %s", store.url.safe, ", ".join(applied))
+        else:
+            await store.call(require)
+    except SchemaBehind:
+        raise
     except StoreError as exc:
         log.warning("%s: records will be spooled until the store answers", exc)
     await service.writer.start()
@@ -241,11 +247,21 @@ def _writer_gauges(writer: Writer) -> list[Gauge]:
     return [
         Gauge("fathom.writer.queue_rows", "rows waiting in memory", lambda: writer.queue_depth),
         Gauge("fathom.writer.spool_bytes", "bytes spooled on disk", lambda: writer.spool.bytes),
+        # The bounds, so that alert rules can say "nearly full" without repeating settings.
+        Gauge(
+            "fathom.writer.queue_max_rows", "writer_queue_rows", lambda: writer.settings.queue_rows
+        ),
+        Gauge(
+            "fathom.writer.spool_max_bytes",
+            "spool_max_bytes",
+            lambda: writer.settings.spool_max_bytes,
+        ),
+        Gauge("fathom.writer.store_up", "1 while the store takes inserts", lambda: writer.store_up),
         Gauge("fathom.writer.rows_written", "rows inserted", lambda: writer.rows_written, True),
         Gauge("fathom.writer.rows_spooled", "rows spooled", lambda: writer.rows_spooled, True),
         Gauge(
             "fathom.writer.rows_dropped",
-            "rows lost: queue or spool full",
+            "rows lost: queue or spool full, or left on an ephemeral spool",
             lambda: sum(writer.rows_dropped.values()),
             True,
         ),
@@ -257,12 +273,13 @@ async def _start(service: Service) -> None:
     logging.getLogger("aiohttp.server").addFilter(_without_request_bytes)
     proxy_app = web.Application()
     proxy_app[SERVICE] = service
-    proxy_app.router.add_route("*", "/{tail:.*}", service.proxy.handle)
+    proxy_app.router.add_route("*", "/{tail:.*}", service.handle)
     admin_app = web.Application()
     admin_app[SERVICE] = service
     admin_app.router.add_get("/metrics", _metrics)
     admin_app.router.add_get("/healthz", _healthz)
     admin_app.router.add_get("/readyz", _readyz)
+    admin_app.router.add_get("/drain", _drain)
     for name, app, (host, port) in (
         ("proxy", proxy_app, settings.listen_addr),
         ("admin", admin_app, settings.admin_addr),
@@ -302,5 +319,15 @@ async def _healthz(_request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    ready = request.app[SERVICE].ready
-    return web.json_response({"ready": ready}, status=200 if ready else 503)
+    service = request.app[SERVICE]
+    ready = service.ready and not service.drain.started
+    body: dict[str, object] = {"ready": ready}
+    if service.drain.phase:
+        body["drain"] = service.drain.phase
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def _drain(request: web.Request) -> web.Response:
+    """The model server's preStop hook: returns once Fathom has drained (see sidecar.drain)."""
+    result = await request.app[SERVICE].drain.run()
+    return web.json_response(dataclasses.asdict(result))

@@ -17,7 +17,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("sidecar.check", "report quality regressions per deployment; exit 1 if any"),
     "grafana": ("sidecar.grafana", "push Fathom's data source, dashboards and alerts to Grafana"),
     "report": ("sidecar.report.command", "write the quality-against-speed report (HTML, md, JSON)"),
+    "reports": ("sidecar.report.serve", "serve a directory of reports over HTTP, read-only"),
     "probe": ("sidecar.probe_cmd", "run a probe worker: score sampled answers, send canaries"),
+    "detect": ("sidecar.detect_cmd", "run one round of regression detection and record it"),
 }
 
 

@@ -37,6 +37,9 @@ class Settings:
     first_byte_timeout_s: float = 600.0
     idle_timeout_s: float = 120.0
     grace_s: float = 30.0
+    # GET /drain (the model server's preStop) keeps relaying new requests this long, while
+    # the pod's removal from the Service reaches every node; then it answers them 503.
+    drain_settle_s: float = 5.0
     # Client side. A request body must arrive within body_timeout_s (else 408). Headers within
     # header_timeout_s, which aiohttp's one timer also applies to idle keep-alive connections.
     body_timeout_s: float = 30.0
@@ -56,7 +59,13 @@ class Settings:
     writer_flush_s: float = 1.0
     spool_dir: str = "./fathom-spool"
     spool_max_bytes: int = 1024 * 1024 * 1024
+    # spool_dir is on a volume deleted with the pod (emptyDir): rows still spooled at exit
+    # are replayed once more, and counted as dropped if the store does not take them.
+    spool_ephemeral: bool = False
     probes: bool = False
+    # Only check the schema version at start, never apply it. Always so for a server store,
+    # whose schema `fathom schema apply` owns; for the embedded store, a choice.
+    schema_check_only: bool = False
     # Per-model traffic split: [{model, upstreams: [{url, deployment, weight}]}] (YAML or JSON).
     routes: tuple[Route, ...] = ()
     # probe worker (read and range-checked by probes.worker.ProbeSettings.from_settings)
@@ -84,6 +93,7 @@ class Settings:
     detect_interval_s: float = 300.0  # regression detection (worker 0 only)
     detect_window_s: float = 6 * 3600.0  # detection judges this window...
     detect_baseline_s: float = 7 * 86400.0  # ...against this much history before it
+    probe_admin: str = ""  # HOST:PORT of `fathom probe`'s /healthz and /metrics; '' = none
 
     @property
     def listen_addr(self) -> tuple[str, int]:
@@ -184,6 +194,8 @@ def _coerce(name: str, raw: Any) -> Any:
 def validate(settings: Settings) -> Settings:
     """Check ranges and formats; returns the settings unchanged when they are usable."""
     settings.listen_addr, settings.admin_addr  # noqa: B018 - parsing is the check
+    if settings.probe_admin:
+        parse_hostport(settings.probe_admin, "probe_admin")
     if settings.upstream:
         try:
             parse_upstream_url(settings.upstream)

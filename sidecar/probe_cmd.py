@@ -3,9 +3,12 @@
 Point --upstream at the proxy (the sidecar), so that probe traffic is measured, labelled
 origin='probe'/'canary' and kept out of user figures; the model server itself works too.
 Worker i of N (FATHOM_WORKER_INDEX / FATHOM_WORKER_COUNT, or the StatefulSet ordinal ending
-HOSTNAME) scores only its share of the samples. The schema is not applied here (the schema
-Job does that): the worker waits, saying so, until the tables exist. SIGTERM: the samples in
+HOSTNAME) scores only its share of the samples. The schema is never applied here (`fathom
+schema apply`, the schema Job, owns it): while the store lacks a migration of this release the
+worker scores nothing and says so, checking again every few seconds. SIGTERM: the samples in
 hand are finished and written, then the process exits 0.
+With `probe_admin` set (env FATHOM_PROBE_ADMIN=HOST:PORT) it serves /healthz (200 while the
+worker runs) and /metrics (the worker's counters), for the kubelet's probes and Prometheus.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -20,20 +24,23 @@ import sys
 from collections.abc import Mapping
 
 import uvloop
+from aiohttp import web
 
-from probes import worker_sql
 from probes.factuality import Canary, GoldenError
 from probes.scorer import ScorerError, load_scorer
 from probes.worker import (
     ProbeSettings,
     Worker,
+    WorkerStats,
     client_session,
     scorer_config,
     settings_canaries,
 )
 from sidecar import config
 from sidecar.config import ConfigError, Settings
+from sidecar.metrics import Gauge, Metrics
 from sidecar.store.client import Store, StoreError, open_store, parse_store_url
+from sidecar.store.schema import require
 
 log = logging.getLogger("fathom.probe")
 SCHEMA_POLL_S = 5.0
@@ -88,6 +95,28 @@ async def _main(settings: Settings, probe: ProbeSettings, canaries: list[Canary]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    stats = WorkerStats()
+    metrics = Metrics(settings.provider, settings.model_label_cap)
+    metrics.observe(probe_gauges(stats))
+    working: asyncio.Task[int] = asyncio.create_task(
+        _work(settings, probe, canaries, stats, stop), name="fathom-probe"
+    )
+    admin = await _serve_admin(settings.probe_admin, metrics, working)
+    try:
+        return await working
+    finally:
+        if admin is not None:
+            await admin.cleanup()
+        metrics.shutdown()
+
+
+async def _work(
+    settings: Settings,
+    probe: ProbeSettings,
+    canaries: list[Canary],
+    stats: WorkerStats,
+    stop: asyncio.Event,
+) -> int:
     store = open_store(settings.store)
     try:
         if not await wait_for_schema(store, stop):
@@ -99,7 +128,9 @@ async def _main(settings: Settings, probe: ProbeSettings, canaries: list[Canary]
             return 2
         try:
             async with client_session(probe) as session:
-                worker = Worker(store, session, settings.upstream, scorer, canaries, probe)
+                worker = Worker(
+                    store, session, settings.upstream, scorer, canaries, probe, stats=stats
+                )
                 await worker.run(stop)
         finally:
             await asyncio.to_thread(scorer.close)
@@ -108,24 +139,77 @@ async def _main(settings: Settings, probe: ProbeSettings, canaries: list[Canary]
     return 0
 
 
+def probe_gauges(stats: WorkerStats) -> list[Gauge]:
+    """The worker's counters as metrics (`fathom probe`, and `fathom serve --probes`)."""
+    counters = {
+        "rounds": "worker rounds (a stalled worker stops counting)",
+        "samples_scored": "samples scored",
+        "skipped_budget": "samples over the probe budget",
+        "probe_requests": "re-asks sent",
+        "canaries_sent": "canary requests",
+        "detections": "regression detection rounds",
+        "regressions": "regressions found",
+        "errors": "probe rounds that failed",
+    }
+    gauges = [
+        Gauge(f"fathom.probes.{name}", text, functools.partial(_read, stats, name), True)
+        for name, text in counters.items()
+    ]
+    redacted = "samples not re-asked: redaction changed their stored prompt"
+    return [
+        *gauges,
+        Gauge(
+            "fathom.probes.not_reasked_redacted", redacted, lambda: stats.skipped["redacted"], True
+        ),
+    ]
+
+
+def _read(stats: WorkerStats, name: str) -> float:
+    return float(getattr(stats, name))
+
+
+WORKING = web.AppKey("working", asyncio.Task)
+METRICS = web.AppKey("metrics", Metrics)
+
+
+async def _serve_admin(
+    address: str, metrics: Metrics, working: asyncio.Task[int]
+) -> web.AppRunner | None:
+    """/healthz and /metrics at `address` (HOST:PORT); none when it is ''."""
+    if not address:
+        return None
+    app = web.Application()
+    app[WORKING], app[METRICS] = working, metrics
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = config.parse_hostport(address, "probe_admin")
+    await web.TCPSite(runner, host, port).start()
+    bound = runner.addresses[0]
+    print(f"admin listening on http://{bound[0]}:{bound[1]}", flush=True)
+    return runner
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    alive = not request.app[WORKING].done()
+    return web.json_response({"alive": alive}, status=200 if alive else 503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].exposition()
+    return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+
 async def wait_for_schema(store: Store, stop: asyncio.Event, poll_s: float = SCHEMA_POLL_S) -> bool:
-    """Wait until the store answers and has Fathom's tables; False when stopped first."""
+    """Wait until the store answers and has every migration of this release; False when
+    stopped first. Waiting, not exiting: workers start beside the schema Job."""
     while not stop.is_set():
         try:
-            rows = await store.query(
-                worker_sql.MISSING_TABLES, worker_sql.missing_tables_parameters()
-            )
-        except StoreError as exc:
-            problem = str(exc)
-        else:
-            if not rows:
-                return True
-            tables = ", ".join(f"fathom.{name}" for (name,) in rows)
-            problem = (
-                f"store {store.url.safe} has no {tables}: apply the schema first "
-                f"(`fathom schema apply --store URL`; in Kubernetes the schema Job does it)"
-            )
-        log.warning("%s; checking again in %.0f s", problem, poll_s)
+            await store.call(require)
+            return True
+        except StoreError as exc:  # unreachable, or SchemaBehind saying what to apply
+            log.warning("%s; checking again in %.0f s", exc, poll_s)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), poll_s)
     return False

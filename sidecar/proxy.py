@@ -91,8 +91,10 @@ class Proxy:
         rng: random.Random,
         should_sample: ShouldSample | None = None,
         on_answer: OnAnswer | None = None,
+        refusing: Callable[[], bool] = lambda: False,
     ) -> None:
         self._settings = settings
+        self._refusing = refusing
         self._session = session
         self._pick = pick
         self._on_record = on_record
@@ -116,6 +118,9 @@ class Proxy:
             response = _json_error(exc.status, exc.error, str(exc))
             if exc.status == 408:
                 await _answer_and_close(request, response)
+            elif exc.error == "draining":
+                response.headers["Retry-After"] = "1"
+                response.force_close()  # the client's pool must not keep this pod's connection
             return response
         except (asyncio.CancelledError, ConnectionResetError):
             ex.record.error = ex.record.error or "client_cancelled"
@@ -146,6 +151,9 @@ class Proxy:
 
     async def _relay(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
         rec = ex.record
+        if self._refusing():
+            # Drained: the model server may already be gone, and a 503 is what clients retry.
+            raise ProxyError(503, "draining", "this replica is shutting down: retry the request")
         if _dot_segments(request.path):
             raise ProxyError(400, "bad_request", "request path has '.' or '..' segments")
         body = await _read_body(

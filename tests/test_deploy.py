@@ -2,13 +2,15 @@
 
 Real tools, no cluster: `kubectl kustomize` renders each overlay (alone and with the
 legacy-sidecar component), kubernetes-validate checks the result against the schemas of
-Kubernetes 1.30 (and 1.25 for the legacy layout), and the real settings loader reads the
-rendered Fathom config.
+the stated minimum Kubernetes (1.29; 1.25 for the legacy layout) and the newest it ships, no
+field that is alpha at the minimum is used, and the real settings loader reads the rendered
+Fathom config.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -30,10 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 DASHBOARDS = ROOT / "dashboards"
 SECRET_EXAMPLE = DEPLOY / "overlays" / "clickhouse" / "store.env.example"
-KUBERNETES = "1.30"  # what the native-sidecar layout targets
+KUBERNETES = "1.29"  # the minimum the README states: native sidecars are on by default
+NEWEST = "1.37"  # the newest schemas kubernetes-validate ships: nothing removed since
 OLDEST = "1.25"  # the oldest schemas kubernetes-validate ships; the legacy layout must fit
 LAYOUTS = ("embedded", "clickhouse", "embedded+legacy", "clickhouse+legacy")
 STATE_MOUNT = "/var/lib/fathom"
+VLLM_EXIT_S = 30  # what vLLM takes from SIGTERM to exit with nothing in flight
 
 Doc = dict[str, Any]
 
@@ -135,7 +139,7 @@ def pod_specs(docs: list[Doc]) -> Iterator[tuple[str, Doc]]:
 
 def model_pod(docs: list[Doc]) -> Doc:
     """The pod spec of the model server with its Fathom sidecar."""
-    spec: Doc = one(docs, "Deployment", "model-server")["spec"]["template"]["spec"]
+    spec: Doc = one(docs, "StatefulSet", "model-server")["spec"]["template"]["spec"]
     return spec
 
 
@@ -163,7 +167,13 @@ def port(container: Doc, name: str) -> int:
 
 def settings_of(docs: list[Doc], tmp_path: Path) -> config.Settings:
     """What the real settings loader makes of the rendered ConfigMap and the sidecar's env."""
-    pod = model_pod(docs)
+    workloads = [d for d in docs if d["kind"] in ("StatefulSet", "Deployment")]
+    pod = next(
+        w["spec"]["template"]["spec"]
+        for w in workloads
+        if "fathom" in containers(w["spec"]["template"]["spec"], "initContainers")
+        or "fathom" in containers(w["spec"]["template"]["spec"])
+    )
     mounted = next(v for v in pod["volumes"] if v["name"] == "fathom-config")
     data = one(docs, "ConfigMap", mounted["configMap"]["name"])["data"]
     (tmp_path / "fathom.yaml").write_text(data["fathom.yaml"])
@@ -179,7 +189,7 @@ def settings_of(docs: list[Doc], tmp_path: Path) -> config.Settings:
 def test_every_layout_validates_against_kubernetes(
     renders: dict[str, list[Doc]], layout: str
 ) -> None:
-    versions = [KUBERNETES, OLDEST] if layout.endswith("+legacy") else [KUBERNETES]
+    versions = [KUBERNETES, NEWEST] + ([OLDEST] if layout.endswith("+legacy") else [])
     for doc in renders[layout]:
         for version in versions:
             try:
@@ -194,11 +204,79 @@ def test_every_layout_validates_against_kubernetes(
                 pytest.fail(f"{layout}: {exc.message}")
 
 
-def test_native_layout_really_needs_a_new_cluster(renders: dict[str, list[Doc]]) -> None:
-    """The validator is strict enough to reject the native layout on 1.28: legacy is needed."""
-    deployment = one(renders["clickhouse"], "Deployment", "model-server")
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(deployment, "1.28", strict=True)
+# Fields (by the end of their path) that a feature gate guards, and the first release where
+# that gate is on by default (beta or GA), from the Kubernetes feature-gate reference. The
+# schemas list a field from its alpha release on, so validation alone cannot catch them.
+ON_BY_DEFAULT: dict[str, tuple[str, str]] = {
+    "initContainers.restartPolicy": ("1.29", "SidecarContainers"),
+    "lifecycle.preStop.sleep": ("1.30", "PodLifecycleSleepAction"),
+    "lifecycle.postStart.sleep": ("1.30", "PodLifecycleSleepAction"),
+    "accessModes=ReadWriteOncePod": ("1.27", "ReadWriteOncePod"),
+    "spec.persistentVolumeClaimRetentionPolicy": ("1.27", "StatefulSetAutoDeletePVC"),
+    "spec.unhealthyPodEvictionPolicy": ("1.27", "PDBUnhealthyPodEvictionPolicy"),
+    "labels['apps.kubernetes.io/pod-index']": ("1.28", "PodIndexLabel"),
+    "updateStrategy.rollingUpdate.maxUnavailable": ("1.35", "MaxUnavailableStatefulSet"),
+    "spec.trafficDistribution": ("1.31", "ServiceTrafficDistribution"),
+}
+# Gates whose absence the code handles: a missing pod-index label reads as '' and the probe
+# worker then takes its ordinal from the hostname.
+DEGRADES_GRACEFULLY = {"PodIndexLabel"}
+
+
+def paths(node: Any, prefix: str = "") -> Iterator[str]:
+    """Every field path of an object (list indices dropped), plus `path=value` for strings."""
+    if prefix:
+        yield prefix
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from paths(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(node, list):
+        for item in node:
+            yield from paths(item, prefix)
+    elif isinstance(node, str):
+        yield f"{prefix}={node}"
+        yield f"{prefix}[{node}]"  # fieldRef paths such as metadata.labels['...']
+
+
+def gated_features(docs: list[Doc]) -> dict[str, str]:
+    """Feature gate -> the release where it is on by default, for every gated field used."""
+    used = {}
+    for doc in docs:
+        for path in paths(doc):
+            for suffix, (version, gate) in ON_BY_DEFAULT.items():
+                if path.endswith(suffix) or path.endswith(f"={suffix}"):
+                    used[gate] = version
+    return used
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_no_field_is_off_by_default_at_the_minimum_version(
+    renders: dict[str, list[Doc]], layout: str
+) -> None:
+    minimum = OLDEST if layout.endswith("+legacy") else KUBERNETES
+    used = gated_features(renders[layout])
+    late = {
+        gate: v
+        for gate, v in used.items()
+        if version_key(v) > version_key(minimum) and gate not in DEGRADES_GRACEFULLY
+    }
+    assert not late, f"{layout} needs gates off by default in {minimum}: {late}"
+    if not layout.endswith("+legacy"):
+        # The stated minimum is tight: native sidecars are what needs it.
+        assert used["SidecarContainers"] == KUBERNETES
+
+
+def test_the_gate_check_sees_a_sleep_hook(renders: dict[str, list[Doc]]) -> None:
+    """The check is not vacuous: the preStop sleep the manifests used to have is caught."""
+    doc = json.loads(json.dumps(one(renders["clickhouse"], "StatefulSet", "model-server")))
+    doc["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"] = {
+        "sleep": {"seconds": 10}
+    }
+    assert gated_features([doc])["PodLifecycleSleepAction"] == "1.30"
 
 
 @pytest.mark.parametrize("layout", ["embedded", "clickhouse"])
@@ -222,7 +300,7 @@ def test_sidecar_is_native_with_probes_and_resources(
     }
     assert set(fathom["resources"]["requests"]) >= {"cpu", "memory"}
     assert "memory" in fathom["resources"]["limits"]
-    assert fathom["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    assert fathom["lifecycle"]["preStop"] == {"httpGet": {"path": "/drain", "port": admin}}
     assert fathom["securityContext"]["runAsNonRoot"] is True
 
 
@@ -234,9 +312,11 @@ def test_legacy_sidecar_is_the_same_container_in_containers(
     legacy_pod = model_pod(renders[f"{overlay}+legacy"])
     assert "fathom" not in containers(legacy_pod, "initContainers")
     legacy = containers(legacy_pod)["fathom"]
-    assert legacy["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "10"]}}
-    assert containers(legacy_pod)["vllm"]["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
-    drop = {"restartPolicy", "lifecycle"}
+    # Both hooks wait on the drain: the kubelet runs them together in this layout.
+    drain = {"httpGet": {"path": "/drain", "port": port(native, "admin")}}
+    assert legacy["lifecycle"]["preStop"] == drain
+    assert containers(legacy_pod)["vllm"]["lifecycle"]["preStop"] == drain
+    drop = {"restartPolicy"}
     assert {k: v for k, v in legacy.items() if k not in drop} == {
         k: v for k, v in native.items() if k not in drop
     }
@@ -256,13 +336,12 @@ def test_settings_ports_and_grace_period_agree(
     assert settings.upstream == f"http://127.0.0.1:{port(containers(pod)['vllm'], 'vllm')}"
     assert settings.spool_dir.startswith(STATE_MOUNT + "/")
 
-    def sleep_s(container: Doc) -> int:
-        pre_stop = container["lifecycle"]["preStop"]
-        return int(
-            pre_stop["sleep"]["seconds"] if "sleep" in pre_stop else pre_stop["exec"]["command"][1]
-        )
-
-    needed = sleep_s(containers(pod)["vllm"]) + settings.grace_s + sleep_s(fathom) + 10
+    # vLLM's preStop waits on Fathom's drain, on the port Fathom's admin server really uses.
+    hook = containers(pod)["vllm"]["lifecycle"]["preStop"]["httpGet"]
+    assert (hook["path"], hook["port"]) == ("/drain", settings.admin_addr[1])
+    # The drain, vLLM's exit, then Fathom's stop, whose flush waits up to grace_s for a store
+    # that hangs before it spools.
+    needed = settings.drain_settle_s + settings.grace_s + VLLM_EXIT_S + settings.grace_s
     assert pod["terminationGracePeriodSeconds"] >= needed
 
 
@@ -270,7 +349,7 @@ def test_settings_ports_and_grace_period_agree(
 def test_service_sends_clients_to_the_sidecar(renders: dict[str, list[Doc]], layout: str) -> None:
     docs = renders[layout]
     service = one(docs, "Service", "model-server")
-    labels = one(docs, "Deployment", "model-server")["spec"]["template"]["metadata"]["labels"]
+    labels = one(docs, "StatefulSet", "model-server")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     target_ports = [p["targetPort"] for p in service["spec"]["ports"]]
     assert target_ports == [port(sidecar(model_pod(docs)), "proxy")]
@@ -319,8 +398,54 @@ def test_probe_workers_split_by_ordinal(renders: dict[str, list[Doc]], layout: s
     index = env["FATHOM_WORKER_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
     assert index == "metadata.labels['apps.kubernetes.io/pod-index']"
     assert env["FATHOM_WORKER_COUNT"]["value"] == str(workers["spec"]["replicas"])
-    assert probe["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert "--upstream" in probe["args"]
+
+
+def probe_worker(docs: list[Doc]) -> Doc:
+    workers = one(docs, "StatefulSet", "fathom-probe-worker")
+    return containers(workers["spec"]["template"]["spec"])["probe"]
+
+
+@pytest.mark.parametrize("layout", ["clickhouse", "clickhouse+legacy"])
+def test_probe_workers_run_on_cpu_with_probes_metrics_and_thread_caps(
+    renders: dict[str, list[Doc]], layout: str
+) -> None:
+    probe = probe_worker(renders[layout])
+    env = {e["name"]: e.get("value") for e in probe["env"]}
+    limits = probe["resources"]["limits"]
+    assert "nvidia.com/gpu" not in limits and env["FATHOM_SCORER_DEVICE"] == "cpu"
+    assert probe["image"].startswith("fathom:")
+    # torch's pools sized to the CPU limit, not to the node.
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == limits["cpu"]
+    admin = config.parse_hostport(env["FATHOM_PROBE_ADMIN"], "probe_admin")
+    assert admin == ("0.0.0.0", port(probe, "admin"))
+    for kind in ("startupProbe", "livenessProbe"):
+        assert probe[kind]["httpGet"] == {"path": "/healthz", "port": "admin"}
+
+
+def test_gpu_probes_component_moves_workers_onto_gpus(kubectl: str, tmp_path: Path) -> None:
+    user = {
+        "resources": [os.path.relpath(DEPLOY / "overlays" / "clickhouse", tmp_path)],
+        "components": [os.path.relpath(DEPLOY / "components" / "gpu-probes", tmp_path)],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(user))
+    docs = render(kubectl, tmp_path)
+    probe = probe_worker(docs)
+    env = {e["name"]: e.get("value") for e in probe["env"]}
+    assert probe["image"].startswith("fathom-gpu:") and env["FATHOM_SCORER_DEVICE"] == "cuda"
+    assert probe["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert env["FATHOM_PROBE_ADMIN"] == "0.0.0.0:9464"  # the rest of the env is kept
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+
+
+@pytest.mark.parametrize("layout", ["clickhouse", "clickhouse+legacy"])
+def test_detection_does_not_depend_on_worker_0(renders: dict[str, list[Doc]], layout: str) -> None:
+    cron = one(renders[layout], "CronJob", "fathom-detect")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["detect"] and "nodeSelector" not in pod
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
 
 
 def test_worker_count_follows_replicas_in_a_user_overlay(kubectl: str, tmp_path: Path) -> None:
@@ -329,7 +454,7 @@ def test_worker_count_follows_replicas_in_a_user_overlay(kubectl: str, tmp_path:
     user = {
         "resources": [os.path.relpath(DEPLOY / "overlays" / "clickhouse", tmp_path)],
         "replicas": [{"name": "fathom-probe-worker", "count": 5}],
-        "replacements": base["replacements"],
+        "replacements": base["replacements"][1:],
     }
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(user))
     workers = one(render(kubectl, tmp_path), "StatefulSet", "fathom-probe-worker")
@@ -344,17 +469,37 @@ def test_embedded_is_one_pod_on_a_volume(
 ) -> None:
     docs = renders[layout]
     assert [name for name, _ in pod_specs(docs)] == ["model-server"]
-    deployment = one(docs, "Deployment", "model-server")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
-    pod = model_pod(docs)
-    state = next(v for v in pod["volumes"] if v["name"] == "state")
-    one(docs, "PersistentVolumeClaim", state["persistentVolumeClaim"]["claimName"])
-    mounts = {m["name"]: m["mountPath"] for m in sidecar(pod)["volumeMounts"]}
+    workload = one(docs, "StatefulSet", "model-server")
+    assert workload["spec"]["replicas"] == 1  # a StatefulSet deletes its pod before replacing it
+    claims = {c["metadata"]["name"]: c["spec"] for c in workload["spec"]["volumeClaimTemplates"]}
+    # Only ReadWriteOncePod keeps a second pod on the same node from opening the store.
+    modes = ["ReadWriteOnce"] if layout.endswith("+legacy") else ["ReadWriteOncePod"]
+    assert claims["state"]["accessModes"] == modes
+    mounts = {m["name"]: m["mountPath"] for m in sidecar(model_pod(docs))["volumeMounts"]}
     assert mounts["state"] == STATE_MOUNT
     settings = settings_of(docs, tmp_path)
     assert settings.store.startswith(f"chdb://{STATE_MOUNT}/")
     assert settings.probes is True
+    env = {e["name"]: e.get("value") for e in sidecar(model_pod(docs))["env"]}
+    assert env["OMP_NUM_THREADS"] == "1"  # torch's pools would take every core of the node
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_spool_and_model_cache_outlive_the_pod(
+    renders: dict[str, list[Doc]], layout: str, tmp_path: Path
+) -> None:
+    docs = renders[layout]
+    workload = one(docs, "StatefulSet", "model-server")
+    claims = {c["metadata"]["name"] for c in workload["spec"]["volumeClaimTemplates"]}
+    pod = model_pod(docs)
+    assert claims >= {"state", "hf-cache"}
+    assert not {v["name"] for v in pod["volumes"]} & claims, "an emptyDir shadows a claim"
+    settings = settings_of(docs, tmp_path)
+    assert settings.spool_dir.startswith(STATE_MOUNT + "/") and not settings.spool_ephemeral
+    vllm_mounts = {m["name"] for m in containers(pod)["vllm"]["volumeMounts"]}
+    assert "hf-cache" in vllm_mounts
+    # The default retention (Retain) keeps a scaled-down pod's spool for when it comes back.
+    assert workload["spec"].get("persistentVolumeClaimRetentionPolicy") is None
 
 
 def test_images_are_pinned(renders: dict[str, list[Doc]]) -> None:
@@ -489,3 +634,116 @@ def test_dockerfile_is_slim_non_root_and_offline() -> None:
     assert args["TORCH_INDEX_URL"].endswith("/cpu"), "the sidecar image uses CPU torch"
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "*.env"} <= set(ignored)
+
+
+# ---- the schema step ---------------------------------------------------------------------------
+
+
+def schema_job(docs: list[Doc]) -> Doc:
+    (job,) = find(docs, "Job")
+    return job
+
+
+@pytest.mark.parametrize("layout", ["clickhouse", "clickhouse+legacy"])
+def test_schema_job_is_named_per_release_and_gitops_safe(
+    renders: dict[str, list[Doc]], layout: str
+) -> None:
+    job = schema_job(renders[layout])
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    tag = container["image"].rpartition(":")[2]
+    assert job["metadata"]["name"] == f"fathom-schema-{tag}"
+    assert "ttlSecondsAfterFinished" not in job["spec"], "GitOps would recreate it every sync"
+    assert job["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PreSync"
+    assert container["args"][:2] == ["schema", "apply"]
+    env = {e["name"] for e in container["env"]}
+    assert env == {"FATHOM_SCHEMA_STORE"}, "only the Job holds the DDL credential"
+
+
+def test_schema_job_name_follows_the_image_in_a_user_overlay(kubectl: str, tmp_path: Path) -> None:
+    """The recipe the clickhouse overlay documents: `images:` plus its first replacements."""
+    base = yaml.safe_load((DEPLOY / "overlays" / "clickhouse" / "kustomization.yaml").read_text())
+    user = {
+        "resources": [os.path.relpath(DEPLOY / "overlays" / "clickhouse", tmp_path)],
+        "images": [{"name": "fathom", "newName": "registry.example/fathom", "newTag": "0.2.0"}],
+        "replacements": base["replacements"][:1],
+    }
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(user))
+    job = schema_job(render(kubectl, tmp_path))
+    assert job["metadata"]["name"] == "fathom-schema-0.2.0"
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":0.2.0")
+
+
+@pytest.mark.parametrize("layout", ["clickhouse", "clickhouse+legacy"])
+def test_weekly_report_is_dated_and_served_from_its_node(
+    renders: dict[str, list[Doc]], layout: str
+) -> None:
+    docs = renders[layout]
+    cron = one(docs, "CronJob", "fathom-weekly-report")
+    job_pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    args = job_pod["containers"][0]["args"]
+    assert "{date}" in args[args.index("--out") + 1]  # one file per week
+    server = one(docs, "Deployment", "fathom-reports")
+    server_pod = server["spec"]["template"]["spec"]
+    assert server["spec"]["strategy"] == {"type": "Recreate"}
+    (container,) = server_pod["containers"]
+    assert container["args"][0] == "reports"
+    assert [m.get("readOnly") for m in container["volumeMounts"]] == [True]
+
+    def claim(pod: Doc) -> str:
+        (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        return str(volume["persistentVolumeClaim"]["claimName"])
+
+    assert claim(job_pod) == claim(server_pod)
+    modes = one(docs, "PersistentVolumeClaim", claim(server_pod))["spec"]["accessModes"]
+    # ReadWriteOnce is shared by pods on one node only: the report pod follows the server.
+    assert modes == ["ReadWriteOnce"]
+    (term,) = job_pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= (
+        server["spec"]["template"]["metadata"]["labels"].items()
+    )
+    selector = one(docs, "Service", "fathom-reports")["spec"]["selector"]
+    assert selector.items() <= server["spec"]["template"]["metadata"]["labels"].items()
+
+
+# ---- adding Fathom to a Deployment of your own ---------------------------------------------------
+
+
+def test_add_sidecar_component_adds_the_same_sidecar_to_the_named_deployment_only(
+    kubectl: str, tmp_path: Path
+) -> None:
+    example = DEPLOY / "examples" / "add-sidecar"
+    docs = render(kubectl, example)
+    mine = one(docs, "Deployment", "my-vllm")
+    pod = mine["spec"]["template"]["spec"]
+    base = render(kubectl, DEPLOY / "base")
+    base_pod = model_pod(base)
+    native = containers(base_pod, "initContainers")["fathom"]
+    assert containers(pod, "initContainers")["fathom"] == native
+    # The model server (container 0) waits on the drain, as in deploy/base.
+    drain = containers(base_pod)["vllm"]["lifecycle"]
+    assert pod["containers"][0]["lifecycle"] == drain
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes["state"]
+    settings = settings_of(docs, tmp_path)
+    assert settings.spool_ephemeral is True  # counted as dropped, not silently lost
+    base_settings = settings_of(base, tmp_path)
+    assert dataclasses.replace(settings, spool_ephemeral=False) == base_settings
+    # The drain, vLLM's exit, the flush, and one more replay of the ephemeral spool.
+    needed = settings.drain_settle_s + 3 * settings.grace_s + VLLM_EXIT_S
+    assert pod["terminationGracePeriodSeconds"] >= needed
+    # GPU rollouts: no surge pod waiting for a GPU; a deadline past vLLM's startup budget.
+    startup = containers(base_pod)["vllm"]["startupProbe"]
+    assert mine["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert (
+        mine["spec"]["progressDeadlineSeconds"]
+        > startup["periodSeconds"] * startup["failureThreshold"]
+    )
+    # The other Deployment is left exactly as it was.
+    original = list(yaml.safe_load_all((example / "model" / "deployment.yaml").read_text()))
+    untouched = one(original, "Deployment", "my-frontend")
+    assert one(docs, "Deployment", "my-frontend") == untouched
+    for doc in docs:
+        for version in (KUBERNETES, NEWEST):
+            kubernetes_validate.validate(doc, version, strict=True)
+    assert gated_features(docs) == {"SidecarContainers": KUBERNETES}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -125,3 +127,23 @@ def test_chunk_gap_histogram_exports_what_the_sdk_would() -> None:
     provider.shutdown()
     assert len(ours) == 2 * (len(TPOT_BUCKETS) + 3)
     assert ours == theirs
+
+
+def test_serve_refuses_a_store_behind_and_runs_no_ddl(simulator: str, tmp_path: Path) -> None:
+    """The server-store path (check only) on the real engine: exit 2, the store untouched."""
+    store_path = tmp_path / "store"
+    checked = open_store(f"chdb://{store_path}")
+    checked.command_sync("CREATE DATABASE fathom")  # reachable, but without Fathom's schema
+    checked.close()
+    argv = spawn.fathom_command(
+        "serve", "--upstream", simulator, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+        "--store", f"chdb://{store_path}",
+    )  # fmt: skip
+    env = {**os.environ, "FATHOM_SCHEMA_CHECK_ONLY": "true", "FATHOM_SPOOL_DIR": str(tmp_path)}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "is at schema version 0, this release needs 1 (missing 001_init.sql)" in done.stderr
+    assert "fathom schema apply" in done.stderr and "listening" not in done.stdout
+    checked = open_store(f"chdb://{store_path}")
+    assert checked.query_sync("SHOW TABLES FROM fathom") == []
+    checked.close()

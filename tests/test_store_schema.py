@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,8 +12,21 @@ import pytest
 
 from sidecar.cli import main
 from sidecar.record import REQUEST_COLUMNS, Record
+from sidecar.store import schema_lock
 from sidecar.store.client import Store, open_store
-from sidecar.store.schema import Target, apply, apply_schema, render
+from sidecar.store.schema import (
+    SchemaBehind,
+    Target,
+    apply,
+    apply_schema,
+    cluster_checks,
+    local_checks,
+    missing,
+    render,
+    require,
+    verify_cluster,
+)
+from sidecar.store.schema_lock import LockHeld, LockSettings
 
 TABLES = {"requests", "samples", "quality", "regressions", "requests_1m"}
 
@@ -139,3 +153,103 @@ def test_cli_apply_and_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     script = capsys.readouterr().out
     assert "-- 001 001_init.sql" in script and "ON CLUSTER main" in script
     assert "INTERVAL 9 DAY" in script and script.count(";\n") == script.count("CREATE ")
+
+
+def test_require_names_what_is_missing_and_accepts_newer_versions(store: Store) -> None:
+    with pytest.raises(SchemaBehind) as behind:
+        require(store)
+    message = str(behind.value)
+    assert "at schema version 0, this release needs 1 (missing 001_init.sql)" in message
+    assert "fathom schema apply" in message
+    assert missing(store) == ["001_init.sql"]
+    apply_schema(store)
+    require(store)
+    # A newer release applied its schema first; this one's pods still run during the rollout.
+    store.insert_sync(
+        "fathom.schema_migrations", ("version", "name", "applied_at"),
+        [(999, "999_future.sql", datetime.now(UTC))],
+    )  # fmt: skip
+    require(store)
+    store.command_sync("DELETE FROM fathom.schema_migrations WHERE version = 1")
+    with pytest.raises(SchemaBehind, match=r"version 999, .* \(missing 001_init.sql\)"):
+        require(store)
+
+
+def hold_lock(store: Store, holder: str, since: float) -> None:
+    """The lock as another `fathom schema apply` would have taken it."""
+    store.command_sync("CREATE DATABASE IF NOT EXISTS fathom")
+    schema_lock.acquire(
+        store, "", LockSettings(wait_s=0), holder, clock=lambda: since, sleep=_never
+    )
+
+
+def _never(_s: float) -> None:
+    raise AssertionError("waited without a live lock")
+
+
+def test_apply_waits_for_a_live_lock_and_refuses_past_the_wait(store: Store) -> None:
+    now = 1_800_000_000.0
+    hold_lock(store, "job-a:7", since=now - 30)
+    with pytest.raises(LockHeld, match=r"locked by job-a:7 since 2027-01-15 07:59:30 UTC"):
+        schema_lock.acquire(store, "", LockSettings(wait_s=0), "job-b:9", lambda: now, _never)
+    assert "schema_migrations" not in {r[0] for r in store.query_sync("SHOW TABLES FROM fathom")}
+    # The holder finishes while we wait: the next try takes the lock, and apply runs.
+    waits: list[float] = []
+
+    def holder_finishes(seconds: float) -> None:
+        waits.append(seconds)
+        schema_lock.release(store, "")
+
+    with schema_lock.held(store, "", LockSettings(poll_s=2.5), "job-b:9", lambda: now,
+                          holder_finishes):  # fmt: skip
+        assert schema_lock.current_holder(store) == schema_lock.Holder("job-b:9", now)
+        assert apply(store) == ["001_init.sql"]
+    assert waits == [2.5]
+    assert schema_lock.current_holder(store) is None  # released on the way out
+
+
+def test_apply_breaks_a_stale_lock(store: Store) -> None:
+    hold_lock(store, "died:1", since=time.time() - 7200)
+    assert apply(store, lock=LockSettings(wait_s=0, stale_s=3600)) == ["001_init.sql"]
+    assert schema_lock.current_holder(store) is None
+
+
+def test_cluster_checks_parse_and_find_unreplicated_tables(store: Store) -> None:
+    checks = cluster_checks("prod-eu")
+    assert checks.sync == "SYSTEM SYNC REPLICA ON CLUSTER `prod-eu` fathom.schema_migrations"
+    for statement in (checks.sync, checks.plain_tables, checks.host_versions):
+        assert store.query_sync("EXPLAIN AST " + statement)  # raises on a syntax error
+    assert "clusterAllReplicas(`prod-eu`, system.tables)" in checks.plain_tables
+    # A single-server schema is what a sidecar used to leave on the node it reached: on a
+    # cluster every one of these tables is a problem (the same SQL, run on one real engine).
+    apply_schema(store)
+    problems = verify_cluster(store, local_checks())
+    found = sorted(re.findall(r"fathom\.(\w+) is (\w+), not replicated", "\n".join(problems)))
+    assert found == sorted(
+        [(t, "AggregatingMergeTree" if t == "requests_1m" else "MergeTree") for t in TABLES]
+        + [("schema_migrations", "MergeTree")]
+    )
+    assert not [p for p in problems if "not recorded" in p]
+    store.command_sync("TRUNCATE TABLE fathom.schema_migrations")
+    assert verify_cluster(store, local_checks()) == problems  # no rows: no host to blame
+
+
+def test_cli_check_and_unlock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"chdb://{tmp_path / 'cli'}"
+    assert main(["schema", "check", "--store", url]) == 1
+    assert "missing 001_init.sql" in capsys.readouterr().err
+    assert main(["schema", "apply", "--store", url]) == 0
+    assert main(["schema", "check", "--store", url]) == 0
+    assert main(["schema", "unlock", "--store", url, "--cluster", "bad name"]) == 2
+    assert "cluster name 'bad name'" in capsys.readouterr().err
+    assert main(["schema", "unlock", "--store", url]) == 0
+
+
+def test_cli_takes_the_ddl_credential_from_fathom_schema_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schema_url, pods_url = f"chdb://{tmp_path / 'ddl'}", f"chdb://{tmp_path / 'pods'}"
+    monkeypatch.setenv("FATHOM_SCHEMA_STORE", schema_url)
+    monkeypatch.setenv("FATHOM_STORE", pods_url)
+    assert main(["schema", "apply"]) == 0
+    assert capsys.readouterr().out == f"schema at {schema_url}: 001_init.sql\n"

@@ -477,3 +477,28 @@ async def test_a_row_submitted_as_the_drain_ends_is_spooled_not_lost(
     await writer.stop(10.0)
     assert late == [True] and writer.rows_written == 1 and writer.rows_spooled == 1
     assert [f.rows for f in writer.spool.files()] == [1] and writer.queue_depth == 0
+
+
+async def test_ephemeral_spool_is_replayed_at_exit_or_counted_as_dropped(
+    store: Store, tmp_path: Path
+) -> None:
+    """spool_ephemeral: the spool dies with the pod, so stop() hands it to the store or counts."""
+    writer = Writer(store, fast(tmp_path, spool_ephemeral=True, retry_s=60, retry_max_s=60))
+    await writer.start()
+    await store.command("DETACH TABLE fathom.requests")
+    for i in range(700):
+        writer.submit("fathom.requests", request_row(i))
+    await wait_for(lambda: writer.rows_spooled == 700)
+    await store.command("ATTACH TABLE fathom.requests")  # back, but no retry due for a minute
+    await writer.stop(10.0)
+    assert len(request_ids(store)) == 700 and writer.rows_replayed == 700
+    assert sum(writer.rows_dropped.values()) == 0
+
+    down = open_store(f"http://127.0.0.1:{free_port()}/fathom")
+    writer = Writer(down, fast(tmp_path, spool_dir=str(tmp_path / "gone"), spool_ephemeral=True))
+    await writer.start()
+    for i in range(300):
+        writer.submit("fathom.requests", request_row(i))
+    await writer.stop(1.0)
+    down.close()
+    assert writer.rows_spooled == 300 and writer.rows_dropped == {"spool_ephemeral": 300}

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -31,7 +32,7 @@ class Process:
     def __init__(self, argv: list[str], env: Mapping[str, str]) -> None:
         self.popen = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "FATHOM_PROBE_ADMIN": "127.0.0.1:0", **env},
         )  # fmt: skip
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -85,6 +86,11 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return str(resp.read().decode())
+
+
 def probe(store: Path, upstream: str) -> list[str]:
     return spawn.fathom_command("probe", "--store", f"chdb://{store}", "--upstream", upstream)
 
@@ -104,16 +110,24 @@ def test_index_not_below_count_exits_2(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "no upstream" in missing.stderr
 
 
-def test_missing_tables_are_named_and_sigterm_exits_0(
+def test_missing_schema_is_named_and_sigterm_exits_0(
     tmp_path: Path, processes: list[Process]
 ) -> None:
     env = {"FATHOM_WORKER_INDEX": "", "HOSTNAME": "fathom-probe-worker-0"}
     process = Process(probe(tmp_path / "db", "http://127.0.0.1:9"), env)
     processes.append(process)
-    match = process.wait_for(r"has no (fathom\.\S+(?:, fathom\.\S+)*): apply the schema first")
-    assert match.group(1) == "fathom.quality, fathom.regressions, fathom.requests, fathom.samples"
+    admin = process.wait_for(r"admin listening on (\S+)").group(1)
+    match = process.wait_for(r"at schema version 0, this release needs \d+ \(missing (.*?)\)")
+    with urllib.request.urlopen(admin + "/healthz", timeout=10) as health:
+        assert health.status == 200  # waiting for the schema is alive, not stuck
+    assert match.group(1).startswith("001_init.sql")
     assert "fathom schema apply" in process.lines[-1]
+    assert "checking again in" in process.lines[-1]
     assert process.stop() == 0
+    store = open_store(f"chdb://{tmp_path / 'db'}")
+    tables = store.query_sync("SELECT name FROM system.tables WHERE database = 'fathom'")
+    store.close()
+    assert tables == []  # the worker checked, and created nothing
 
 
 async def test_scores_samples_then_exits_0_on_sigterm(
@@ -132,8 +146,12 @@ async def test_scores_samples_then_exits_0_on_sigterm(
     }  # fmt: skip
     process = Process(probe(path, sim), env)
     processes.append(process)
+    admin = process.wait_for(r"admin listening on (\S+)").group(1)
     process.wait_for(r"scorer ready: device=cpu .* sentences/s", within=60)
     process.wait_for(r"probe worker 0/1 round \d+: 3 samples scored \(3 with consistency")
+    metrics = await asyncio.to_thread(scrape, admin + "/metrics")
+    assert re.search(r"^fathom_probes_samples_scored_total\{.*\} 3\.0$", metrics, re.M), metrics
+    assert re.search(r"^fathom_probes_rounds_total\{.*\} [1-9]", metrics, re.M)
     assert await asyncio.to_thread(process.stop) == 0
     process.wait_for(r"probe worker 0/1 stopped: 3 samples scored \(3 with consistency")
     store = open_store(f"chdb://{path}")

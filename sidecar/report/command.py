@@ -39,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the period to report on, e.g. 24h, 7d (default 7d); compared with the one before",
     )  # fmt: skip
     parser.add_argument(
-        "--out", help="output file, '-' for stdout (default: report.html for html, else stdout)"
-    )
+        "--out", help="output file, '-' for stdout (default: report.html for html, else stdout); "
+        "{date} in it becomes the report's end date, e.g. /reports/fathom-{date}.html",
+    )  # fmt: skip
     parser.add_argument(
         "--format", choices=FORMATS, help="html, md or json (default: from --out's suffix, html)"
     )
@@ -82,7 +83,9 @@ def write_report(
     from sidecar.report import render_html, render_json, render_markdown, summary_lines
 
     form, destination = output_of(args.out, args.format)
-    report = _build(args, progress)
+    now = args.at or datetime.now(UTC)
+    destination = destination.replace("{date}", f"{now:%Y-%m-%d}")
+    report = _build(args, now, progress)
     progress(f"rendering {form}")
     render = {"html": render_html, "md": render_markdown, "json": render_json}[form]
     text = render(report)
@@ -90,20 +93,22 @@ def write_report(
         stdout.write(text)
         stdout.flush()
     else:
+        # Whole or not at all: a server may be handing out the directory meanwhile.
+        partial = Path(f"{destination}.partial")
         try:
-            Path(destination).write_text(text, encoding="utf-8")
+            partial.write_text(text, encoding="utf-8")
+            partial.replace(destination)
         except OSError as exc:
             raise ReportFailed(f"cannot write {destination}: {exc}") from exc
         progress(f"wrote {destination} ({len(text.encode()) / 1024:.0f} KiB)")
     print("\n".join(summary_lines(report)), file=stderr)
 
 
-def _build(args: argparse.Namespace, progress: Callable[[str], None]) -> Report:
+def _build(args: argparse.Namespace, now: datetime, progress: Callable[[str], None]) -> Report:
     from sidecar.report.build import SchemaMissing, build_report_sync
     from sidecar.report.model import ReportSettings
     from sidecar.store.client import StoreError
 
-    now = args.at or datetime.now(UTC)
     settings = ReportSettings(min_samples=args.min_samples)
     store = _open(args.store)
     try:

@@ -1,4 +1,9 @@
-"""`fathom schema apply|render`: put the schema into a store, or print it for review."""
+"""`fathom schema apply|check|render|unlock`: the one owner of the schema.
+
+`apply` is the only command that runs DDL against a server store (`fathom serve` and
+`fathom probe` only check the version): it holds the schema lock, applies what is missing,
+records it, and on a cluster checks that every host has replicated tables and the records.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,42 @@ import os
 import sys
 from collections.abc import Sequence
 
-from sidecar.store.client import StoreError, open_store
-from sidecar.store.schema import DEFAULT_TTL_DAYS, Target, apply, render
+from sidecar.store.client import Store, StoreError, open_store
+from sidecar.store.schema import (
+    DEFAULT_TTL_DAYS,
+    SchemaBehind,
+    Target,
+    apply,
+    cluster_checks,
+    on_cluster,
+    render,
+    require,
+    verify_cluster,
+)
+from sidecar.store.schema_lock import LOCK_WAIT_S, LockSettings, release
 
 DEFAULT_STORE = "chdb://./fathom-data"
+ACTIONS = {
+    "apply": "apply missing migrations (under the schema lock on a server store)",
+    "check": "exit 1 when the store lacks a migration of this release",
+    "render": "print the statements",
+    "unlock": "remove a lock left by an apply that died",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `fathom schema`."""
-    parser.add_argument("action", choices=("apply", "render"))
-    parser.add_argument("--store", help=f"store URL (env FATHOM_STORE; default {DEFAULT_STORE})")
+    parser.add_argument(
+        "action", choices=tuple(ACTIONS), help="; ".join(f"{k}: {v}" for k, v in ACTIONS.items())
+    )
+    parser.add_argument(
+        "--store", help="store URL with DDL rights (env FATHOM_SCHEMA_STORE, else FATHOM_STORE; "
+        f"default {DEFAULT_STORE})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lock-wait-s", type=float, default=LOCK_WAIT_S,
+        help="how long apply waits for another apply's lock",
+    )  # fmt: skip
     parser.add_argument(
         "--cluster", default="", help="ClickHouse cluster: ON CLUSTER, Replicated, Distributed"
     )
@@ -46,22 +77,43 @@ def parse_ttl_days(items: Sequence[str]) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Apply (exit 0, names what it applied) or print the rendered statements; 2 on errors."""
+    """0 done; 1 the store is behind (check) or a cluster host is not right (apply); 2 errors."""
     try:
         target = Target(cluster=args.cluster, ttl_days=parse_ttl_days(args.ttl_days))
         if args.action == "render":
             print(render_text(target), end="")
             return 0
-        store = open_store(args.store or os.environ.get("FATHOM_STORE") or DEFAULT_STORE)
+        url = args.store or os.environ.get("FATHOM_SCHEMA_STORE") or os.environ.get("FATHOM_STORE")
+        store = open_store(url or DEFAULT_STORE)
         try:
-            changed = apply(store, target)
+            return _act(store, args, target)
         finally:
             store.close()
+    except SchemaBehind as exc:
+        print(f"fathom schema: {exc}", file=sys.stderr)
+        return 1
     except (StoreError, ValueError) as exc:
         print(f"fathom schema: {exc}", file=sys.stderr)
         return 2
+
+
+def _act(store: Store, args: argparse.Namespace, target: Target) -> int:
+    if args.action == "check":
+        require(store)
+        print(f"schema at {store.url.safe}: up to date")
+        return 0
+    if args.action == "unlock":
+        release(store, on_cluster(args.cluster))
+        print(f"schema at {store.url.safe}: unlocked")
+        return 0
+    # One process owns an embedded store's path: only a server store can have a rival.
+    lock = LockSettings(wait_s=args.lock_wait_s) if store.url.kind == "http" else None
+    changed = apply(store, target, lock)
     print(f"schema at {store.url.safe}: " + (", ".join(changed) or "up to date"))
-    return 0
+    problems = verify_cluster(store, cluster_checks(args.cluster)) if args.cluster else []
+    for problem in problems:
+        print(f"fathom schema: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def render_text(target: Target) -> str:

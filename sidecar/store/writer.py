@@ -52,6 +52,9 @@ class WriterSettings:
     flush_s: float = 1.0  # the longest a row waits in memory
     spool_dir: str = "./fathom-spool"
     spool_max_bytes: int = 1024**3
+    # The spool's volume goes with the pod (an emptyDir): what is still spooled at exit is
+    # tried once more, and what the store does not take then is counted as dropped.
+    spool_ephemeral: bool = False
     retry_s: float = 1.0  # first retry after a failure; doubles per failure
     retry_max_s: float = 30.0
     log_every_s: float = 10.0  # at most one warning per drop reason per interval
@@ -142,6 +145,8 @@ class Writer:
             if (exc := self._task.exception()) is not None:
                 log.error("writer failed while stopping: %r", exc)
             await self._spool_leftovers()  # rows submitted while the drain was finishing
+        if self.settings.spool_ephemeral and len(self.spool):
+            await self._hand_off_spool(timeout)
         await asyncio.get_running_loop().run_in_executor(self._disk, self.spool.close)
         self._disk.shutdown(wait=True)
         self._log_drops(force=True)
@@ -158,6 +163,14 @@ class Writer:
             "the store did not take the last rows within %.1f s: spooled them to %s",
             waited_s, self.spool.directory,
         )  # fmt: skip
+
+    async def _hand_off_spool(self, timeout: float) -> None:  # noqa: ASYNC109 - then it counts
+        """The last chance of rows on a volume deleted with the pod: replay, else count."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._replay(stopping=True), timeout)
+        left = sum(f.rows for f in self.spool.files())
+        if left:
+            self._drop("spool_ephemeral", left)
 
     async def _spool_leftovers(self) -> None:
         # Should an insert in flight still land, its token makes the replay a no-op; a
@@ -250,10 +263,11 @@ class Writer:
     def _due(self, batch: Batch, now: float) -> bool:
         return self._stopping or now - batch.started >= self.settings.flush_s
 
-    async def _replay(self) -> None:
-        """Send spooled batches oldest first; stop at the first failure (or when stopping)."""
+    async def _replay(self, stopping: bool = False) -> None:
+        """Send spooled batches oldest first; stop at the first failure (or when stopping,
+        unless this is the replay of `stopping` itself)."""
         rows = 0
-        while (head := self.spool.oldest()) is not None and not self._stopping:
+        while (head := self.spool.oldest()) is not None and (stopping or not self._stopping):
             try:
                 batch = await self._on_disk(self.spool.load, head)
             except (OSError, ValueError) as exc:
@@ -361,6 +375,9 @@ class Writer:
             "rejected": f"the store cannot take these values ({detail}); please report this bug",
             "bad_row": f"row without the table's columns ({detail}); please report this bug",
             "writer_stopped": "submitted after the writer stopped",
+            "spool_ephemeral": f"still spooled at exit in {self.spool.directory}, on a volume "
+            "deleted with the pod (spool_ephemeral=true): lost unless this container restarts "
+            "in the same pod; put spool_dir on a persistent volume to keep them",
         }
         return hints.get(reason, reason)
 

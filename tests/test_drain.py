@@ -1,0 +1,171 @@
+"""Pod deletion in the order Kubernetes runs it, with real processes.
+
+The kubelet runs the model container's preStop hook (GET /drain on Fathom's admin port),
+then sends the model server SIGTERM, and stops the native sidecar (Fathom) only after the
+model server has exited. A stream in flight must complete; a request arriving after the
+model server is gone gets a retryable 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from sidecar import spawn
+from sidecar.store.client import open_store
+
+CHAT = "/v1/chat/completions"
+PHASES = ("", "draining", "drained", "upstream gone")
+
+
+def simulator(port: int = 0) -> spawn.Child:
+    """A `fathom simulate` process standing in for vLLM."""
+    argv = spawn.fathom_command(
+        "simulate", "--listen", f"127.0.0.1:{port}", "--model", "sim", "--ttft-ms", "20",
+        "--itl-ms", "10", "--tokens", "8", "--log-level", "WARNING",
+    )  # fmt: skip
+    return spawn.start(argv, ["server"])
+
+
+def fathom(upstream: str, tmp_path: Path, settle_s: str) -> spawn.Child:
+    """`fathom serve` in front of it, on the embedded store."""
+    argv = spawn.fathom_command(
+        "serve", "--upstream", upstream, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+        "--store", f"chdb://{tmp_path / 'store'}",
+    )  # fmt: skip
+    env = {
+        "FATHOM_SPOOL_DIR": str(tmp_path / "spool"),
+        "FATHOM_GRACE_S": "20",
+        "FATHOM_DRAIN_SETTLE_S": settle_s,
+    }
+    return spawn.start(argv, ["proxy", "admin"], env)
+
+
+@pytest.fixture
+def children() -> Iterator[list[spawn.Child]]:
+    started: list[spawn.Child] = []
+    yield started
+    for child in started:
+        child.stop(signal.SIGKILL)
+
+
+async def readyz(session: aiohttp.ClientSession, admin: str) -> tuple[int, str]:
+    """/readyz's status and the drain phase it reports."""
+    async with session.get(admin + "/readyz") as resp:
+        return resp.status, (await resp.json()).get("drain", "")
+
+
+async def until_ready_is(
+    session: aiohttp.ClientSession, admin: str, status: int, phase: str | None = None
+) -> None:
+    """Poll /readyz (as the kubelet does) until it answers `status` (and `phase`), 15 s."""
+    wanted = {(status, phase)} if phase is not None else {(status, p) for p in PHASES}
+    async with asyncio.timeout(15):
+        while await readyz(session, admin) not in wanted:  # noqa: ASYNC110 - a probe polls
+            await asyncio.sleep(0.05)
+
+
+def chat(stream: bool) -> dict[str, object]:
+    return {"model": "sim", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+
+
+async def test_pod_delete_in_kubernetes_order_completes_the_stream_in_flight(
+    tmp_path: Path, children: list[spawn.Child]
+) -> None:
+    vllm = simulator()
+    children.append(vllm)
+    proxy = fathom(vllm.addresses["server"], tmp_path, settle_s="1.5")
+    children.append(proxy)
+    url, admin = proxy.addresses["proxy"], proxy.addresses["admin"]
+    headers = {"x-sim-tokens": "120", "x-sim-itl-ms": "25"}  # about 3 s of streaming
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(url + CHAT, json=chat(True), headers=headers)
+        await resp.content.readuntil(b"\n\n")
+        stream = asyncio.create_task(resp.read())
+        # 1. The model container's preStop hook.
+        hook = asyncio.create_task(session.get(admin + "/drain"))
+        await until_ready_is(session, admin, 503)  # out of the Service's endpoints
+        async with session.post(url + CHAT, json=chat(False)) as late:
+            assert late.status == 200  # within the settle time: still relayed
+        drained = await (await hook).json()
+        # The hook returned only once the stream had finished.
+        assert stream.done() and stream.result().rstrip().endswith(b"data: [DONE]")
+        assert drained["drained"] is True and drained["in_flight"] == 0
+        assert drained["waited_s"] >= 1.5
+        # 2. Now the kubelet sends the model server SIGTERM; it exits.
+        assert vllm.stop() == 0
+        # 3. A client whose endpoint list is stale: a retryable 503, not a 502.
+        async with session.post(url + CHAT, json=chat(False)) as gone:
+            assert gone.status == 503 and gone.headers["Retry-After"] == "1"
+            assert (await gone.json())["error"]["type"] == "draining"
+    # 4. Only then is the sidecar stopped: it flushes and exits cleanly.
+    assert proxy.stop() == 0
+    store = open_store(f"chdb://{tmp_path / 'store'}")
+    rows = store.query_sync(
+        "SELECT stream, status, error, output_tokens FROM fathom.requests ORDER BY ts"
+    )
+    store.close()
+    assert rows == [(1, 200, "", 120), (0, 200, "", 8), (0, 503, "draining", 0)]
+
+
+async def test_a_model_server_restarted_alone_ends_the_drain(
+    tmp_path: Path, children: list[spawn.Child]
+) -> None:
+    """The same preStop runs when the kubelet restarts only the model server (liveness)."""
+    port = spawn.free_port()
+    vllm = simulator(port)
+    children.append(vllm)
+    proxy = fathom(vllm.addresses["server"], tmp_path, settle_s="0")
+    children.append(proxy)
+    url, admin = proxy.addresses["proxy"], proxy.addresses["admin"]
+    async with aiohttp.ClientSession() as session:
+        async with session.get(admin + "/drain") as hook:
+            assert (await hook.json())["drained"] is True
+        assert await readyz(session, admin) == (503, "drained")
+        vllm.stop()
+        await until_ready_is(session, admin, 503, "upstream gone")
+        children.append(simulator(port))  # the restarted container, same port
+        await until_ready_is(session, admin, 200, "")
+        async with session.post(url + CHAT, json=chat(False)) as back:
+            assert back.status == 200
+
+
+async def test_pod_deleted_mid_outage_loses_nothing(
+    simulator: str, tmp_path: Path, children: list[spawn.Child]
+) -> None:
+    """The spool on a per-pod claim: the replacement pod mounts it and replays what the
+    deleted one spooled while the store was down. (The store here is down as an unanswered
+    server URL, and back as the embedded engine: spool files hold rows, not store URLs.)"""
+    claim = tmp_path / "claim"  # the StatefulSet's volumeClaimTemplate, kept across pods
+    env = {"FATHOM_SPOOL_DIR": str(claim / "spool"), "FATHOM_DRAIN_SETTLE_S": "0"}
+    argv = spawn.fathom_command(
+        "serve", "--upstream", simulator, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+    )  # fmt: skip
+    down = f"http://127.0.0.1:{spawn.free_port()}/fathom"
+    old = spawn.start([*argv, "--store", down], ["proxy", "admin"], env)
+    children.append(old)
+    async with aiohttp.ClientSession() as session:
+        for i in range(20):
+            async with session.post(old.addresses["proxy"] + CHAT, json=chat(i % 2 == 0)) as r:
+                assert r.status == 200
+                await r.read()
+        async with session.get(old.addresses["admin"] + "/drain") as hook:
+            assert (await hook.json())["drained"] is True
+    assert old.stop() == 0  # the pod is deleted in the middle of the outage
+    assert list((claim / "spool").glob("*.jsonl")), "nothing was spooled"
+    assert not [line for line in old.output if "dropped" in line]
+    new = spawn.start([*argv, "--store", f"chdb://{tmp_path / 'store'}"], ["proxy"], env)
+    children.append(new)
+    async with asyncio.timeout(30):  # the new pod replays the claim's spool, file by file
+        while list((claim / "spool").glob("*.jsonl")):  # noqa: ASYNC110 - files, no event
+            await asyncio.sleep(0.05)
+    assert new.stop() == 0
+    store = open_store(f"chdb://{tmp_path / 'store'}")
+    rows = store.query_sync("SELECT count(), countIf(stream = 1) FROM fathom.requests")
+    store.close()
+    assert rows == [(20, 10)]
