@@ -8,7 +8,7 @@
    prompts and re-asks each k=2 times, as the worker does; each zoo member does the same. Every
    answer gets its degeneration, abstention and consistency scores and its length in tokens.
    Every canary of the default golden set is asked once (canaries are greedy: the same answer
-   every time).
+   every time), in the order the worker's rounds take them (`canary_order`).
 2. Runs, drawn from the pools with replacement: a baseline of `BASELINE` sound samples, then
    the member's samples; the detector's statistics with their default parameters (CUSUM per
    probe, the KS shape test every `SHAPE_EVERY` samples) give the samples to detection. Canary
@@ -45,6 +45,7 @@ from probes.detect import (
 )
 from probes.factuality import Canary, load_canaries, score_canary
 from probes.scorer import Scorer, ScorerConfig, load_scorer
+from probes.worker import canary_order
 from sidecar.sim.answers import answer
 from sidecar.sim.models import ModelSpec
 from sidecar.sim.zoo import MEMBERS
@@ -149,12 +150,14 @@ def _fmt(value: float, cap: int) -> str:
     return "never" if value > cap else f"{value:.0f}"
 
 
-def false_alarms(sound: Pool, rng: np.random.Generator, stable: int) -> tuple[float, float]:
-    """False alarms per 10,000 sound samples and per 10,000 sound canary results."""
+def false_alarms(
+    sound: Pool, rng: np.random.Generator, stable: int
+) -> tuple[float, float, Counter[str]]:
+    """False alarms per 10,000 sound samples and per 10,000 sound canary results, and the
+    tests that raised the sample alarms."""
     windows = max(1, stable // WINDOW)
-    sample_alarms = sum(
-        first_sample_alarm(sound, sound, rng, WINDOW) is not None for _ in range(windows)
-    )
+    raised = [first_sample_alarm(sound, sound, rng, WINDOW) for _ in range(windows)]
+    by = Counter(hit[1] for hit in raised if hit is not None)
     rounds = WINDOW // ROUND
     items = sound.canaries.size
     canary = sum(
@@ -162,13 +165,13 @@ def false_alarms(sound: Pool, rng: np.random.Generator, stable: int) -> tuple[fl
         for _ in range(windows)
     )
     per = windows * WINDOW / 10_000
-    return sample_alarms / per, canary / (windows * rounds * ROUND / 10_000)
+    return by.total() / per, canary / (windows * rounds * ROUND / 10_000), by
 
 
 async def pools(prompts: int) -> dict[str, Pool]:
     """The sound pool and one per member, scored with the real probes."""
     scorer = await asyncio.to_thread(load_scorer, ScorerConfig())
-    canaries = load_canaries()
+    canaries = canary_order(load_canaries())
     try:
         return {m: await pool(scorer, m, prompts, canaries) for m in ("", *MEMBERS)}
     finally:
@@ -196,10 +199,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{'goal':>5}")  # fmt: skip
     for member, bad in scored.items():
         print(member_row(member, sound, bad, rng, args.runs))
-    per_sample, per_canary = false_alarms(sound, rng, args.stable)
+    per_sample, per_canary, by = false_alarms(sound, rng, args.stable)
     windows = max(1, args.stable // WINDOW) * WINDOW
     print(f"false alarms on sound data: {per_sample:.4f} per 10,000 samples ({windows:,} "
-          f"samples), {per_canary:.4f} per 10,000 canary results (goal < 0.01)")  # fmt: skip
+          f"samples; {dict(by) or 'none'}), {per_canary:.4f} per 10,000 canary results "
+          "(goal < 0.01)")  # fmt: skip
     print(f"{time.monotonic() - started:.0f} s")
     return 0 if math.isfinite(per_sample) else 1
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -331,6 +332,15 @@ def rotation(canaries: Sequence[Canary], per_round: int, round_index: int) -> li
     return [canaries[(round_index * per_round + j) % n] for j in range(min(per_round, n))]
 
 
+def canary_order(canaries: Sequence[Canary]) -> list[Canary]:
+    """The canaries in the order rounds take them: shuffled by id, the same in every worker.
+
+    Golden files group their items (the arithmetic first, then the facts...): in file order a
+    round would hold one kind only, and a regression that breaks another kind would find no
+    evidence in it. Shuffled, every round samples the whole set."""
+    return sorted(canaries, key=lambda c: hashlib.sha256(c.id.encode()).digest())
+
+
 # ---------------------------------------------------------------------------- the worker
 
 
@@ -351,7 +361,7 @@ class Worker:
     ) -> None:
         self.store, self.settings, self.stats = store, settings, stats or WorkerStats()
         self._session, self._target, self._scorer = session, target, scorer
-        self._canaries = list(canaries)
+        self._canaries = canary_order(canaries)
         self._clock = clock
         self._budget = Budget.per_minute(settings.requests_per_min, settings.tokens_per_min, clock)
         self._backoff = Backoff()

@@ -30,6 +30,7 @@ from sidecar.report import (
     to_dict,
 )
 from sidecar.report.compare import pareto_front
+from sidecar.sampler import SAMPLE_COLUMNS, Sampler
 from sidecar.store.client import Store
 from tests.test_dashboards_data import NOW, QUALITY_COLUMNS, open_seeded, run_grafana_query
 from tests.test_dashboards_macros import ALL, QueryContext, Variable
@@ -85,8 +86,26 @@ def regression_rows() -> list[list[Any]]:
     ]  # fmt: skip
 
 
+def sample_rows() -> list[list[Any]]:
+    """Three samples of the thin deployment in the period (one with a secret in its prompt,
+    which the sampler redacts) and a redacted one before it (left out of the report)."""
+    rows = []
+    for i, (minutes, prompt) in enumerate(
+        [(10, "Hi"), (20, "key sk-" + "Zx9" * 12), (30, "Hello"), (600, "key sk-" + "Qw7" * 12)]
+    ):
+        record = Record(ts=NOW - timedelta(minutes=minutes), request_id=f"s-{i}", route="chat",
+                        model="mistral-7b", deployment="int4")  # fmt: skip
+        body = json.dumps(
+            {"model": "mistral-7b", "messages": [{"role": "user", "content": prompt}]}
+        )
+        row = Sampler().row(record, body.encode(), "An answer.")
+        rows.append([row[c] for c in SAMPLE_COLUMNS])
+    return rows
+
+
 def seed_extras(store: Store) -> None:
     """Add this module's rows to a seeded store."""
+    store.insert_sync("fathom.samples", SAMPLE_COLUMNS, sample_rows())
     store.insert_sync("fathom.quality", (*QUALITY_COLUMNS, "detail"), extra_quality_rows())
     store.insert_sync("fathom.requests", REQUEST_COLUMNS, extra_request_rows())
     store.insert_sync("fathom.regressions", REGRESSION_COLUMNS, regression_rows())
@@ -335,7 +354,7 @@ def test_an_empty_period_says_there_is_no_data(store: Store) -> None:
 def test_progress_is_reported_step_by_step(store: Store) -> None:
     steps: list[str] = []
     build_report_sync(store, NOW, SINCE, progress=steps.append)
-    assert len(steps) == 6
+    assert len(steps) == 7
     assert steps[0].startswith("checking the schema of chdb://")
     assert "speed" in steps[1] and "quality" in steps[2] and "regressions" in steps[4]
 
@@ -347,7 +366,7 @@ async def test_build_report_runs_off_the_event_loop(store: Store, report: Report
 def test_json_structure_is_the_documented_one(doc: dict[str, Any]) -> None:
     assert list(doc) == [
         "schema", "generated_at", "window", "settings", "has_data", "deployments", "pareto",
-        "regressions", "canary_drops", "not_measured", "verdicts",
+        "regressions", "canary_drops", "not_measured", "verdicts", "not_reasked",
     ]  # fmt: skip
     dep = deployment(doc, "llama-8b / q2")
     assert set(dep) == {"model", "deployment", "speed", "quality"}
@@ -382,3 +401,10 @@ def test_the_html_is_self_contained(report: Report) -> None:
     assert set(re.findall(r"https?://[^\s\"'<>]+", html)) == {"http://www.w3.org/2000/svg"}
     assert html.count("<svg") == 7 and html.count('role="img"') == 7
     assert "llama-8b / q2 is degraded" in html and "capital-fr" in html
+
+
+def test_samples_not_reasked_for_redaction_are_counted(doc: dict[str, Any], report: Report) -> None:
+    assert doc["not_reasked"] == [
+        {"model": "mistral-7b", "deployment": "int4", "samples": 3, "redacted": 1}
+    ]
+    assert "1 of 3 samples not re-asked for consistency" in render_markdown(report)

@@ -79,8 +79,8 @@ def test_json_goes_to_stdout_and_progress_to_stderr(store_url: str) -> None:
     doc = json.loads(done.stdout)
     assert doc["schema"] == "fathom.report/1" and len(doc["deployments"]) == 4
     steps = [line for line in done.stderr.splitlines() if line.startswith("fathom report: [")]
-    assert "checking the schema" in steps[0] and "rendering json" in steps[6]
-    assert len(steps) == 7  # six to build, one to render; the summary follows
+    assert "checking the schema" in steps[0] and "rendering json" in steps[7]
+    assert len(steps) == 8  # seven to build, one to render; the summary follows
     assert done.stderr.splitlines()[-1].startswith("verdict: llama-8b / q2 is degraded")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from sidecar.report.model import (
     Estimate,
     Finding,
     Gap,
+    NotReasked,
     PassRate,
     Percentile,
     ProbeQuality,
@@ -67,8 +69,11 @@ def build_report_sync(
     findings = store.query_sync(
         detect_sql.FINDINGS, detect_sql.findings_parameters(window.start, window.end)
     )
+    step("counting samples not re-asked because redaction changed their prompt")
+    not_reasked = store.query_sync(queries.NOT_REASKED, queries.not_reasked_parameters(window))
     step("computing intervals, week-over-week changes and the Pareto front")
-    return assemble(now, window, settings, speed, quality, canaries, findings)
+    report = assemble(now, window, settings, speed, quality, canaries, findings)
+    return dataclasses.replace(report, not_reasked=tuple(NotReasked(*r) for r in not_reasked))
 
 
 async def build_report(

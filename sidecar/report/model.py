@@ -217,6 +217,17 @@ class ReportSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class NotReasked:
+    """Samples of a deployment that the consistency probe could not re-ask: redaction changed
+    their stored prompt."""
+
+    model: str
+    deployment: str
+    samples: int
+    redacted: int
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     """Everything `fathom report` shows."""
 
@@ -230,3 +241,4 @@ class Report:
     canary_drops: tuple[CanaryChange, ...]
     not_measured: tuple[Gap, ...]
     verdicts: tuple[Verdict, ...]
+    not_reasked: tuple[NotReasked, ...] = ()

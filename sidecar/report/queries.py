@@ -12,8 +12,9 @@ from typing import Any
 
 from probes.detect_sql import epoch_ms
 from sidecar.report.model import Window
+from sidecar.sampler import REDACTION_MARK
 
-TABLES = ("requests", "quality", "regressions")
+TABLES = ("requests", "samples", "quality", "regressions")
 
 # Which tables of database `fathom` exist.
 EXISTING_TABLES = """
@@ -103,6 +104,21 @@ LIMIT {limit:UInt32}
 """
 
 
+# Per (model, deployment): samples stored in the period, and those whose stored request lost
+# part of itself to redaction: the consistency probe does not re-ask those (it needs the exact
+# prompt), so they count here rather than silently.
+NOT_REASKED = """
+SELECT model, deployment, count() AS samples,
+  countIf(position(request_json, {mark:String}) > 0) AS redacted
+FROM fathom.samples
+WHERE ts >= fromUnixTimestamp64Milli({split_ms:Int64})
+  AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
+GROUP BY model, deployment
+HAVING redacted > 0
+ORDER BY model, deployment
+"""
+
+
 def window_parameters(window: Window) -> dict[str, Any]:
     """Parameters of SPEED and QUALITY."""
     return {
@@ -110,6 +126,11 @@ def window_parameters(window: Window) -> dict[str, Any]:
         "split_ms": epoch_ms(window.start),
         "end_ms": epoch_ms(window.end),
     }
+
+
+def not_reasked_parameters(window: Window) -> dict[str, Any]:
+    """Parameters of NOT_REASKED."""
+    return {**window_parameters(window), "mark": REDACTION_MARK}
 
 
 def canary_parameters(window: Window, min_results: int, limit: int) -> dict[str, Any]:

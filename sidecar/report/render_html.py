@@ -300,7 +300,20 @@ def _not_measured(report: Report) -> str:
     ]  # fmt: skip
     note = f"<p>Series with fewer than {need} samples in a period are not reported for it.</p>"
     headers = ["deployment", "kind", "series", "n", "n previous", "missing"]
-    return head + note + _table(headers, rows, text_columns=3)
+    return head + note + _table(headers, rows, text_columns=3) + _not_reasked(report)
+
+
+def _not_reasked(report: Report) -> str:
+    if not report.not_reasked:
+        return ""
+    rows: list[list[Cell]] = [
+        [f"{n.model} / {n.deployment}", str(n.samples), str(n.redacted)] for n in report.not_reasked
+    ]
+    note = (
+        "<p>Samples the consistency probe did not re-ask: redaction changed their stored "
+        "prompt, and a re-ask must send exactly the prompt that produced the answer.</p>"
+    )
+    return note + _table(["deployment", "samples", "not re-asked (redacted)"], rows, 1)
 
 
 def _definitions(report: Report) -> str:

@@ -42,7 +42,8 @@ their name and meaning within a schema version.
                         "series", "n", "n_previous", "needed",
                         "missing": "figures"|"change"}],
       "verdicts": [{"model", "degraded", "reference", "speedup",
-                    "worse_on": [{"probe", "score", "reference_score"}]}]
+                    "worse_on": [{"probe", "score", "reference_score"}]}],
+      "not_reasked": [{"model", "deployment", "samples", "redacted"}]
     }
 """
 

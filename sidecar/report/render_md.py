@@ -9,6 +9,14 @@ from sidecar.report.model import DeploymentReport, Report
 from sidecar.report.summary import describe
 
 
+def _not_reasked(report: Report) -> list[str]:
+    return [
+        f"- {n.model} / {n.deployment}: {n.redacted} of {n.samples} samples not re-asked for "
+        "consistency (redaction changed the stored prompt)"
+        for n in report.not_reasked
+    ]
+
+
 def render_markdown(report: Report) -> str:
     """Headline, verdicts, speed and quality tables, regressions, canaries, gaps."""
     w = report.window
@@ -27,7 +35,7 @@ def render_markdown(report: Report) -> str:
     lines += ["", "## Quality", "", *_quality(report)]
     lines += ["", f"## Regressions ({len(report.regressions)})", "", *_regressions(report)]
     lines += ["", "## Canaries that fell most", "", *_canaries(report)]
-    lines += ["", "## Not measured", "", *_gaps(report), ""]
+    lines += ["", "## Not measured", "", *_gaps(report), *_not_reasked(report), ""]
     return "\n".join(lines)
 
 
