@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.zoo [--prompts 60] [--runs 200] [--stable 1000000] [--seed 5]
 
 1. Pools, scored once with the real probes (MiniLM on this machine's CPU): the simulator's
-   sound model, made noisy on purpose (it repeats its canonical answer 70% of the time, knows
-   90% of its facts, and 1% of its answers are empty or loop), answers `--prompts` user
+   sound model, made noisy on purpose (it repeats its canonical answer 70% of the time, gets
+   90% of the arithmetic it can compute right, and 1% of its answers are empty or loop; it
+   knows no other fact: it passes about a fifth of the default golden set), answers `--prompts` user
    prompts and re-asks each k=2 times, as the worker does; each zoo member does the same. Every
    answer gets its degeneration, abstention and consistency scores and its length in tokens.
    Every canary of the default golden set is asked once (canaries are greedy: the same answer
@@ -97,25 +98,23 @@ async def pool(scorer: Scorer, member: str, prompts: int, canaries: list[Canary]
     )
 
 
-def first_sample_alarm(
-    base: Pool, stream: Pool, rng: np.random.Generator, n: int
-) -> tuple[int, str] | None:
-    """(index, test) of the first alarm of any sample test on `n` samples of `stream` after a
-    `BASELINE`-sample baseline of `base`; None when none fires."""
+def sample_alarms(base: Pool, stream: Pool, rng: np.random.Generator, n: int) -> dict[str, int]:
+    """Index of each sample test's first alarm on `n` samples of `stream` after a
+    `BASELINE`-sample baseline of `base` (tests that never fire are left out)."""
     b = rng.integers(0, base.lengths.size, BASELINE)
     s = rng.integers(0, stream.lengths.size, n)
-    hits = []
+    hits = {}
     for probe in PROBES:
         mean, sd = Reference.of(base.scores[probe][b]).shifted(S.baseline_margin_se, S.min_sd)
         res = cusum_drop(stream.scores[probe][s], mean, sd, S.cusum_k, S.cusum_h, S.z_clip)
         if res.alarm_at is not None:
-            hits.append((res.alarm_at, probe))
+            hits[probe] = res.alarm_at
     for end in range(SHAPE_EVERY, n + 1, SHAPE_EVERY):
         d, p = shape_test(base.lengths[b], stream.lengths[s[:end]])
         if p < S.shape_alpha and d >= S.shape_min_d:
-            hits.append((end - 1, "shape"))
+            hits["shape"] = end - 1
             break
-    return min(hits) if hits else None
+    return hits
 
 
 def first_canary_alarm(base: Pool, stream: Pool, start: int, rounds: int) -> int | None:
@@ -132,18 +131,20 @@ def first_canary_alarm(base: Pool, stream: Pool, start: int, rounds: int) -> int
 
 
 def member_row(member: str, sound: Pool, bad: Pool, rng: np.random.Generator, runs: int) -> str:
-    """Median samples and canary rounds to detection over `runs` runs."""
-    samples = [first_sample_alarm(sound, bad, rng, AFTER) for _ in range(runs)]
+    """Median samples to detection, overall and per test, and canary rounds, over `runs`."""
+    found = [sample_alarms(sound, bad, rng, AFTER) for _ in range(runs)]
     items = sound.canaries.size
     rounds = [first_canary_alarm(sound, bad, int(rng.integers(items)), 10) for _ in range(runs)]
-    n = [AFTER + 1 if x is None else x[0] + 1 for x in samples]
-    by = Counter(x[1] for x in samples if x is not None).most_common(1)
-    r = [11 if x is None else x // ROUND + 1 for x in rounds]
-    ok = np.median(n) <= 200 or np.median(r) <= 3
-    return (
-        f"{member:<9} {_fmt(np.median(n), AFTER):>9} {_fmt(np.percentile(n, 90), AFTER):>9} "
-        f"{by[0][0] if by else '-':>13} {_fmt(np.median(r), 10):>7} {'yes' if ok else 'NO':>5}"
-    )
+
+    def median(values: list[int | None], cap: int) -> float:
+        return float(np.median([cap + 1 if v is None else v + 1 for v in values]))
+
+    first = median([min(f.values()) if f else None for f in found], AFTER)
+    tests = [median([f.get(t) for f in found], AFTER) for t in (*PROBES, "shape")]
+    r = float(np.median([11 if x is None else x // ROUND + 1 for x in rounds]))
+    ok = first <= 200 or r <= 3
+    cells = " ".join(f"{_fmt(v, AFTER):>12}" for v in (first, *tests))
+    return f"{member:<9} {cells} {_fmt(r, 10):>7} {'yes' if ok else 'NO':>5}"
 
 
 def _fmt(value: float, cap: int) -> str:
@@ -156,8 +157,8 @@ def false_alarms(
     """False alarms per 10,000 sound samples and per 10,000 sound canary results, and the
     tests that raised the sample alarms."""
     windows = max(1, stable // WINDOW)
-    raised = [first_sample_alarm(sound, sound, rng, WINDOW) for _ in range(windows)]
-    by = Counter(hit[1] for hit in raised if hit is not None)
+    raised = [sample_alarms(sound, sound, rng, WINDOW) for _ in range(windows)]
+    by = Counter(min(hits, key=hits.__getitem__) for hits in raised if hits)
     rounds = WINDOW // ROUND
     items = sound.canaries.size
     canary = sum(
@@ -195,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{S.shape_alpha} D>={S.shape_min_d}; baseline {BASELINE} samples, "
         f"{CANARY_ROUNDS} canary rounds of {ROUND}; {args.runs} runs; seed {args.seed}"
     )
-    print(f"{'member':<9} {'samples':>9} {'p90':>9} {'first found by':>13} {'rounds':>7} "
-          f"{'goal':>5}")  # fmt: skip
+    columns = ("samples", *(f"{t}" for t in PROBES), "shape")
+    print(f"{'member':<9} " + " ".join(f"{c:>12}" for c in columns) + f" {'rounds':>7} goal")
     for member, bad in scored.items():
         print(member_row(member, sound, bad, rng, args.runs))
     per_sample, per_canary, by = false_alarms(sound, rng, args.stable)
