@@ -82,7 +82,7 @@ async def pool(scorer: Scorer, member: str, prompts: int, canaries: list[Canary]
         prompt = f"Tell me about topic {i}, please."
         said = [answer(SOUND, prompt, 40, 256, rng, 1, member) for _ in range(K + 1)]
         texts = ["".join(a.tokens) for a in said]
-        scores["degeneration"].append(score_degeneration(texts[0]).score)
+        scores["degeneration"].append(score_degeneration(texts[0], prompt=prompt).score)
         scores["abstention"].append(score_abstention(texts[0], prompt).score)
         result = await score_consistency(scorer, texts[0], texts[1:], prompt=prompt)
         scores["consistency"].append((result or non_answer("", scorer.name, K)).score)

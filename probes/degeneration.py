@@ -9,6 +9,9 @@ Each check yields a severity in [0, 1] and, past its threshold, a flag:
 - `truncated`: the upstream stopped at its length limit (finish_reason == "length"; 0.5).
 - `charset`: U+FFFD replacement characters and control characters (10x their share), and
   `mixed_scripts`: words mixing letters of unrelated scripts (5x their share).
+- `language`: a prompt answered in another language than its own (`language_of`: the
+  language whose common function words it uses most, or another script; answers of at least
+  `Limits.min_words` words; severity 1). Only when the prompt is given.
 `score` = 1 - the largest severity; `passed` = no flag raised.
 """
 
@@ -47,6 +50,7 @@ class Limits:
     min_lines: int = 4
     bad_chars: float = 0.0  # any replacement or control character
     mixed_words: float = 0.05
+    min_words: int = 8  # shorter answers are too short to tell their language
 
 
 def repeated_ngram_ratio(text: str, n: int = NGRAM) -> tuple[float, int]:
@@ -107,15 +111,62 @@ def mixed_script_words(text: str) -> tuple[int, int, dict[str, int]]:
     return mixed, len(words), dict(letters)
 
 
+# Common function words per language: a text is in the language whose words it uses most.
+# A list of nouns or a code block uses none, and is in no language here.
+_FUNCTION_WORDS = {
+    "en": "the a an of to in on at for with and or but is are was were be it this that these "
+          "those you your we they he she what which who how why when where do does did not "
+          "can will would should from by as if than then so there their about",
+    "es": "el la los las de del que y en un una es por con para se lo como más pero sus le "
+          "ya o este sí porque esta entre cuando muy sin sobre también me hasta hay donde",
+    "fr": "le la les de des du et est un une que qui dans pour pas sur au avec ce il elle "
+          "sont ne se plus par mais ou son sa ses leur nous vous être avoir cette",
+    "de": "der die das und ist ein eine nicht zu den von mit sich des auf für im dem auch es "
+          "an werden aus er hat dass sie nach wird bei einer um am sind noch wie",
+    "it": "il lo la gli le di che e è un una per non con del della sono si ma come anche "
+          "questo nel alla più se ci da al",
+    "pt": "o a os as de do da que e é um uma para com não no na por mais se como mas ao dos "
+          "das ele ela são também",
+}  # fmt: skip
+_LANGUAGES = {lang: frozenset(words.split()) for lang, words in _FUNCTION_WORDS.items()}
+_LATIN = re.compile(r"[a-zà-öø-ÿ]")
+
+
+def language_of(text: str) -> tuple[str, int]:
+    """(the language a text is written in, words): 'en', 'es', ..., 'other-script' when most
+    letters are not Latin, '' when no language's function words reach MIN_SHARE."""
+    words = _TOKEN.findall(text.lower())
+    letters = [c for c in text.lower() if c.isalpha()]
+    if letters and sum(bool(_LATIN.match(c)) for c in letters) < len(letters) / 2:
+        return "other-script", len(words)
+    shares = {
+        lang: sum(w in vocabulary for w in words) / len(words)
+        for lang, vocabulary in _LANGUAGES.items()
+    } if words else {}  # fmt: skip
+    best = max(shares, key=shares.__getitem__, default="")
+    return (best if best and shares[best] >= MIN_SHARE else ""), len(words)
+
+
+MIN_SHARE = 0.15  # of a text's words: prose in any of these languages has 30% or more
+
+
 def score_degeneration(
-    text: str, finish_reason: str = "", *, item_id: str = "", limits: Limits | None = None
+    text: str,
+    finish_reason: str = "",
+    *,
+    prompt: str = "",
+    item_id: str = "",
+    limits: Limits | None = None,
 ) -> ProbeResult:
-    """Severities, flags and the score of one answer."""
+    """Severities, flags and the score of one answer (to `prompt`, when known)."""
     lim = limits or Limits()
     if not text.strip():
         detail = {"flags": ["empty"], "chars": len(text), "finish_reason": finish_reason}
         return ProbeResult(PROBE, item_id, 0.0, False, detail, SCORER)
     measures, severities, flags = _measure(text, finish_reason, lim)
+    if prompt and switched_language(prompt, text, lim):
+        severities["language"] = 1.0
+        flags.append("language")
     score = 1.0 - max(severities.values())
     detail = {
         "flags": flags,
@@ -125,6 +176,13 @@ def score_degeneration(
         **measures,
     }
     return ProbeResult(PROBE, item_id, round(score, 6), not flags, detail, SCORER)
+
+
+def switched_language(prompt: str, text: str, lim: Limits) -> bool:
+    """A prompt in one language answered, at some length, in another."""
+    asked, _ = language_of(prompt)
+    said, words = language_of(text)
+    return bool(asked and said) and asked != said and words >= lim.min_words
 
 
 def _measure(

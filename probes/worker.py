@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -470,11 +471,13 @@ class Worker:
     async def score(self, sample: Sample) -> Scored:
         """Every probe of one sample (nothing written)."""
         # Tens of ms on a long answer: off the loop, which the proxy may share (serve --probes).
-        degeneration = await asyncio.to_thread(
-            score_degeneration, sample.response_text, sample.finish_reason
-        )
         request, why_not = reaskable(sample)
         prompt = prompt_text(request) if request is not None else ""
+        degeneration = await asyncio.to_thread(
+            functools.partial(score_degeneration, prompt=prompt),
+            sample.response_text,
+            sample.finish_reason,
+        )
         cheap = (degeneration, score_abstention(sample.response_text, prompt))
         if request is None:
             return Scored(cheap, why_not)

@@ -87,3 +87,28 @@ def test_long_answers_are_cheap() -> None:
     result = score_degeneration(text)
     assert time.perf_counter() - start < 1.0
     assert "loop" in result.detail["flags"]
+
+
+# "A cache keeps frequently used data closer to the processor".
+CJK_ANSWER = "缓存把常用的数据放在离处理器更近"
+
+
+@pytest.mark.parametrize(
+    ("answer", "switched"),
+    [
+        ("La respuesta depende de lo que necesites, así que aquí tienes una visión general.", True),
+        ("Die Antwort hängt davon ab, was Sie brauchen, also ein Überblick über das Thema.", True),
+        (CJK_ANSWER, True),
+        ("A cache keeps recently used data close to where it is needed, so reads are fast.", False),
+        ("Flour, sugar, eggs, butter, milk, salt, vanilla, baking powder.", False),  # no language
+        ("def f(x):\n    return x + 1  # add one to the input value here", False),
+        ("Sí, claro.", False),  # too short to tell
+    ],
+)  # fmt: skip
+def test_an_answer_in_another_language_than_its_prompt_is_flagged(
+    answer: str, switched: bool
+) -> None:
+    prompt = "Can you explain how a cache works, and why it is faster?"
+    flags = score_degeneration(answer, "stop", prompt=prompt).detail["flags"]
+    assert ("language" in flags) is switched
+    assert "language" not in score_degeneration(answer, "stop").detail["flags"]  # no prompt

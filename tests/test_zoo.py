@@ -117,12 +117,13 @@ async def test_consistency_falls_for_members_that_stop_answering_or_drift(
 
 
 @pytest.mark.parametrize(
-    ("member", "flag"), [("loop", "loop"), ("verbose", "repetition"), ("empty", "empty")]
+    ("member", "flag"),
+    [("loop", "loop"), ("verbose", "repetition"), ("empty", "empty"), ("language", "language")],
 )
 def test_degeneration_flags_members_that_break_the_form(member: str, flag: str) -> None:
-    prompt = "Explain how a cache works."
-    assert score_degeneration(replies("", prompt)[0]).passed is True
-    result = score_degeneration(replies(member, prompt)[0])
+    prompt = "Can you explain how a cache works, and why it is faster?"
+    assert score_degeneration(replies("", prompt)[0], prompt=prompt).passed is True
+    result = score_degeneration(replies(member, prompt)[0], prompt=prompt)
     assert result.passed is False and flag in result.detail["flags"]
 
 
