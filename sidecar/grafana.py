@@ -22,7 +22,15 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
+
+def _dashboards_directory() -> Path:
+    """dashboards/ of a source checkout, else the copy an installed wheel carries."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "dashboards"
+    return checkout if (checkout / "provisioning").is_dir() else here / "dashboards"
+
+
+DASHBOARDS = _dashboards_directory()
 FOLDER_UID, FOLDER_TITLE = "fathom", "Fathom"
 EXIT_OK, EXIT_ERROR = 0, 2
 _ENV_REFERENCE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
@@ -133,7 +141,30 @@ def load_bundle(directory: Path, clickhouse_url: str) -> Bundle:
         (group["name"], interval_seconds(group["interval"]), api_rules(group))
         for group in rules["groups"]
     ]
-    return Bundle(datasource_body(directory, clickhouse_url), dashboards, groups)
+    bundle = Bundle(datasource_body(directory, clickhouse_url), dashboards, groups)
+    check_panel_links(bundle)
+    return bundle
+
+
+def check_panel_links(bundle: Bundle) -> None:
+    """Refuse, before anything is pushed, a rule whose dashboard link Grafana would reject."""
+    panel_ids = {d["uid"]: {p["id"] for p in d["panels"]} for d in bundle.dashboards}
+    for _, _, rules in bundle.groups:
+        for rule in rules:
+            dashboard = rule["annotations"].get("__dashboardUid__", "")
+            panel = rule["annotations"].get("__panelId__", "")
+            if not dashboard and not panel:
+                continue
+            if not str(panel).isdigit() or int(panel) not in panel_ids.get(dashboard, set()):
+                raise PushError(
+                    f"alert rule {rule['uid']} links to panel {panel!r} of dashboard"
+                    f" {dashboard!r}, which {_why_unlinked(dashboard, panel_ids)}: Grafana needs"
+                    " __dashboardUid__ and __panelId__ together, naming an existing panel"
+                )
+
+
+def _why_unlinked(dashboard: str, panel_ids: Mapping[str, set[int]]) -> str:
+    return "has no such panel" if dashboard in panel_ids else "is not among the dashboards"
 
 
 # ------------------------------------------------------------------ talking to Grafana

@@ -6,6 +6,7 @@ compute exactly what probes.detect computes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -26,11 +27,11 @@ from probes.detect import (
 )
 from sidecar.store.client import Store
 from tests.test_dashboards_data import NOW, is_numeric, is_text, open_seeded, run_grafana_query
-from tests.test_dashboards_macros import QueryContext
+from tests.test_dashboards_macros import ALL, QueryContext, Variable
 
-RULES_FILE = (
-    Path(__file__).resolve().parent.parent / "dashboards/provisioning/alerting/fathom-rules.yaml"
-)
+DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
+RULES_FILE = DASHBOARDS / "provisioning/alerting/fathom-rules.yaml"
+VARIABLES = ("model", "deployment", "probe", "origin", "route", "scorer")
 EXPRESSIONS = "__expr__"
 Labels = tuple[tuple[str, str], ...]
 
@@ -213,3 +214,76 @@ def test_sql_statistics_are_the_detectors(store: Store) -> None:
                 one.current_passed, p0, settings.sprt_delta, settings.sprt_alpha, settings.sprt_beta
             )
             assert sprt_sql[labels] == int(hit.regression)
+
+
+# ------------------------------------------------------------------ isolated scenarios
+# Each scenario writes its rows days after NOW and is evaluated there, so the seeded
+# regression the tests above read is untouched.
+
+
+def quality_row(
+    ts: datetime, series: tuple[str, str, str], passed: int | None, **extra: Any
+) -> dict[str, Any]:
+    """A fathom.quality row for the scenarios."""
+    model, deployment, probe = series
+    score = float(passed) if passed is not None else extra.pop("score")
+    return {"ts": ts, "request_id": extra.pop("request_id", ""), "model": model,
+            "deployment": deployment, "probe": probe, "item_id": extra.pop("item_id", ""),
+            "score": score, "passed": passed, "scorer": extra.pop("scorer", "")}  # fmt: skip
+
+
+def insert_quality(store: Store, rows: list[dict[str, Any]]) -> None:
+    """Write scenario rows to fathom.quality."""
+    columns = tuple(rows[0])
+    store.insert_sync("fathom.quality", columns, [[row[c] for c in columns] for row in rows])
+
+
+def spread(end: datetime, span: timedelta, count: int) -> list[datetime]:
+    """`count` times evenly over (end - span, end)."""
+    return [end - span * (i + 0.5) / count for i in range(count)]
+
+
+def test_canary_rule_and_panel_leave_degeneration_results_out(store: Store) -> None:
+    at = NOW + timedelta(days=10)
+    series = ("mistral-7b", "int4")
+    cut = at - timedelta(hours=6)
+    rows = [quality_row(ts, (*series, "factuality"), 1, item_id="c1")
+            for ts in spread(cut, timedelta(days=7), 300)]  # fmt: skip
+    rows += [quality_row(ts, (*series, "factuality"), 1, item_id="c1")
+             for ts in spread(at, timedelta(hours=6), 30)]  # fmt: skip
+    # degeneration scores sampled user answers: passed is set, but these are no canaries
+    rows += [quality_row(ts, (*series, "degeneration"), 1, request_id=f"b{i}")
+             for i, ts in enumerate(spread(cut, timedelta(days=7), 300))]  # fmt: skip
+    rows += [quality_row(ts, (*series, "degeneration"), 0, request_id=f"n{i}")
+             for i, ts in enumerate(spread(at, timedelta(hours=6), 60))]  # fmt: skip
+    insert_quality(store, rows)
+    rule = rules()["fathom-canary-pass-rate"]
+    assert named(set(query_instances(store, rule["data"][0], at)), "probe") == {("factuality",)}
+    assert firing(store, rule, at) == set()
+
+
+def test_cusum_panel_is_per_scorer_like_its_rule(store: Store) -> None:
+    at = NOW + timedelta(days=20)
+    series = ("phi-3", "fp8", "consistency")
+    cut = at - timedelta(hours=6)
+    rows = []
+    for scorer, now_mean in (("minilm/1", 0.8), ("minilm/2", 0.5)):
+        rows += [quality_row(ts, series, None, score=0.8 + 0.05 * (i % 3 - 1), scorer=scorer)
+                 for i, ts in enumerate(spread(cut, timedelta(days=7), 300))]  # fmt: skip
+        rows += [quality_row(ts, series, None, score=now_mean + 0.05 * (i % 3 - 1), scorer=scorer)
+                 for i, ts in enumerate(spread(at, timedelta(hours=6), 30))]  # fmt: skip
+    insert_quality(store, rows)
+    rule = rules()["fathom-quality-regression"]
+    instances = {
+        dict(labels)["scorer"]: v
+        for labels, v in query_instances(store, rule["data"][0], at).items()
+    }
+    dashboard = json.loads((DASHBOARDS / "fathom-quality.json").read_text())
+    panel = next(p for p in dashboard["panels"] if p["title"] == "Detector now (CUSUM)")
+    variables = {name: Variable(name, [ALL], [""]) for name in VARIABLES}
+    ctx = QueryContext(at - timedelta(hours=6), at, timedelta(seconds=30), variables)
+    table = run_grafana_query(store, panel["targets"][0]["rawSql"], ctx)
+    shown = dict(zip(table.column("scorer"), table.column("cusum"), strict=True))
+    assert set(shown) == set(instances) == {"minilm/1", "minilm/2"}
+    assert all(shown[s] == pytest.approx(instances[s], abs=0.01) for s in shown)
+    assert shown["minilm/2"] > 16 > shown["minilm/1"]
