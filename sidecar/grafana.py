@@ -110,14 +110,14 @@ def datasource_body(directory: Path, clickhouse_url: str) -> dict[str, Any]:
     return body
 
 
-def api_rules(group: Mapping[str, Any]) -> list[dict[str, Any]]:
+def api_rules(group: Mapping[str, Any], runbook_base: str = "") -> list[dict[str, Any]]:
     """A provisioning file's rule group as provisioning-API rules."""
     keep = ("uid", "title", "condition", "data", "noDataState", "execErrState", "for")
     return [
         {
             **{key: rule[key] for key in keep},
             "labels": rule.get("labels", {}),
-            "annotations": rule.get("annotations", {}),
+            "annotations": with_runbook_base(rule.get("annotations", {}), runbook_base),
             "folderUID": FOLDER_UID,
             "ruleGroup": group["name"],
             "orgID": group.get("orgId", 1),
@@ -127,18 +127,26 @@ def api_rules(group: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def with_runbook_base(annotations: Mapping[str, str], base: str) -> dict[str, str]:
+    """The annotations with a repository-relative runbook_url made absolute under `base`."""
+    url = annotations.get("runbook_url", "")
+    if not base or not url or urlsplit(url).scheme:
+        return dict(annotations)
+    return {**annotations, "runbook_url": base.rstrip("/") + "/" + url.lstrip("/")}
+
+
 def interval_seconds(text: str) -> int:
     """'1m' -> 60, '5m' -> 300, '30s' -> 30."""
     units = {"s": 1, "m": 60, "h": 3600}
     return int(text[:-1]) * units[text[-1]]
 
 
-def load_bundle(directory: Path, clickhouse_url: str) -> Bundle:
+def load_bundle(directory: Path, clickhouse_url: str, runbook_base: str = "") -> Bundle:
     """Read dashboards/ into what the API wants."""
     dashboards = [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
     rules = yaml.safe_load((directory / "provisioning/alerting/fathom-rules.yaml").read_text())
     groups = [
-        (group["name"], interval_seconds(group["interval"]), api_rules(group))
+        (group["name"], interval_seconds(group["interval"]), api_rules(group, runbook_base))
         for group in rules["groups"]
     ]
     bundle = Bundle(datasource_body(directory, clickhouse_url), dashboards, groups)
@@ -273,6 +281,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="http(s)://USER:PASSWORD@HOST:PORT/fathom that Grafana will query "
         "(default: the `store` setting)",
     )
+    push_parser.add_argument(
+        "--runbook-base",
+        help="URL that the rules' repository-relative runbook links are made absolute under, "
+        "e.g. https://git.example/fathom/blob/main (env FATHOM_RUNBOOK_BASE)",
+    )
     push_parser.add_argument("--dashboards", type=Path, default=DASHBOARDS, help=argparse.SUPPRESS)
 
 
@@ -291,7 +304,8 @@ def push_command(args: argparse.Namespace, out: TextIO, err: TextIO, env: Mappin
         token = args.token or env.get("FATHOM_GRAFANA_TOKEN")
         if not token:
             raise PushError("no token: pass --token or set FATHOM_GRAFANA_TOKEN")
-        bundle = load_bundle(args.dashboards, args.clickhouse or _store_setting())
+        runbook_base = args.runbook_base or env.get("FATHOM_RUNBOOK_BASE", "")
+        bundle = load_bundle(args.dashboards, args.clickhouse or _store_setting(), runbook_base)
         api = GrafanaApi.from_url(args.url, credential=token)
         for change in push(api, bundle):
             print(f"{change.kind} {change.uid}: {change.action}", file=out)

@@ -191,3 +191,12 @@ def test_push_refuses_an_unlinked_rule_before_pushing_anything(tmp_path: Path) -
     (copied / "provisioning/alerting/fathom-rules.yaml").write_text(yaml.safe_dump(rules))
     with pytest.raises(grafana.PushError, match="__dashboardUid__ and __panelId__ together"):
         grafana.load_bundle(copied, "http://reader:pw@clickhouse:8123/fathom")
+
+
+def test_the_contact_point_example_links_dashboard_panel_silence_and_runbook() -> None:
+    example = DASHBOARDS / "provisioning/alerting/contact-points.yaml.example"
+    template = yaml.safe_load(example.read_text())["templates"][0]["template"]
+    for field in (".DashboardURL", ".PanelURL", ".SilenceURL", ".Annotations.runbook_url"):
+        assert field in template, field
+    assert "&var-deployment={{ . }}" in template  # the link opens on the alert's deployment
+    assert template.count("{{") == template.count("}}")

@@ -254,7 +254,7 @@ async def grafana_server() -> AsyncIterator[tuple[str, FakeGrafana]]:
 
 
 def push_args(
-    url: str, token: str | None = TOKEN, clickhouse: str = CLICKHOUSE
+    url: str, token: str | None = TOKEN, clickhouse: str = CLICKHOUSE, *extra: str
 ) -> argparse.Namespace:
     """Parsed `fathom grafana push` flags."""
     parser = argparse.ArgumentParser()
@@ -262,7 +262,7 @@ def push_args(
     argv = ["push", "--url", url, "--clickhouse", clickhouse] + (
         ["--token", token] if token else []
     )
-    return parser.parse_args(argv)
+    return parser.parse_args([*argv, *extra])
 
 
 async def push(args: argparse.Namespace) -> tuple[int, str, str]:
@@ -278,17 +278,21 @@ async def test_push_installs_everything_and_twice_creates_nothing_new(
     url, state = grafana_server
     code, out, err = await push(push_args(url))
     assert code == 0, err
-    assert dict(state.created) == {"datasource": 1, "folder": 1, "dashboard": 3, "alert rule": 5}
-    assert out.count(": created") == 10 and "s3cret" not in out
+    assert dict(state.created) == {"datasource": 1, "folder": 1, "dashboard": 3, "alert rule": 8}
+    assert out.count(": created") == 13 and "s3cret" not in out
     assert set(state.dashboards) == {"fathom-speed", "fathom-quality", "fathom-quality-vs-speed"}
-    assert state.intervals == {("fathom", "fathom-quality"): 300, ("fathom", "fathom-speed"): 60}
+    assert state.intervals == {
+        ("fathom", "fathom-quality"): 300,
+        ("fathom", "fathom-speed"): 60,
+        ("fathom", "fathom-missing-data"): 60,
+    }
     first = {uid: json.dumps(rule, sort_keys=True) for uid, rule in state.rules.items()}
     calls = len(state.calls)
 
     code, out, err = await push(push_args(url))
     assert code == 0, err
-    assert dict(state.created) == {"datasource": 1, "folder": 1, "dashboard": 3, "alert rule": 5}
-    assert ": created" not in out and out.count(": updated") == 12
+    assert dict(state.created) == {"datasource": 1, "folder": 1, "dashboard": 3, "alert rule": 8}
+    assert ": created" not in out and out.count(": updated") == 16
     assert {uid: json.dumps(rule, sort_keys=True) for uid, rule in state.rules.items()} == first
     assert {d["version"] for d in state.dashboards.values()} == {2}
     second = state.calls[calls:]
@@ -340,3 +344,15 @@ async def test_the_fake_refuses_a_rule_grafana_refuses(
     with pytest.raises(GrafanaBadInputError, match="both annotations __dashboardUid__"):
         await asyncio.to_thread(lambda: list(grafana.push(api, broken)))
     assert not state.rules and set(state.dashboards) == {d["uid"] for d in bundle.dashboards}
+
+
+async def test_runbook_links_become_absolute_under_the_base(
+    grafana_server: tuple[str, FakeGrafana],
+) -> None:
+    url, state = grafana_server
+    base = "https://git.example/fathom/blob/main/"
+    code, _, err = await push(push_args(url, TOKEN, CLICKHOUSE, "--runbook-base", base))
+    assert code == 0, err
+    links = {uid: rule["annotations"]["runbook_url"] for uid, rule in state.rules.items()}
+    assert links["fathom-error-rate"] == f"{base}docs/runbooks.md#fathom-error-rate"
+    assert all(link.startswith(base) for link in links.values())

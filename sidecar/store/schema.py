@@ -16,7 +16,8 @@ DEFAULT_TTL_DAYS: Mapping[str, int] = {
     "samples": 7,
     "quality": 180,
     "regressions": 180,
-    "requests_1m": 180,  # the rollup is small and is what long-range panels read
+    "requests_1m": 180,  # the rollups are small and are what long-range panels read
+    "speed_1m": 180,
 }
 # On a cluster each table is a Distributed one over `<table>_local`, sharded by a hash of
 # the row (never rand()): a batch replayed after a crash then splits into the same blocks
@@ -27,6 +28,7 @@ SHARDING_KEYS: Mapping[str, str] = {
     "quality": "cityHash64(request_id, item_id)",
     "regressions": "cityHash64(model, deployment, probe)",
     "requests_1m": "cityHash64(model, deployment)",
+    "speed_1m": "cityHash64(model, deployment)",
 }
 DEDUP_WINDOW = 10_000  # inserts per table remembered by insert_deduplication_token
 _PLACEHOLDER = re.compile(r"\{(on_cluster|local|dedup_window|engine:\w+|agg_engine:\w+|ttl:\w+)\}")
