@@ -298,6 +298,7 @@ def test_speed_panels_read_the_rollup() -> None:
     for panel in doc["panels"]:
         for target in panel.get("targets", []):
             assert "fathom.speed_1m" in target["rawSql"], panel["title"]
+            assert "fathom.speed_1h" in target["rawSql"], f"{panel['title']}: long ranges"
             assert "fathom.requests " not in target["rawSql"] + " ", panel["title"]
 
 
@@ -341,3 +342,18 @@ def test_quality_vs_speed_chart_has_units_labels_and_sizes() -> None:
     }
     assert props["tokens_per_s"]["custom.axisLabel"] and props["tokens_per_s"]["unit"]
     assert props["quality"]["custom.axisLabel"] and props["quality"]["unit"] == "percentunit"
+
+
+def test_a_week_reads_the_hourly_rollup_and_counts_the_same(store: Store) -> None:
+    doc = load("fathom-speed.json")
+    panel = next(p for p in doc["panels"] if p["title"] == "Per deployment")
+    week = (NOW - timedelta(days=7), NOW)
+    ctx = QueryContext(*week, timedelta(minutes=10), variables_for(doc, store, None))
+    sql = panel["targets"][0]["rawSql"]
+    table = run_grafana_query(store, sql, ctx)
+    keys = zip(table.column("model"), table.column("deployment"), strict=True)
+    counted = dict(zip(keys, table.column("requests"), strict=True))
+    assert counted == user_requests_since(week[0])
+    # the per-minute branch is switched off for a week: only the hourly one reads rows
+    hourly_off = sql.replace("FROM fathom.speed_1h\n  WHERE", "FROM fathom.speed_1h\n  WHERE 0 AND")
+    assert hourly_off != sql and run_grafana_query(store, hourly_off, ctx).rows == []

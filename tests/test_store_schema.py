@@ -14,7 +14,9 @@ from sidecar.record import REQUEST_COLUMNS, Record
 from sidecar.store.client import Store, open_store
 from sidecar.store.schema import Target, apply, apply_schema, render
 
-TABLES = {"requests", "samples", "quality", "regressions", "requests_1m", "speed_1m"}
+TABLES = {
+    "requests", "samples", "quality", "regressions", "requests_1m", "speed_1m", "speed_1h",
+}  # fmt: skip
 MIGRATIONS = ["001_init.sql", "002_speed_rollup.sql"]
 
 
@@ -38,12 +40,12 @@ def test_apply_twice_is_idempotent_and_versioned(store: Store) -> None:
     assert store.query_sync(
         "SELECT version, name FROM fathom.schema_migrations ORDER BY version"
     ) == list(enumerate(MIGRATIONS, start=1))
-    assert TABLES | {"requests_1m_mv", "speed_1m_mv", "schema_migrations"} == {
+    assert TABLES | {"requests_1m_mv", "speed_1m_mv", "speed_1h_mv", "schema_migrations"} == {
         r[0] for r in store.query_sync("SHOW TABLES FROM fathom")
     }
     assert ttl_days(store) == {
         "requests": 30, "samples": 7, "quality": 180, "regressions": 180, "requests_1m": 180,
-        "speed_1m": 180,
+        "speed_1m": 30, "speed_1h": 365,
     }  # fmt: skip
     rows = store.query_sync("SELECT name, engine_full FROM system.tables WHERE database = 'fathom'")
     windows = {n for n, e in rows if "non_replicated_deduplication_window = 10000" in e}
@@ -158,11 +160,13 @@ async def test_speed_rollup_keeps_breakdowns_and_answered_latency(store: Store) 
         )  # fmt: skip
         rows.append([record.to_row()[c] for c in REQUEST_COLUMNS])
     await store.insert("fathom.requests", REQUEST_COLUMNS, rows)
-    got = store.query_sync(
+    query = (
         "SELECT route, sum(requests), sumMap(statuses), sumMap(errors), sumMap(finish_reasons), "
         "sum(output_tokens), quantilesTDigestMerge(0.5, 0.9, 0.95, 0.99)(e2e_ms)[4] "
-        "FROM fathom.speed_1m GROUP BY route ORDER BY route"
+        "FROM fathom.{} GROUP BY route ORDER BY route"
     )
+    got = store.query_sync(query.format("speed_1m"))
+    assert store.query_sync(query.format("speed_1h")) == got  # the hourly rollup holds the same
     chat, completion = got
     assert chat[:2] == ("chat", 60) and completion[:2] == ("completion", 60)
     assert chat[2] == {"200": 60} and completion[2] == {"200": 30, "502": 30}

@@ -16,8 +16,9 @@ DEFAULT_TTL_DAYS: Mapping[str, int] = {
     "samples": 7,
     "quality": 180,
     "regressions": 180,
-    "requests_1m": 180,  # the rollups are small and are what long-range panels read
-    "speed_1m": 180,
+    "requests_1m": 180,  # the rollup is small and is what long-range panels read
+    "speed_1m": 30,  # dashboards read it for ranges up to a day, alerts for up to a day
+    "speed_1h": 365,  # and this one beyond: 24 rows per series a day
 }
 # On a cluster each table is a Distributed one over `<table>_local`, sharded by a hash of
 # the row (never rand()): a batch replayed after a crash then splits into the same blocks
@@ -29,6 +30,7 @@ SHARDING_KEYS: Mapping[str, str] = {
     "regressions": "cityHash64(model, deployment, probe)",
     "requests_1m": "cityHash64(model, deployment)",
     "speed_1m": "cityHash64(model, deployment)",
+    "speed_1h": "cityHash64(model, deployment)",
 }
 DEDUP_WINDOW = 10_000  # inserts per table remembered by insert_deduplication_token
 _PLACEHOLDER = re.compile(r"\{(on_cluster|local|dedup_window|engine:\w+|agg_engine:\w+|ttl:\w+)\}")
