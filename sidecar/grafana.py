@@ -1,7 +1,8 @@
 """`fathom grafana push`: install Fathom's data source, folder, dashboards and alert rules.
 
-The same files Grafana's file provisioning reads (dashboards/) are sent through the HTTP API
-with grafana-client, so a Grafana that cannot mount files gets the same setup. Every resource
+The same files Grafana's file provisioning reads (dashboards/, which an installed package
+carries as sidecar/dashboards) are sent through the HTTP API with grafana-client, so a Grafana
+that cannot mount files gets the same setup. Every resource
 has a fixed uid: each one is looked up first and then created or updated, so pushing twice
 changes nothing the second time but versions. Contact points and notification policies are
 not pushed: the policy tree is the whole organisation's, see dashboards/provisioning/alerting.

@@ -16,9 +16,9 @@ DEFAULT_TTL_DAYS: Mapping[str, int] = {
     "samples": 7,
     "quality": 180,
     "regressions": 180,
-    "requests_1m": 180,  # the rollup is small and is what long-range panels read
-    "speed_1m": 30,  # dashboards read it for ranges up to a day, alerts for up to a day
-    "speed_1h": 365,  # and this one beyond: 24 rows per series a day
+    "requests_1m": 180,  # per-minute speed per origin, small
+    "speed_1m": 30,  # what alerts and panels over ranges up to a day read
+    "speed_1h": 365,  # what panels over longer ranges read: 24 rows per series a day
 }
 # On a cluster each table is a Distributed one over `<table>_local`, sharded by a hash of
 # the row (never rand()): a batch replayed after a crash then splits into the same blocks
