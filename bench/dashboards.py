@@ -130,13 +130,13 @@ def interval_for(span: timedelta, minimum: str | None) -> timedelta:
     """The $__interval Grafana computes for a panel of WIDTH_PX pixels."""
     raw = span.total_seconds() / WIDTH_PX
     step = max([s for s in STEPS_S if s <= raw] or [1])
-    floor = {"1m": 60, None: 0}.get(minimum, 0)
+    floor = int(minimum[:-1]) * {"s": 1, "m": 60, "h": 3600}[minimum[-1]] if minimum else 0
     return timedelta(seconds=max(step, floor))
 
 
-def variables(store: Store, doc: Mapping[str, Any], start: datetime, end: datetime) -> tuple[
-    dict[str, Variable], list[Query]
-]:  # fmt: skip
+def variables(
+    store: Store, doc: Mapping[str, Any], start: datetime, end: datetime
+) -> tuple[dict[str, Variable], list[Query]]:
     """Each variable at its default with the options its own query returns, and those queries."""
     resolved: dict[str, Variable] = {}
     queries = []
