@@ -1,7 +1,8 @@
 """`fathom grafana push`: install Fathom's data source, folder, dashboards and alert rules.
 
-The same files Grafana's file provisioning reads (dashboards/) are sent through the HTTP API
-with grafana-client, so a Grafana that cannot mount files gets the same setup. Every resource
+The same files Grafana's file provisioning reads (dashboards/, which an installed package
+carries as sidecar/dashboards) are sent through the HTTP API with grafana-client, so a Grafana
+that cannot mount files gets the same setup. Every resource
 has a fixed uid: each one is looked up first and then created or updated, so pushing twice
 changes nothing the second time but versions. Contact points and notification policies are
 not pushed: the policy tree is the whole organisation's, see dashboards/provisioning/alerting.
@@ -22,7 +23,15 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
+
+def _dashboards_directory() -> Path:
+    """dashboards/ of a source checkout, else the copy an installed wheel carries."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "dashboards"
+    return checkout if (checkout / "provisioning").is_dir() else here / "dashboards"
+
+
+DASHBOARDS = _dashboards_directory()
 FOLDER_UID, FOLDER_TITLE = "fathom", "Fathom"
 EXIT_OK, EXIT_ERROR = 0, 2
 _ENV_REFERENCE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
@@ -102,14 +111,14 @@ def datasource_body(directory: Path, clickhouse_url: str) -> dict[str, Any]:
     return body
 
 
-def api_rules(group: Mapping[str, Any]) -> list[dict[str, Any]]:
+def api_rules(group: Mapping[str, Any], runbook_base: str = "") -> list[dict[str, Any]]:
     """A provisioning file's rule group as provisioning-API rules."""
     keep = ("uid", "title", "condition", "data", "noDataState", "execErrState", "for")
     return [
         {
             **{key: rule[key] for key in keep},
             "labels": rule.get("labels", {}),
-            "annotations": rule.get("annotations", {}),
+            "annotations": with_runbook_base(rule.get("annotations", {}), runbook_base),
             "folderUID": FOLDER_UID,
             "ruleGroup": group["name"],
             "orgID": group.get("orgId", 1),
@@ -119,21 +128,52 @@ def api_rules(group: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def with_runbook_base(annotations: Mapping[str, str], base: str) -> dict[str, str]:
+    """The annotations with a repository-relative runbook_url made absolute under `base`."""
+    url = annotations.get("runbook_url", "")
+    if not base or not url or urlsplit(url).scheme:
+        return dict(annotations)
+    return {**annotations, "runbook_url": base.rstrip("/") + "/" + url.lstrip("/")}
+
+
 def interval_seconds(text: str) -> int:
     """'1m' -> 60, '5m' -> 300, '30s' -> 30."""
     units = {"s": 1, "m": 60, "h": 3600}
     return int(text[:-1]) * units[text[-1]]
 
 
-def load_bundle(directory: Path, clickhouse_url: str) -> Bundle:
+def load_bundle(directory: Path, clickhouse_url: str, runbook_base: str = "") -> Bundle:
     """Read dashboards/ into what the API wants."""
     dashboards = [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
     rules = yaml.safe_load((directory / "provisioning/alerting/fathom-rules.yaml").read_text())
     groups = [
-        (group["name"], interval_seconds(group["interval"]), api_rules(group))
+        (group["name"], interval_seconds(group["interval"]), api_rules(group, runbook_base))
         for group in rules["groups"]
     ]
-    return Bundle(datasource_body(directory, clickhouse_url), dashboards, groups)
+    bundle = Bundle(datasource_body(directory, clickhouse_url), dashboards, groups)
+    check_panel_links(bundle)
+    return bundle
+
+
+def check_panel_links(bundle: Bundle) -> None:
+    """Refuse, before anything is pushed, a rule whose dashboard link Grafana would reject."""
+    panel_ids = {d["uid"]: {p["id"] for p in d["panels"]} for d in bundle.dashboards}
+    for _, _, rules in bundle.groups:
+        for rule in rules:
+            dashboard = rule["annotations"].get("__dashboardUid__", "")
+            panel = rule["annotations"].get("__panelId__", "")
+            if not dashboard and not panel:
+                continue
+            if not str(panel).isdigit() or int(panel) not in panel_ids.get(dashboard, set()):
+                raise PushError(
+                    f"alert rule {rule['uid']} links to panel {panel!r} of dashboard"
+                    f" {dashboard!r}, which {_why_unlinked(dashboard, panel_ids)}: Grafana needs"
+                    " __dashboardUid__ and __panelId__ together, naming an existing panel"
+                )
+
+
+def _why_unlinked(dashboard: str, panel_ids: Mapping[str, set[int]]) -> str:
+    return "has no such panel" if dashboard in panel_ids else "is not among the dashboards"
 
 
 # ------------------------------------------------------------------ talking to Grafana
@@ -242,6 +282,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="http(s)://USER:PASSWORD@HOST:PORT/fathom that Grafana will query "
         "(default: the `store` setting)",
     )
+    push_parser.add_argument(
+        "--runbook-base",
+        help="URL that the rules' repository-relative runbook links are made absolute under, "
+        "e.g. https://git.example/fathom/blob/main (env FATHOM_RUNBOOK_BASE)",
+    )
     push_parser.add_argument("--dashboards", type=Path, default=DASHBOARDS, help=argparse.SUPPRESS)
 
 
@@ -260,7 +305,8 @@ def push_command(args: argparse.Namespace, out: TextIO, err: TextIO, env: Mappin
         token = args.token or env.get("FATHOM_GRAFANA_TOKEN")
         if not token:
             raise PushError("no token: pass --token or set FATHOM_GRAFANA_TOKEN")
-        bundle = load_bundle(args.dashboards, args.clickhouse or _store_setting())
+        runbook_base = args.runbook_base or env.get("FATHOM_RUNBOOK_BASE", "")
+        bundle = load_bundle(args.dashboards, args.clickhouse or _store_setting(), runbook_base)
         api = GrafanaApi.from_url(args.url, credential=token)
         for change in push(api, bundle):
             print(f"{change.kind} {change.uid}: {change.action}", file=out)

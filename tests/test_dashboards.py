@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +25,7 @@ from tests.test_dashboards_data import (
     run_grafana_query,
     user_requests_since,
 )
-from tests.test_dashboards_macros import ALL, QueryContext, Variable
+from tests.test_dashboards_macros import QueryContext, Variable
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
 DATASOURCE = {"type": "grafana-clickhouse-datasource", "uid": "fathom-clickhouse"}
@@ -67,7 +68,7 @@ def test_three_dashboards_with_unique_uids_and_panel_ids() -> None:
     for doc in docs:
         ids = [panel["id"] for panel in doc["panels"]]
         assert len(ids) == len(set(ids)), doc["uid"]
-        refs = [(p["id"], t["refId"]) for p in doc["panels"] for t in p["targets"]]
+        refs = [(p["id"], t["refId"]) for p in doc["panels"] for t in p.get("targets", [])]
         assert len(refs) == len(set(refs)), doc["uid"]
 
 
@@ -77,7 +78,7 @@ def test_every_query_points_at_the_provisioned_datasource() -> None:
     )["datasources"][0]
     assert {"type": provisioned["type"], "uid": provisioned["uid"]} == DATASOURCE
     for doc in dashboards():
-        for panel in doc["panels"]:
+        for panel in (p for p in doc["panels"] if p.get("targets")):
             assert panel["datasource"] == DATASOURCE, panel["title"]
             for target in panel["targets"]:
                 assert target["datasource"] == DATASOURCE, panel["title"]
@@ -153,11 +154,8 @@ def variables_for(
         ctx = QueryContext(*RANGE, variables=resolved)
         options = [str(row[0]) for row in run_grafana_query(store, spec["query"], ctx).rows]
         assert options, f"variable {spec['name']} has no options"
-        if not spec["includeAll"]:
-            current: str | list[str] = spec["current"]["value"]
-        elif selection is None:
-            current = [ALL]
-        else:
+        current: str | list[str] = spec["current"]["value"]  # the default: All, or 'user'
+        if selection is not None and spec["name"] in selection:
             current = selection[spec["name"]]
         resolved[spec["name"]] = Variable(spec["name"], current, options)
     return resolved
@@ -186,7 +184,7 @@ def test_every_panel_query_runs_and_has_the_shape_its_panel_needs(
         variables = variables_for(doc, store, selection)
         ctx = QueryContext(*RANGE, timedelta(seconds=30), variables)
         for panel in doc["panels"]:
-            for target in panel["targets"]:
+            for target in panel.get("targets", []):
                 result = run_grafana_query(store, target["rawSql"], ctx)
                 assert_panel_shape(target, result, f"{doc['uid']}: {panel['title']}")
 
@@ -265,3 +263,97 @@ def test_quality_vs_speed_finds_the_pareto_front(store: Store) -> None:
     line = panel_result(store, "fathom-quality-vs-speed.json", "Tokens/s against quality", ref="B")
     assert set(line.column("deployment")) == front
     assert line.column("tokens_per_s") == sorted(line.column("tokens_per_s"))
+
+
+# ------------------------------------------------------------------ what ops expect
+
+VARIABLES = {"model", "deployment", "origin", "route", "scorer"}
+
+
+def test_every_dashboard_filters_alike_and_lists_the_alerts() -> None:
+    for doc in dashboards():
+        names = {v["name"] for v in doc["templating"]["list"]}
+        assert names >= VARIABLES, f"{doc['uid']}: missing {VARIABLES - names}"
+        titles = [p["title"] for p in doc["panels"]]
+        assert len(titles) == len(set(titles)), doc["uid"]
+        origin = next(v for v in doc["templating"]["list"] if v["name"] == "origin")
+        assert origin["current"]["value"] == ["user"], "probe traffic is opt-in"
+    for uid in ("fathom-speed", "fathom-quality"):
+        doc = load(f"{uid}.json")
+        alerts = [p for p in doc["panels"] if p["type"] == "alertlist"]
+        assert alerts and alerts[0]["options"]["alertInstanceLabelFilter"] == '{fathom="true"}'
+
+
+def test_every_stat_has_thresholds() -> None:
+    stats = [p for doc in dashboards() for p in doc["panels"] if p["type"] == "stat"]
+    assert len(stats) >= 10
+    for panel in stats:
+        steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert len(steps) >= 2 and steps[0]["value"] is None, panel["title"]
+        assert panel["fieldConfig"]["defaults"]["color"]["mode"] == "thresholds"
+
+
+def test_speed_panels_read_the_rollup() -> None:
+    doc = load("fathom-speed.json")
+    for panel in doc["panels"]:
+        for target in panel.get("targets", []):
+            assert "fathom.speed_1m" in target["rawSql"], panel["title"]
+            assert "fathom.speed_1h" in target["rawSql"], f"{panel['title']}: long ranges"
+            assert "fathom.requests " not in target["rawSql"] + " ", panel["title"]
+
+
+def test_speed_shows_latency_percentiles_and_breakdowns(store: Store) -> None:
+    for title in ("End-to-end latency", "Time to first byte", "Time to first token"):
+        result = panel_result(store, "fathom-speed.json", title)
+        assert result.names[2:] == ("p50", "p95", "p99"), title
+        answered = [row[2:] for row in result.rows if not math.isnan(row[2])]
+        assert answered and all(a <= b <= c for a, b, c in answered), title
+    statuses = panel_result(store, "fathom-speed.json", "HTTP status")
+    assert set(statuses.column("status")) == {"200", "502"}
+    table = panel_result(store, "fathom-speed.json", "Per deployment")
+    ratios = dict(zip(table.column("deployment"), table.column("error_rate"), strict=True))
+    assert max(ratios, key=lambda d: ratios[d]) == "awq"
+
+
+def test_canary_items_and_the_answers_behind_low_scores(store: Store) -> None:
+    items = panel_result(store, "fathom-quality.json", "Canary items")
+    assert {f"c{i}" for i in range(40)} == set(items.column("item_id"))
+    assert items.column("pass_rate") == sorted(items.column("pass_rate"))
+    lowest = panel_result(store, "fathom-quality.json", "Lowest-scoring samples")
+    assert lowest.column("score") == sorted(lowest.column("score")) and len(lowest.rows) == 50
+    for request_id, prompt, answer in zip(
+        lowest.column("request_id"), lowest.column("prompt"), lowest.column("answer"), strict=True
+    ):
+        assert (prompt, answer) == (f"question {request_id}", f"answer {request_id}")
+    # the regressed deployment's answers score lower than its sound twin's
+    shown = lowest.column("deployment")
+    assert shown.count("q2") > shown.count("fp16")
+
+
+def test_quality_vs_speed_chart_has_units_labels_and_sizes() -> None:
+    chart = next(
+        p for p in load("fathom-quality-vs-speed.json")["panels"] if p["type"] == "xychart"
+    )
+    assert chart["options"]["series"][0]["size"]["matcher"]["options"] == "requests"
+    props = {
+        o["matcher"]["options"]: {x["id"]: x["value"] for x in o["properties"]}
+        for o in chart["fieldConfig"]["overrides"]
+        if o["matcher"]["id"] == "byName"
+    }
+    assert props["tokens_per_s"]["custom.axisLabel"] and props["tokens_per_s"]["unit"]
+    assert props["quality"]["custom.axisLabel"] and props["quality"]["unit"] == "percentunit"
+
+
+def test_a_week_reads_the_hourly_rollup_and_counts_the_same(store: Store) -> None:
+    doc = load("fathom-speed.json")
+    panel = next(p for p in doc["panels"] if p["title"] == "Per deployment")
+    week = (NOW - timedelta(days=7), NOW)
+    ctx = QueryContext(*week, timedelta(minutes=10), variables_for(doc, store, None))
+    sql = panel["targets"][0]["rawSql"]
+    table = run_grafana_query(store, sql, ctx)
+    keys = zip(table.column("model"), table.column("deployment"), strict=True)
+    counted = dict(zip(keys, table.column("requests"), strict=True))
+    assert counted == user_requests_since(week[0])
+    # the per-minute branch is switched off for a week: only the hourly one reads rows
+    hourly_off = sql.replace("FROM fathom.speed_1h\n  WHERE", "FROM fathom.speed_1h\n  WHERE 0 AND")
+    assert hourly_off != sql and run_grafana_query(store, hourly_off, ctx).rows == []

@@ -6,6 +6,7 @@ compute exactly what probes.detect computes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -25,13 +26,21 @@ from probes.detect import (
     run_detection,
     sprt_drop,
 )
+from sidecar.record import REQUEST_COLUMNS, Record
 from sidecar.store.client import Store
-from tests.test_dashboards_data import NOW, is_numeric, is_text, open_seeded, run_grafana_query
-from tests.test_dashboards_macros import QueryContext
-
-RULES_FILE = (
-    Path(__file__).resolve().parent.parent / "dashboards/provisioning/alerting/fathom-rules.yaml"
+from tests.test_dashboards_data import (
+    NOW,
+    SAMPLE_COLUMNS,
+    is_numeric,
+    is_text,
+    open_seeded,
+    run_grafana_query,
 )
+from tests.test_dashboards_macros import ALL, QueryContext, Variable
+
+DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
+RULES_FILE = DASHBOARDS / "provisioning/alerting/fathom-rules.yaml"
+VARIABLES = ("model", "deployment", "probe", "origin", "route", "scorer")
 EXPRESSIONS = "__expr__"
 Labels = tuple[tuple[str, str], ...]
 
@@ -121,7 +130,7 @@ def named(labels: set[Labels], *keys: str) -> set[tuple[str, ...]]:
 def test_rules_are_well_formed() -> None:
     document = yaml.safe_load(RULES_FILE.read_text())
     uids = [rule["uid"] for group in document["groups"] for rule in group["rules"]]
-    assert len(uids) == len(set(uids)) == 5
+    assert len(uids) == len(set(uids)) == 8
     for group in document["groups"]:
         assert group["folder"] == "Fathom" and group["interval"]
         for rule in group["rules"]:
@@ -214,3 +223,153 @@ def test_sql_statistics_are_the_detectors(store: Store) -> None:
                 one.current_passed, p0, settings.sprt_delta, settings.sprt_alpha, settings.sprt_beta
             )
             assert sprt_sql[labels] == int(hit.regression)
+
+
+# ------------------------------------------------------------------ isolated scenarios
+# Each scenario writes its rows days after NOW and is evaluated there, so the seeded
+# regression the tests above read is untouched.
+
+
+def quality_row(
+    ts: datetime, series: tuple[str, str, str], passed: int | None, **extra: Any
+) -> dict[str, Any]:
+    """A fathom.quality row for the scenarios."""
+    model, deployment, probe = series
+    score = float(passed) if passed is not None else extra.pop("score")
+    return {"ts": ts, "request_id": extra.pop("request_id", ""), "model": model,
+            "deployment": deployment, "probe": probe, "item_id": extra.pop("item_id", ""),
+            "score": score, "passed": passed, "scorer": extra.pop("scorer", "")}  # fmt: skip
+
+
+def insert_quality(store: Store, rows: list[dict[str, Any]]) -> None:
+    """Write scenario rows to fathom.quality."""
+    columns = tuple(rows[0])
+    store.insert_sync("fathom.quality", columns, [[row[c] for c in columns] for row in rows])
+
+
+def spread(end: datetime, span: timedelta, count: int) -> list[datetime]:
+    """`count` times evenly over (end - span, end)."""
+    return [end - span * (i + 0.5) / count for i in range(count)]
+
+
+def test_canary_rule_and_panel_leave_degeneration_results_out(store: Store) -> None:
+    at = NOW + timedelta(days=10)
+    series = ("mistral-7b", "int4")
+    cut = at - timedelta(hours=6)
+    rows = [quality_row(ts, (*series, "factuality"), 1, item_id="c1")
+            for ts in spread(cut, timedelta(days=7), 300)]  # fmt: skip
+    rows += [quality_row(ts, (*series, "factuality"), 1, item_id="c1")
+             for ts in spread(at, timedelta(hours=6), 30)]  # fmt: skip
+    # degeneration scores sampled user answers: passed is set, but these are no canaries
+    rows += [quality_row(ts, (*series, "degeneration"), 1, request_id=f"b{i}")
+             for i, ts in enumerate(spread(cut, timedelta(days=7), 300))]  # fmt: skip
+    rows += [quality_row(ts, (*series, "degeneration"), 0, request_id=f"n{i}")
+             for i, ts in enumerate(spread(at, timedelta(hours=6), 60))]  # fmt: skip
+    insert_quality(store, rows)
+    rule = rules()["fathom-canary-pass-rate"]
+    assert named(set(query_instances(store, rule["data"][0], at)), "probe") == {("factuality",)}
+    assert firing(store, rule, at) == set()
+
+
+def test_cusum_panel_is_per_scorer_like_its_rule(store: Store) -> None:
+    at = NOW + timedelta(days=20)
+    series = ("phi-3", "fp8", "consistency")
+    cut = at - timedelta(hours=6)
+    rows = []
+    for scorer, now_mean in (("minilm/1", 0.8), ("minilm/2", 0.5)):
+        rows += [quality_row(ts, series, None, score=0.8 + 0.05 * (i % 3 - 1), scorer=scorer)
+                 for i, ts in enumerate(spread(cut, timedelta(days=7), 300))]  # fmt: skip
+        rows += [quality_row(ts, series, None, score=now_mean + 0.05 * (i % 3 - 1), scorer=scorer)
+                 for i, ts in enumerate(spread(at, timedelta(hours=6), 30))]  # fmt: skip
+    insert_quality(store, rows)
+    rule = rules()["fathom-quality-regression"]
+    instances = {
+        dict(labels)["scorer"]: v
+        for labels, v in query_instances(store, rule["data"][0], at).items()
+    }
+    dashboard = json.loads((DASHBOARDS / "fathom-quality.json").read_text())
+    panel = next(p for p in dashboard["panels"] if p["title"] == "Detector now (CUSUM)")
+    variables = {name: Variable(name, [ALL], [""]) for name in VARIABLES}
+    ctx = QueryContext(at - timedelta(hours=6), at, timedelta(seconds=30), variables)
+    table = run_grafana_query(store, panel["targets"][0]["rawSql"], ctx)
+    shown = dict(zip(table.column("scorer"), table.column("cusum"), strict=True))
+    assert set(shown) == set(instances) == {"minilm/1", "minilm/2"}
+    assert all(shown[s] == pytest.approx(instances[s], abs=0.01) for s in shown)
+    assert shown["minilm/2"] > 16 > shown["minilm/1"]
+
+
+def user_request(ts: datetime, model: str, deployment: str) -> list[Any]:
+    """A fathom.requests row of one answered user request."""
+    record = Record(ts=ts, request_id=f"{deployment}-{ts.timestamp()}", route="chat", model=model,
+                    deployment=deployment, origin="user", e2e_ms=100.0)  # fmt: skip
+    row = record.to_row()
+    return [row[name] for name in REQUEST_COLUMNS]
+
+
+def test_a_deployment_that_stops_serving_raises_an_alert(store: Store) -> None:
+    at = NOW + timedelta(days=30)
+    day, quiet = timedelta(hours=24), timedelta(minutes=15)
+    rows = [user_request(ts, "gemma-9b", "steady") for ts in spread(at, day, 2000)]
+    rows += [user_request(ts, "gemma-9b", "stopped") for ts in spread(at - quiet, day, 2000)]
+    # a few requests a day: a quiet quarter of an hour is normal there
+    rows += [user_request(ts, "gemma-9b", "sparse") for ts in spread(at - quiet, day, 40)]
+    store.insert_sync("fathom.requests", REQUEST_COLUMNS, rows)
+    rule = rules()["fathom-traffic-stopped"]
+    evaluated = query_instances(store, rule["data"][0], at)
+    assert named(set(evaluated), "deployment") == {("steady",), ("stopped",)}
+    assert named(firing(store, rule, at), "deployment") == {("stopped",)}
+    assert firing(store, rule, at - quiet) == set()  # while it still served
+
+
+def test_samples_left_unscored_raise_the_probe_worker_alert(store: Store) -> None:
+    at = NOW + timedelta(days=40)
+    window = spread(at - timedelta(minutes=10), timedelta(minutes=20), 30)
+    samples = []
+    for deployment in ("scored", "unscored"):
+        samples += [[ts, f"{deployment}{i}", "olmo-7b", deployment, "chat", "user", "{}", "a"]
+                    for i, ts in enumerate(window)]  # fmt: skip
+    store.insert_sync("fathom.samples", SAMPLE_COLUMNS, samples)
+    # the worker writes each score with its sample's timestamp
+    scored = [quality_row(ts, ("olmo-7b", "scored", "degeneration"), 1, request_id=f"scored{i}")
+              for i, ts in enumerate(window)]  # fmt: skip
+    insert_quality(store, scored)
+    rule = rules()["fathom-probe-worker-down"]
+    assert named(set(query_instances(store, rule["data"][0], at)), "deployment") == {
+        ("scored",), ("unscored",),
+    }  # fmt: skip
+    assert named(firing(store, rule, at), "deployment") == {("unscored",)}
+
+
+def test_canaries_that_stop_raise_an_alert(store: Store) -> None:
+    at = NOW + timedelta(days=50)
+    rows = []
+    for deployment, last in (("live", at), ("silent", at - timedelta(minutes=40))):
+        rounds = [last - timedelta(minutes=5) * i for i in range(1, 200)]
+        rows += [quality_row(ts, ("yi-6b", deployment, "factuality"), 1, item_id="c1")
+                 for ts in rounds]  # fmt: skip
+    insert_quality(store, rows)
+    rule = rules()["fathom-canary-silent"]
+    assert named(firing(store, rule, at), "deployment") == {("silent",)}
+    assert firing(store, rule, at - timedelta(minutes=40)) == set()
+
+
+def test_missing_data_rules_do_not_stay_quiet_on_an_empty_store() -> None:
+    for uid in ("fathom-traffic-stopped", "fathom-canary-silent"):
+        assert rules()[uid]["noDataState"] == "NoData", uid
+
+
+RUNBOOKS = DASHBOARDS.parent / "docs/runbooks.md"
+
+
+def test_every_rule_is_actionable() -> None:
+    anchors = {
+        line.removeprefix("## ").strip()
+        for line in RUNBOOKS.read_text().splitlines()
+        if line.startswith("## ")
+    }
+    for uid, rule in rules().items():
+        notes = rule["annotations"]
+        assert notes["summary"] and "{{ $labels.deployment }}" in notes["summary"], uid
+        assert "$values.B.Value" in notes["description"], f"{uid}: the measured value"
+        assert notes["runbook_url"] == f"docs/runbooks.md#{uid}" and uid in anchors, uid
+        assert notes["__dashboardUid__"] and notes["__panelId__"].isdigit(), uid

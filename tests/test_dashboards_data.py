@@ -27,6 +27,9 @@ from tests.test_dashboards_macros import QueryContext, expand
 # Recent, so the tables' TTLs keep the seeded rows; whole hours keep the windows aligned.
 NOW = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=1)
 QUALITY_COLUMNS = ("ts", "request_id", "model", "deployment", "probe", "item_id", "score", "passed")
+SAMPLE_COLUMNS = (
+    "ts", "request_id", "model", "deployment", "route", "origin", "request_json", "response_text",
+)  # fmt: skip
 SEED = 11
 
 
@@ -134,11 +137,23 @@ def generate() -> tuple[list[list[Any]], list[list[Any]]]:
     return quality, request_rows(rng)
 
 
+def sample_rows(quality: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """The stored samples behind the consistency scores of the last 6 h (samples live 7 days)."""
+    rows = []
+    for ts, request_id, model, deployment, probe, *_ in quality:
+        if probe == "consistency" and ts >= NOW - timedelta(hours=6):
+            prompt = f'{{"messages": [{{"role": "user", "content": "question {request_id}"}}]}}'
+            rows.append([ts, request_id, model, deployment, "chat", "user", prompt,
+                         f"answer {request_id}"])  # fmt: skip
+    return rows
+
+
 def seed(store: Store) -> None:
-    """Write the seeded requests and quality rows."""
+    """Write the seeded requests, quality rows and samples."""
     quality, requests = generate()
     store.insert_sync("fathom.quality", QUALITY_COLUMNS, quality)
     store.insert_sync("fathom.requests", REQUEST_COLUMNS, requests)
+    store.insert_sync("fathom.samples", SAMPLE_COLUMNS, sample_rows(quality))
 
 
 def user_requests_since(since: datetime) -> dict[tuple[str, str], int]:

@@ -2,8 +2,10 @@
 
 The fake keeps real state and answers like Grafana does for the endpoints push uses: 404 for
 unknown uids, 409/412 when creating what exists or overwriting without `overwrite`, 400 for a
-dashboard in a missing folder or a rule whose condition names no query, 401 without the token,
-and a rule-group PUT that replaces the group's rules (as Grafana's does).
+dashboard in a missing folder and for whatever Grafana's own validation refuses (the rules in
+tests/grafana_provisioning.py: a rule's panel link, condition, states, data source uids; a
+dashboard's panels and queries), 401 without the token, and a rule-group PUT that replaces the
+group's rules (as Grafana's does).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 from aiohttp import web
 
 from sidecar import grafana
+from tests import grafana_provisioning as provisioning
 
 TOKEN = "glsa_test_token"
 CLICKHOUSE = "https://fathom_reader:s3cret%21@ch.example:8443/fathom"
@@ -63,8 +66,8 @@ async def get_datasource(request: web.Request) -> web.Response:
 
 async def create_datasource(request: web.Request) -> web.Response:
     state, body = request.app[State], await request.json()
-    if not {"name", "type", "uid"} <= set(body):
-        return _error(400, "name, type and uid are required")
+    if problems := provisioning.datasource_problems(body):
+        return _error(400, "; ".join(problems))
     if body["uid"] in state.datasources:
         return _error(409, "data source with the same uid already exists")
     state.datasources[body["uid"]] = {**body, "id": len(state.datasources) + 1, "version": 1}
@@ -128,6 +131,8 @@ async def save_dashboard(request: web.Request) -> web.Response:
     dashboard, folder = body["dashboard"], body.get("folderUid")
     if folder not in state.folders:
         return _error(400, "folder not found")
+    if problems := provisioning.dashboard_problems(dashboard, state.datasources):
+        return _error(400, "; ".join(problems))
     old = state.dashboards.get(dashboard["uid"])
     if old is not None and not body.get("overwrite"):
         return _error(412, "version-mismatch")
@@ -146,11 +151,10 @@ async def get_rule(request: web.Request) -> web.Response:
 def _rule_problem(state: FakeGrafana, rule: dict[str, Any]) -> str | None:
     if rule.get("folderUID") not in state.folders:
         return "folder does not exist"
-    if rule.get("condition") not in {query["refId"] for query in rule.get("data", [])}:
-        return "condition does not name a query"
-    return (
-        None if rule.get("ruleGroup") and rule.get("title") else "ruleGroup and title are required"
-    )
+    if not rule.get("ruleGroup"):
+        return "ruleGroup is required"
+    problems = provisioning.rule_problems(rule, state.dashboards, state.datasources)
+    return "; ".join(problems) or None
 
 
 async def create_rule(request: web.Request) -> web.Response:
@@ -208,6 +212,8 @@ async def put_group(request: web.Request) -> web.Response:
     for rule in _group_rules(state, folder, group):  # Grafana deletes the rules left out
         if rule["uid"] not in kept:
             del state.rules[rule["uid"]]
+    if problems := provisioning.interval_problems(group, int(body["interval"])):
+        return _error(400, "; ".join(problems))
     state.intervals[(folder, group)] = int(body["interval"])
     return web.json_response(body)
 
@@ -248,7 +254,7 @@ async def grafana_server() -> AsyncIterator[tuple[str, FakeGrafana]]:
 
 
 def push_args(
-    url: str, token: str | None = TOKEN, clickhouse: str = CLICKHOUSE
+    url: str, token: str | None = TOKEN, clickhouse: str = CLICKHOUSE, *extra: str
 ) -> argparse.Namespace:
     """Parsed `fathom grafana push` flags."""
     parser = argparse.ArgumentParser()
@@ -256,7 +262,7 @@ def push_args(
     argv = ["push", "--url", url, "--clickhouse", clickhouse] + (
         ["--token", token] if token else []
     )
-    return parser.parse_args(argv)
+    return parser.parse_args([*argv, *extra])
 
 
 async def push(args: argparse.Namespace) -> tuple[int, str, str]:
@@ -272,17 +278,21 @@ async def test_push_installs_everything_and_twice_creates_nothing_new(
     url, state = grafana_server
     code, out, err = await push(push_args(url))
     assert code == 0, err
-    assert dict(state.created) == {"datasource": 1, "folder": 1, "dashboard": 3, "alert rule": 5}
-    assert out.count(": created") == 10 and "s3cret" not in out
+    assert dict(state.created) == {"datasource": 1, "folder": 1, "dashboard": 3, "alert rule": 8}
+    assert out.count(": created") == 13 and "s3cret" not in out
     assert set(state.dashboards) == {"fathom-speed", "fathom-quality", "fathom-quality-vs-speed"}
-    assert state.intervals == {("fathom", "fathom-quality"): 300, ("fathom", "fathom-speed"): 60}
+    assert state.intervals == {
+        ("fathom", "fathom-quality"): 300,
+        ("fathom", "fathom-speed"): 60,
+        ("fathom", "fathom-missing-data"): 60,
+    }
     first = {uid: json.dumps(rule, sort_keys=True) for uid, rule in state.rules.items()}
     calls = len(state.calls)
 
     code, out, err = await push(push_args(url))
     assert code == 0, err
-    assert dict(state.created) == {"datasource": 1, "folder": 1, "dashboard": 3, "alert rule": 5}
-    assert ": created" not in out and out.count(": updated") == 12
+    assert dict(state.created) == {"datasource": 1, "folder": 1, "dashboard": 3, "alert rule": 8}
+    assert ": created" not in out and out.count(": updated") == 16
     assert {uid: json.dumps(rule, sort_keys=True) for uid, rule in state.rules.items()} == first
     assert {d["version"] for d in state.dashboards.values()} == {2}
     second = state.calls[calls:]
@@ -317,3 +327,32 @@ async def test_failures_exit_2_with_a_reason(grafana_server: tuple[str, FakeGraf
     code, _, err = await push(push_args("http://127.0.0.1:9"))
     assert code == 2 and "cannot reach Grafana" in err
     assert not state.datasources and not state.dashboards and not state.rules
+
+
+async def test_the_fake_refuses_a_rule_grafana_refuses(
+    grafana_server: tuple[str, FakeGrafana],
+) -> None:
+    url, state = grafana_server
+    bundle = grafana.load_bundle(grafana.DASHBOARDS, CLICKHOUSE)
+    name, interval, rules = bundle.groups[0]
+    unlinked = {**rules[0], "annotations": {"__dashboardUid__": "fathom-quality"}}
+    broken = grafana.Bundle(bundle.datasource, bundle.dashboards, [(name, interval, [unlinked])])
+    from grafana_client.api import GrafanaApi
+    from grafana_client.client import GrafanaBadInputError
+
+    api = GrafanaApi.from_url(url, credential=TOKEN)
+    with pytest.raises(GrafanaBadInputError, match="both annotations __dashboardUid__"):
+        await asyncio.to_thread(lambda: list(grafana.push(api, broken)))
+    assert not state.rules and set(state.dashboards) == {d["uid"] for d in bundle.dashboards}
+
+
+async def test_runbook_links_become_absolute_under_the_base(
+    grafana_server: tuple[str, FakeGrafana],
+) -> None:
+    url, state = grafana_server
+    base = "https://git.example/fathom/blob/main/"
+    code, _, err = await push(push_args(url, TOKEN, CLICKHOUSE, "--runbook-base", base))
+    assert code == 0, err
+    links = {uid: rule["annotations"]["runbook_url"] for uid, rule in state.rules.items()}
+    assert links["fathom-error-rate"] == f"{base}docs/runbooks.md#fathom-error-rate"
+    assert all(link.startswith(base) for link in links.values())

@@ -301,6 +301,8 @@ def test_pareto_front_agrees_with_the_dashboard(store: Store, doc: dict[str, Any
         variables = {
             "model": Variable("model", [ALL], ["llama-8b", "qwen-7b", "mistral-7b"]),
             "probe": Variable("probe", chart["probe"]),
+            "origin": Variable("origin", ["user"]),  # the dashboard's default, the report's traffic
+            **{name: Variable(name, [ALL]) for name in ("deployment", "route", "scorer")},
         }
         result = run_grafana_query(store, sql, QueryContext(START, NOW, variables=variables))
         dashboard = {

@@ -28,7 +28,10 @@ from sidecar.store.schema import (
 )
 from sidecar.store.schema_lock import LockHeld, LockSettings
 
-TABLES = {"requests", "samples", "quality", "regressions", "requests_1m"}
+TABLES = {
+    "requests", "samples", "quality", "regressions", "requests_1m", "speed_1m", "speed_1h",
+}  # fmt: skip
+MIGRATIONS = ["001_init.sql", "002_speed_rollup.sql"]
 
 
 @pytest.fixture
@@ -46,23 +49,24 @@ def ttl_days(store: Store) -> dict[str, int]:
 
 
 def test_apply_twice_is_idempotent_and_versioned(store: Store) -> None:
-    assert apply_schema(store) == ["001_init.sql"]
+    assert apply_schema(store) == MIGRATIONS
     assert apply_schema(store) == []
-    assert store.query_sync("SELECT version, name FROM fathom.schema_migrations") == [
-        (1, "001_init.sql")
-    ]
-    assert TABLES | {"requests_1m_mv", "schema_migrations"} == {
+    assert store.query_sync(
+        "SELECT version, name FROM fathom.schema_migrations ORDER BY version"
+    ) == list(enumerate(MIGRATIONS, start=1))
+    assert TABLES | {"requests_1m_mv", "speed_1m_mv", "speed_1h_mv", "schema_migrations"} == {
         r[0] for r in store.query_sync("SHOW TABLES FROM fathom")
     }
     assert ttl_days(store) == {
         "requests": 30, "samples": 7, "quality": 180, "regressions": 180, "requests_1m": 180,
+        "speed_1m": 30, "speed_1h": 365,
     }  # fmt: skip
     rows = store.query_sync("SELECT name, engine_full FROM system.tables WHERE database = 'fathom'")
     windows = {n for n, e in rows if "non_replicated_deduplication_window = 10000" in e}
     assert windows == TABLES  # what makes a replayed batch land once, rollup included
     # A migration cut short (statements ran, version not recorded) simply runs again.
     store.command_sync("TRUNCATE TABLE fathom.schema_migrations")
-    assert apply_schema(store) == ["001_init.sql"]
+    assert apply_schema(store) == MIGRATIONS
 
 
 def test_requests_table_matches_the_record(store: Store) -> None:
@@ -111,7 +115,7 @@ def test_cluster_schema_parses_in_chdb(store: Store) -> None:
             in (joined)
         )
     assert "TO fathom.requests_1m_local" in joined and "FROM fathom.requests_local" in joined
-    assert joined.count("SETTINGS replicated_deduplication_window = 10000") == 5
+    assert joined.count("SETTINGS replicated_deduplication_window = 10000") == len(TABLES)
     for statement in statements:
         ast = store.query_sync("EXPLAIN AST " + statement)  # raises on a syntax error
         assert ast and ast[0][0].split()[0] in ("CreateQuery", "CreateDatabaseQuery"), statement
@@ -146,7 +150,7 @@ def test_cli_apply_and_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["schema", "apply", "--store", url, "--ttl-days", "samples=3"]) == 0
     assert main(["schema", "apply", "--store", url, "--ttl-days", "samples=3,requests=30"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out == [f"schema at {url}: 001_init.sql", f"schema at {url}: up to date"]
+    assert out == [f"schema at {url}: {', '.join(MIGRATIONS)}", f"schema at {url}: up to date"]
     assert main(["schema", "apply", "--store", url, "--ttl-days", "samples=0"]) == 2
     assert "expected TABLE=DAYS" in capsys.readouterr().err
     assert main(["schema", "render", "--cluster", "main", "--ttl-days", "quality=9"]) == 0
@@ -253,3 +257,33 @@ def test_cli_takes_the_ddl_credential_from_fathom_schema_store(
     monkeypatch.setenv("FATHOM_STORE", pods_url)
     assert main(["schema", "apply"]) == 0
     assert capsys.readouterr().out == f"schema at {schema_url}: 001_init.sql\n"
+
+
+async def test_speed_rollup_keeps_breakdowns_and_answered_latency(store: Store) -> None:
+    apply_schema(store)
+    minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+    rows = []
+    for i in range(120):
+        failed = i % 4 == 0
+        record = Record(
+            ts=minute + timedelta(seconds=i % 60), request_id=f"s{i}",
+            route="chat" if i % 2 else "completion", model="m", deployment="d", origin="user",
+            stream=True, status=502 if failed else 200, error="upstream_http" if failed else "",
+            finish_reason="" if failed else ("length" if i % 3 == 0 else "stop"),
+            e2e_ms=60_000.0 if failed else 100.0 + i, output_tokens=4,
+        )  # fmt: skip
+        rows.append([record.to_row()[c] for c in REQUEST_COLUMNS])
+    await store.insert("fathom.requests", REQUEST_COLUMNS, rows)
+    query = (
+        "SELECT route, sum(requests), sumMap(statuses), sumMap(errors), sumMap(finish_reasons), "
+        "sum(output_tokens), quantilesTDigestMerge(0.5, 0.9, 0.95, 0.99)(e2e_ms)[4] "
+        "FROM fathom.{} GROUP BY route ORDER BY route"
+    )
+    got = store.query_sync(query.format("speed_1m"))
+    assert store.query_sync(query.format("speed_1h")) == got  # the hourly rollup holds the same
+    chat, completion = got
+    assert chat[:2] == ("chat", 60) and completion[:2] == ("completion", 60)
+    assert chat[2] == {"200": 60} and completion[2] == {"200": 30, "502": 30}
+    assert completion[3] == {"": 30, "upstream_http": 30}
+    assert chat[4] == {"stop": 40, "length": 20} and chat[5] == 240
+    assert completion[6] < 1000  # the failed requests' 60 s are not latency

@@ -58,7 +58,16 @@ def request_ids(store: Store) -> list[str]:
 
 
 def rollup_count(store: Store) -> int:
-    return int(store.query_sync("SELECT countMerge(requests) FROM fathom.requests_1m")[0][0])
+    """Requests in the rollups, which must all hold each request exactly once."""
+    (count,) = {
+        int(store.query_sync(f"SELECT {column} FROM fathom.{table}")[0][0])
+        for table, column in (
+            ("requests_1m", "countMerge(requests)"),
+            ("speed_1m", "sum(requests)"),
+            ("speed_1h", "sum(requests)"),
+        )
+    }
+    return count
 
 
 async def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> None:

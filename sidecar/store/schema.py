@@ -19,7 +19,9 @@ DEFAULT_TTL_DAYS: Mapping[str, int] = {
     "samples": 7,
     "quality": 180,
     "regressions": 180,
-    "requests_1m": 180,  # the rollup is small and is what long-range panels read
+    "requests_1m": 180,  # per-minute speed per origin, small
+    "speed_1m": 30,  # what alerts and panels over ranges up to a day read
+    "speed_1h": 365,  # what panels over longer ranges read: 24 rows per series a day
 }
 # On a cluster each table is a Distributed one over `<table>_local`, sharded by a hash of
 # the row (never rand()): a batch replayed after a crash then splits into the same blocks
@@ -30,6 +32,8 @@ SHARDING_KEYS: Mapping[str, str] = {
     "quality": "cityHash64(request_id, item_id)",
     "regressions": "cityHash64(model, deployment, probe)",
     "requests_1m": "cityHash64(model, deployment)",
+    "speed_1m": "cityHash64(model, deployment)",
+    "speed_1h": "cityHash64(model, deployment)",
 }
 DEDUP_WINDOW = 10_000  # inserts per table remembered by insert_deduplication_token
 _PLACEHOLDER = re.compile(r"\{(on_cluster|local|dedup_window|engine:\w+|agg_engine:\w+|ttl:\w+)\}")
