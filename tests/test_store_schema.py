@@ -32,6 +32,7 @@ TABLES = {
     "requests", "samples", "quality", "regressions", "requests_1m", "speed_1m", "speed_1h",
 }  # fmt: skip
 MIGRATIONS = ["001_init.sql", "002_speed_rollup.sql"]
+ROLLUPS = {"requests_1m", "speed_1m", "speed_1h"}
 
 
 @pytest.fixture
@@ -163,9 +164,10 @@ def test_require_names_what_is_missing_and_accepts_newer_versions(store: Store) 
     with pytest.raises(SchemaBehind) as behind:
         require(store)
     message = str(behind.value)
-    assert "at schema version 0, this release needs 1 (missing 001_init.sql)" in message
+    needs = f"this release needs {len(MIGRATIONS)} (missing {', '.join(MIGRATIONS)})"
+    assert f"at schema version 0, {needs}" in message
     assert "fathom schema apply" in message
-    assert missing(store) == ["001_init.sql"]
+    assert missing(store) == MIGRATIONS
     apply_schema(store)
     require(store)
     # A newer release applied its schema first; this one's pods still run during the rollout.
@@ -207,14 +209,14 @@ def test_apply_waits_for_a_live_lock_and_refuses_past_the_wait(store: Store) -> 
     with schema_lock.held(store, "", LockSettings(poll_s=2.5), "job-b:9", lambda: now,
                           holder_finishes):  # fmt: skip
         assert schema_lock.current_holder(store) == schema_lock.Holder("job-b:9", now)
-        assert apply(store) == ["001_init.sql"]
+        assert apply(store) == MIGRATIONS
     assert waits == [2.5]
     assert schema_lock.current_holder(store) is None  # released on the way out
 
 
 def test_apply_breaks_a_stale_lock(store: Store) -> None:
     hold_lock(store, "died:1", since=time.time() - 7200)
-    assert apply(store, lock=LockSettings(wait_s=0, stale_s=3600)) == ["001_init.sql"]
+    assert apply(store, lock=LockSettings(wait_s=0, stale_s=3600)) == MIGRATIONS
     assert schema_lock.current_holder(store) is None
 
 
@@ -230,7 +232,7 @@ def test_cluster_checks_parse_and_find_unreplicated_tables(store: Store) -> None
     problems = verify_cluster(store, local_checks())
     found = sorted(re.findall(r"fathom\.(\w+) is (\w+), not replicated", "\n".join(problems)))
     assert found == sorted(
-        [(t, "AggregatingMergeTree" if t == "requests_1m" else "MergeTree") for t in TABLES]
+        [(t, "AggregatingMergeTree" if t in ROLLUPS else "MergeTree") for t in TABLES]
         + [("schema_migrations", "MergeTree")]
     )
     assert not [p for p in problems if "not recorded" in p]
@@ -256,7 +258,7 @@ def test_cli_takes_the_ddl_credential_from_fathom_schema_store(
     monkeypatch.setenv("FATHOM_SCHEMA_STORE", schema_url)
     monkeypatch.setenv("FATHOM_STORE", pods_url)
     assert main(["schema", "apply"]) == 0
-    assert capsys.readouterr().out == f"schema at {schema_url}: 001_init.sql\n"
+    assert capsys.readouterr().out == f"schema at {schema_url}: {', '.join(MIGRATIONS)}\n"
 
 
 async def test_speed_rollup_keeps_breakdowns_and_answered_latency(store: Store) -> None:
