@@ -14,8 +14,8 @@ The kinds, checked in this order:
 "Nothing new" means no content word outside the phrase lists' own vocabulary and the prompt's
 words, unless the reply still picks one ("but", "I think", "probably"): "I'm not sure, but I
 think it is Canberra." is a (hedged) answer, "I don't know the answer to your question about
-Canberra." is not. The lists are English; a reply in
-another language is an `answer` here and left to the other probes.
+Canberra." is not. The lists are English; a reply in another language is an `answer` here,
+left to the other probes (degeneration flags an answer in another language than its prompt).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from probes.scorer import ProbeResult
 PROBE = "abstention"
 SCORER = "answer-kind/v1"
 Kind = Literal["answer", "empty", "refusal", "abstention", "bare"]
-KINDS: tuple[Kind, ...] = ("answer", "empty", "refusal", "abstention", "bare")
 
 _REFUSALS = (
     "i can't help", "i cannot help", "i can not help", "i can't assist", "i cannot assist",
@@ -52,11 +51,11 @@ _ABSTENTIONS = (
 )  # fmt: skip
 
 
-# Words of the phrases above and of the filler around them: none of them carries an answer.
 def _vocabulary(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
+# Words of the phrases above and of the filler around them: none of them carries an answer.
 HEDGE_WORDS = _vocabulary(
     "i im i'm me my you your we it its it's this that these those there here the a an of to "
     "in on at for with about and or but so if as is are was were be been being am do does did "
@@ -119,11 +118,6 @@ def classify(reply: str, prompt: str = "") -> Kind:
     if all(w in _STOPWORDS for w in found):
         return "bare"
     return "answer"
-
-
-def answers(reply: str, prompt: str = "") -> bool:
-    """Whether `reply` is an answer rather than a way of not answering."""
-    return classify(reply, prompt) == "answer"
 
 
 def informative(reply: str, prompt: str = "") -> bool:
