@@ -13,6 +13,7 @@ import sys
 from datetime import UTC, datetime
 
 from sidecar import config
+from sidecar.check import parse_time
 from sidecar.config import ConfigError, Settings
 from sidecar.store.client import StoreError, open_store
 from sidecar.store.schema import require
@@ -21,26 +22,33 @@ from sidecar.store.schema import require
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `fathom detect`."""
     parser.add_argument("--store", help="store URL (default: the `store` setting, FATHOM_STORE)")
+    parser.add_argument(
+        "--at",
+        type=parse_time,
+        default=None,
+        help="detect as of this ISO time instead of now, findings recorded at it (UTC if no zone)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """0 when the round ran (regressions or not: alerts and `fathom check` judge), 2 when not."""
     try:
         settings = config.load(None)
-        return asyncio.run(_detect(args.store or settings.store, settings))
+        at = args.at or datetime.now(UTC)
+        return asyncio.run(_detect(args.store or settings.store, settings, at))
     except (ConfigError, StoreError) as exc:
         print(f"fathom detect: {exc}", file=sys.stderr)
         return 2
 
 
-async def _detect(url: str, settings: Settings) -> int:
+async def _detect(url: str, settings: Settings, at: datetime) -> int:
     from probes.detect import run_detection, with_windows
 
     store = open_store(url)
     windows = with_windows(settings.detect_window_s, settings.detect_baseline_s)
     try:
         await store.call(require)
-        outcomes = await run_detection(store, datetime.now(UTC), windows)
+        outcomes = await run_detection(store, at, windows)
     finally:
         store.close()
     found = [o for o in outcomes if o.regression]

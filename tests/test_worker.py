@@ -19,7 +19,6 @@ import pytest
 import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
-from probes.factuality import default_golden, load_canaries
 from probes.scorer import Scorer
 from probes.worker import (
     ProbeSettings,
@@ -34,11 +33,13 @@ from sidecar.record import Record
 from sidecar.sampler import SAMPLE_COLUMNS, Sampler, parse_answer
 from sidecar.store.client import Store, open_store
 from sidecar.store.schema import apply_schema
+from tests.canaries import multiplications
 from tests.conftest import proxied
 from tests.test_probes_scorer import session_scorer
 
-# Simulated models: the same golden set as the canaries; 'steady' repeats itself and knows
-# its facts, 'flaky' says something new each time, 'wrong' repeats itself but errs.
+# Simulated models, knowing no golden file (they compute the canaries of tests.canaries):
+# 'steady' repeats itself and is right, 'flaky' says something new each time, 'wrong'
+# repeats itself but errs.
 MODELS = [
     {"name": "steady", "consistency": 1.0, "accuracy": 0.95},
     {"name": "flaky", "consistency": 0.0, "accuracy": 0.95},
@@ -56,7 +57,7 @@ def scorer(pytestconfig: pytest.Config) -> Scorer:
 def simulated_models(directory: Path) -> Iterator[str]:
     """A simulator serving the three models, answering at once (12-word answers)."""
     path = directory / "models.yaml"
-    common = {"ttft_ms": 0, "itl_ms": 0, "tokens": 12, "answers": str(default_golden())}
+    common = {"ttft_ms": 0, "itl_ms": 0, "tokens": 12}
     path.write_text(yaml.safe_dump({"seed": 7, "models": [{**common, **m} for m in MODELS]}))
     argv = spawn.fathom_command("simulate", "--listen", "127.0.0.1:0", "--config", str(path))
     with spawn.running(argv, ["server"]) as child:
@@ -161,7 +162,7 @@ async def test_through_the_proxy_each_sample_scored_once_and_probe_traffic_label
 
         await until(lambda: stored("SELECT count() FROM fathom.samples", 6))
         await until(lambda: stored("SELECT count() FROM fathom.requests", 6))
-        canaries = [c for c in load_canaries() if c.kind == "numeric"][:3]
+        canaries = multiplications()[:3]
         async with client_session(settings()) as session:
             worker = Worker(store, session, proxy.url, scorer, canaries,
                             settings(canaries_per_round=3))  # fmt: skip
@@ -230,7 +231,7 @@ async def test_consistent_model_scores_higher_than_inconsistent_one(
 
 
 async def test_accurate_model_passes_more_canaries(sim: str, scorer: Scorer, store: Store) -> None:
-    canaries = load_canaries()[::2]  # every category, half the embedding work
+    canaries = multiplications()
     probe = settings(canaries_per_round=len(canaries))
     async with client_session(probe) as session:
         worker = Worker(store, session, sim, scorer, canaries, probe)

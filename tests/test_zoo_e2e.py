@@ -14,7 +14,6 @@ The default suite runs three members (one per way of being caught); `-m slow` ru
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import yaml
 from sidecar import spawn
 from sidecar.sim.zoo import MEMBERS
 from sidecar.store.client import open_store
+from tests.canaries import golden_file
 from tests.test_dashboards_alerts import firing, named, rules
 from tests.test_secrets import metric, wait_for
 
@@ -37,20 +37,6 @@ CONTROL = "control"
 BASELINE = 70  # sampled answers per deployment before the switch (detection needs 64)
 AFTER = 40  # sampled answers per deployment after it
 ROUND = 16  # canaries per round: the whole golden file below
-PAIRS = [(a, b) for a, b in ((17, 23), (48, 76), (125, 8), (99, 11))] + [
-    (a, a + 7) for a in range(31, 43)
-]
-
-
-def golden(path: Path) -> Path:
-    """16 multiplication canaries; the expected answers are computed here."""
-    lines = [
-        {"id": f"mul-{i:02d}", "kind": "numeric", "answer": a * b,
-         "prompt": f"What is {a} \u00d7 {b}? Answer with just the number."}
-        for i, (a, b) in enumerate(PAIRS)
-    ]  # fmt: skip
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
 
 
 @dataclass
@@ -71,8 +57,10 @@ def models(members: tuple[str, ...]) -> list[dict[str, object]]:
 
 
 def serve_config(tmp: Path, sim: str, members: tuple[str, ...]) -> Path:
-    """`fathom serve --probes` settings: every answer sampled, short canary and detection
-    cycles, a detection window that slides over the switch."""
+    """`fathom serve --probes` settings: every answer sampled, short canary cycles. Detection
+    is left to `fathom detect` after the run (as the detection CronJob runs it), with its
+    window starting at the switch: the worker's own timer would judge whatever window its
+    busy loop happened to leave."""
     routes = [
         {"model": f"{MODEL}-{d}", "upstreams": [{"url": sim, "deployment": d}]}
         for d in (*members, CONTROL)
@@ -80,9 +68,9 @@ def serve_config(tmp: Path, sim: str, members: tuple[str, ...]) -> Path:
     settings = {
         "routes": routes, "sample_rate": 1.0, "probe_k": 2, "probe_requests_per_min": 1e6,
         "probe_tokens_per_min": 1e9, "probe_idle_s": 0.2, "probe_concurrency": 8,
-        "canary_default": False, "canary_files": [str(golden(tmp / "golden.jsonl"))],
-        "canaries_per_round": ROUND, "canary_interval_s": 2.0, "detect_interval_s": 2.0,
-        "detect_window_s": 20.0, "writer_flush_s": 0.1, "spool_dir": str(tmp / "spool"),
+        "canary_default": False, "canary_files": [str(golden_file(tmp / "golden.jsonl"))],
+        "canaries_per_round": ROUND, "canary_interval_s": 2.0, "detect_interval_s": 3600.0,
+        "writer_flush_s": 0.1, "spool_dir": str(tmp / "spool"),
     }  # fmt: skip
     path = tmp / "fathom.yaml"
     path.write_text(yaml.safe_dump(settings))
@@ -131,16 +119,17 @@ async def drive(serve: spawn.Child, sim: str, members: tuple[str, ...]) -> datet
     await traffic(proxy, deployments, AFTER, BASELINE)
     await wait_for(admin, {"fathom_probes_samples_scored": n * (BASELINE + AFTER),
                            "fathom_probes_canaries_sent": sent + 3 * ROUND * n}, 240)  # fmt: skip
-    await asyncio.sleep(2 * 2.0 + 1.0)  # two more detection cycles
     return switched
 
 
 def judge(store: str, switched: datetime) -> Run:
-    """`fathom check` on the window after the switch, the recorded findings, the alert rules.
-
-    Judged as of six hours after the switch: the rules' and the check's window is then exactly
-    the degraded phase, and the baseline everything before it (nothing arrives later)."""
+    """`fathom detect` (findings in fathom.regressions), `fathom check` and the alert rules, all
+    as of six hours after the switch: their six-hour window is then exactly the degraded
+    phase, and the baseline everything before it (nothing arrives later)."""
     at = switched + timedelta(hours=6)
+    detect = spawn.fathom_command("detect", "--store", store, "--at", at.isoformat())
+    found = subprocess.run(detect, capture_output=True, text=True, timeout=300, env=os.environ)
+    assert found.returncode == 0, found.stderr
     argv = spawn.fathom_command("check", "--store", store, "--since", "6h", "--at", at.isoformat())
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=os.environ)
     opened = open_store(store)
