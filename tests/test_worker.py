@@ -230,6 +230,19 @@ async def test_consistent_model_scores_higher_than_inconsistent_one(
     assert worker.stats.consistency_scored == 16 and worker.stats.probe_requests == 80
 
 
+async def test_routed_deployments_get_canaries_before_any_user_request(
+    sim: str, scorer: Scorer, store: Store
+) -> None:
+    probe = settings(canaries_per_round=3, routed=(("steady", "d1"),))
+    async with client_session(probe) as session:
+        worker = Worker(store, session, sim, scorer, multiplications(), probe)
+        await worker.step(asyncio.Event())
+    assert await store.query("SELECT count() FROM fathom.requests") == [(0,)]  # no user yet
+    rows = await quality(store, "request_id = ''")
+    assert [(r[1], r[2], r[3]) for r in rows] == [("steady", "factuality", 3)]
+    assert worker.stats.canaries_sent == 3
+
+
 async def test_accurate_model_passes_more_canaries(sim: str, scorer: Scorer, store: Store) -> None:
     canaries = multiplications()
     probe = settings(canaries_per_round=len(canaries))
