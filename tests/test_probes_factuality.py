@@ -1,5 +1,5 @@
 """The factuality probe: golden sets, number extraction, TruthfulQA-style text scoring, and a
-validation of the text scorer on TruthfulQA (external data, ../shared/data)."""
+validation of the text scorer on TruthfulQA (external data, vendored in tests/data)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from probes.scorer import Scorer
 from tests.test_probes_scorer import session_scorer
 
 ROOT = Path(__file__).resolve().parents[1]
-TRUTHFULQA = ROOT.parent / "shared" / "data" / "truthfulqa.jsonl"
+TRUTHFULQA = ROOT / "tests" / "data" / "truthfulqa.jsonl"  # vendored: see tests/data/README.md
 
 
 @pytest.fixture(scope="session")
@@ -404,7 +404,6 @@ def truthfulqa_ranking(scorer: Scorer, rows: list[dict[str, Any]]) -> dict[str, 
     return splits
 
 
-@pytest.mark.skipif(not TRUTHFULQA.is_file(), reason=f"external data not found at {TRUTHFULQA}")
 def test_truthfulqa_best_answer_ranks_above_incorrect_ones(scorer: Scorer) -> None:
     rows = [json.loads(line) for line in TRUTHFULQA.read_text().splitlines() if line.strip()]
     splits = truthfulqa_ranking(scorer, rows)
