@@ -17,22 +17,21 @@ A reply that does not answer (`probes.answer_kind`: empty, a refusal, an abstent
   diff > 0: every answer gets a verdict, since a verdict withheld on the hard cases hides
   exactly the wrong answers. `detail.close_call` says when |diff| is within MiniLM's
   paraphrase noise.
+- contains, regex, choice and json canaries: judged by their matcher (probes.matchers); score
+  1.0 or 0.0.
 
-The golden-set format is documented in probes/golden/README.md.
+Golden sets are read by probes.golden; the format is documented in probes/golden/README.md.
 """
 
 from __future__ import annotations
 
 import bisect
-import importlib.resources
-import json
 import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -41,6 +40,9 @@ import numpy.typing as npt
 
 from probes.answer_kind import HEDGE_WORDS, classify, informative, stem
 from probes.consistency import Reply, ask, probe_headers
+from probes.golden import Canary as Canary  # the golden-set API, as the worker imports it
+from probes.golden import GoldenError as GoldenError
+from probes.golden import load_canaries as load_canaries
 from probes.scorer import ProbeResult, Scorer, Vectors, similarity
 
 PROBE = "factuality"
@@ -48,121 +50,7 @@ NUMERIC_SCORER = "exact-number/v1"
 TEXT_SCORER = "truthful-diff-v3"  # v3: non-answers fail, mentions first, no abstain band
 CLOSE_CALL = 0.05  # |diff| under this is within MiniLM's paraphrase noise: a close call
 MENTION_WORDS = 4  # references this short are names, numbers or terms: look for them verbatim
-KINDS = ("numeric", "text")
 SYSTEM_PROMPT = "Answer the question briefly and directly."
-
-
-class GoldenError(ValueError):
-    """A golden-set file that cannot be used; the message names the file and line."""
-
-
-@dataclass(frozen=True, slots=True)
-class Canary:
-    """One golden item: a prompt and what a right (and wrong) answer looks like."""
-
-    id: str
-    prompt: str
-    kind: str  # "numeric" | "text"
-    answer: float | None = None  # numeric
-    tolerance: float = 0.0  # numeric: |extracted - answer| allowed
-    correct: tuple[str, ...] = ()  # text
-    incorrect: tuple[str, ...] = ()  # text
-    category: str = ""
-
-
-# ---------------------------------------------------------------------------- golden sets
-
-_KEYS = {"id", "prompt", "kind", "answer", "tolerance", "correct", "incorrect", "category"}
-
-
-def default_golden() -> Path:
-    """The packaged default golden set."""
-    return Path(str(importlib.resources.files("probes") / "golden" / "default.jsonl"))
-
-
-def parse_canary(obj: Any, where: str) -> Canary:
-    """One JSONL object as a Canary, or a GoldenError saying what is wrong with it."""
-    if not isinstance(obj, dict):
-        raise GoldenError(f"{where}: expected a JSON object")
-    unknown = sorted(set(obj) - _KEYS)
-    if unknown:
-        raise GoldenError(f"{where}: unknown keys {unknown} (allowed: {sorted(_KEYS)})")
-    for key in ("id", "prompt"):
-        if not isinstance(obj.get(key), str) or not obj[key].strip():
-            raise GoldenError(f"{where}: '{key}' must be a non-empty string")
-    kind = obj.get("kind")
-    if kind == "numeric":
-        return _numeric(obj, where)
-    if kind == "text":
-        return _text(obj, where)
-    raise GoldenError(f"{where}: 'kind' must be one of {KINDS}, not {kind!r}")
-
-
-def _numeric(obj: dict[str, Any], where: str) -> Canary:
-    answer, tolerance = obj.get("answer"), obj.get("tolerance", 0)
-    for name, value in (("answer", answer), ("tolerance", tolerance)):
-        if not _is_number(value):
-            raise GoldenError(f"{where}: numeric item needs a finite number '{name}'")
-    if tolerance < 0 or "correct" in obj or "incorrect" in obj:
-        raise GoldenError(f"{where}: numeric item: tolerance >= 0, no correct/incorrect lists")
-    return Canary(
-        obj["id"], obj["prompt"], "numeric", answer=float(obj["answer"]),
-        tolerance=float(tolerance), category=str(obj.get("category", "")),
-    )  # fmt: skip
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _text(obj: dict[str, Any], where: str) -> Canary:
-    lists = []
-    for key in ("correct", "incorrect"):
-        value = obj.get(key)
-        if not isinstance(value, list) or not value:
-            raise GoldenError(f"{where}: text item needs a non-empty list '{key}'")
-        if not all(isinstance(v, str) and v.strip() for v in value):
-            raise GoldenError(f"{where}: '{key}' must hold non-empty strings")
-        lists.append(tuple(value))
-    if "answer" in obj or "tolerance" in obj:
-        raise GoldenError(f"{where}: text item takes correct/incorrect, not answer/tolerance")
-    return Canary(
-        obj["id"], obj["prompt"], "text", correct=lists[0], incorrect=lists[1],
-        category=str(obj.get("category", "")),
-    )  # fmt: skip
-
-
-def read_golden(path: Path) -> list[Canary]:
-    """Canaries of one JSONL file (blank lines allowed)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise GoldenError(f"cannot read golden set {path}: {exc}") from exc
-    canaries = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            raise GoldenError(f"{path}:{number}: not JSON ({exc})") from exc
-        canaries.append(parse_canary(obj, f"{path}:{number}"))
-    return canaries
-
-
-def load_canaries(paths: Iterable[Path] = (), include_default: bool = True) -> list[Canary]:
-    """The default set (unless excluded) plus user files; ids must be unique across all."""
-    files = [default_golden()] if include_default else []
-    files += [Path(p) for p in paths]
-    canaries: list[Canary] = []
-    seen: dict[str, Path] = {}
-    for path in files:
-        for canary in read_golden(path):
-            if canary.id in seen:
-                raise GoldenError(f"{path}: id {canary.id!r} already used in {seen[canary.id]}")
-            seen[canary.id] = path
-            canaries.append(canary)
-    return canaries
 
 
 # ---------------------------------------------------------------------------- numbers
@@ -453,6 +341,8 @@ async def score_text(scorer: Scorer, canary: Canary, answer: str) -> ProbeResult
 
 def scorer_name(canary: Canary, scorer: Scorer) -> str:
     """The `scorer` column of a canary's results."""
+    if canary.matcher is not None:
+        return canary.matcher.scorer
     return NUMERIC_SCORER if canary.kind == "numeric" else f"{TEXT_SCORER}/{scorer.name}"
 
 
@@ -464,7 +354,19 @@ async def score_canary(scorer: Scorer, canary: Canary, answer: str) -> ProbeResu
         return ProbeResult(PROBE, canary.id, 0.0, False, detail, scorer_name(canary, scorer))
     if canary.kind == "numeric":
         return score_numeric(canary, answer)
+    if canary.matcher is not None:
+        return score_match(canary, answer)
     return await score_text(scorer, canary, answer)
+
+
+def score_match(canary: Canary, answer: str) -> ProbeResult:
+    """Score (1.0 or 0.0) of a canary judged by its matcher: contains, regex, choice, json."""
+    if canary.matcher is None:
+        raise ValueError(f"canary {canary.id} has no matcher (kind {canary.kind})")
+    verdict = canary.matcher.match(answer)
+    score = 1.0 if verdict.passed else 0.0
+    return ProbeResult(PROBE, canary.id, score, verdict.passed, verdict.detail,
+                       canary.matcher.scorer)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- asking
@@ -496,11 +398,3 @@ async def ask_canary(
     """Send one canary (labelled origin='canary', never sampled, pinned to `deployment`)."""
     sent = probe_headers("canary", deployment, headers)
     return await ask(session, url, canary_request(canary, model), sent, read_timeout_s)
-
-
-def by_kind(canaries: Sequence[Canary]) -> dict[str, list[Canary]]:
-    """Canaries grouped by kind."""
-    groups: dict[str, list[Canary]] = {kind: [] for kind in KINDS}
-    for canary in canaries:
-        groups[canary.kind].append(canary)
-    return groups

@@ -22,20 +22,18 @@ from probes.factuality import (
     GoldenError,
     Side,
     ask_canary,
-    by_kind,
     canary_request,
-    default_golden,
     extract_number,
     in_context,
     load_canaries,
     polarity,
-    read_golden,
     score_canary,
     score_numeric,
     score_text,
     token_f1,
     truthful_diff,
 )
+from probes.golden import by_kind, default_golden, read_golden
 from probes.scorer import Scorer
 from tests.test_probes_scorer import session_scorer
 
