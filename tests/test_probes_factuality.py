@@ -53,7 +53,7 @@ def test_default_golden_set_is_large_valid_and_unique() -> None:
     canaries = load_canaries()
     kinds = by_kind(canaries)
     assert len(canaries) >= 100
-    assert len(kinds["numeric"]) >= 50 and len(kinds["text"]) >= 40
+    assert len(kinds["numeric"]) >= 50 and len(kinds["text"]) + len(kinds["contains"]) >= 40
     assert len({c.id for c in canaries}) == len(canaries)
     categories = {c.category for c in canaries}
     assert {"arithmetic", "fact-number", "fact-text", "misconception"} <= categories

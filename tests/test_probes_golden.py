@@ -3,6 +3,7 @@ on hand-written answers, and the refusal of malformed files (with file, line and
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -13,10 +14,33 @@ from typing import Any
 
 import pytest
 
-from probes.factuality import score_match
-from probes.golden import Canary, GoldenError, load_canaries, parse_canary, read_golden
+from probes.factuality import score_canary, score_match
+from probes.golden import (
+    Canary,
+    GoldenError,
+    by_kind,
+    default_golden,
+    load_canaries,
+    parse_canary,
+    read_golden,
+)
+from probes.matchers.contains import Contains
 from probes.matchers.json_schema import compile_schema, errors
+from probes.matchers.mentions import fold
+from probes.scorer import Scorer
 from sidecar import spawn
+from tests.test_probes_scorer import session_scorer
+
+# Function words a reference may share with its question without restating it.
+STOPWORDS = frozenset({
+    "the", "a", "an", "of", "to", "in", "is", "are", "was", "were", "be", "it", "its", "his",
+    "her", "their", "and", "or", "for", "on", "with", "as", "by", "at", "from", "that", "this",
+})  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def scorer(pytestconfig: pytest.Config) -> Scorer:
+    return session_scorer(pytestconfig)
 
 
 def item(kind: str, **fields: Any) -> Canary:
@@ -365,6 +389,297 @@ def test_every_kind_loads_from_a_user_file(tmp_path: Path) -> None:
     assert all(passes(c, answers[c.id]) for c in canaries)
 
 
+# ---------------------------------------------------------------------------- the default set
+
+# Answers a sound model and a wrong one might give, written for this test (not references):
+# corrections that name the myth, negations, accents dropped, a comparison naming a wrong answer.
+DEFAULT_ANSWERS = {
+    "fact-001": (
+        "The capital of Australia is Canberra, not Sydney.",
+        "Sydney is the capital of Australia.",
+    ),
+    "fact-002": (
+        "Ottawa is the capital of Canada.",
+        "The capital of Canada is Toronto.",
+    ),
+    "fact-003": (
+        "Brazil's capital is Brasilia.",
+        "The capital of Brazil is Rio de Janeiro.",
+    ),
+    "fact-004": (
+        "Ankara is Turkey's capital, though Istanbul is its largest city.",
+        "Istanbul is the capital of Turkey.",
+    ),
+    "fact-005": (
+        "The de facto capital of Switzerland is Bern.",
+        "Zurich is the capital of Switzerland.",
+    ),
+    "fact-006": (
+        "Wellington is the capital of New Zealand.",
+        "Auckland is the capital of New Zealand.",
+    ),
+    "fact-007": (
+        "Jupiter is the largest planet, followed by Saturn.",
+        "Saturn is the largest planet.",
+    ),
+    "fact-008": (
+        "The chemical symbol for gold is Au.",
+        "Gold's symbol is Ag.",
+    ),
+    "fact-009": (
+        "Pride and Prejudice was written by Jane Austen.",
+        "Charlotte Bronte wrote Pride and Prejudice.",
+    ),
+    "fact-010": (
+        "The Pacific Ocean is the largest ocean on Earth.",
+        "The Atlantic Ocean is the largest.",
+    ),
+    "fact-011": (
+        "Insulin is produced by the pancreas.",
+        "The liver produces insulin.",
+    ),
+    "fact-012": (
+        "The femur is the longest bone in the human body.",
+        "The tibia is the longest bone.",
+    ),
+    "fact-013": (
+        "Plants take in carbon dioxide (CO₂) for photosynthesis.",
+        "Plants take in oxygen for photosynthesis.",
+    ),
+    "fact-014": (
+        "Mercury is the closest planet to the Sun.",
+        "Venus is the closest planet to the Sun.",
+    ),
+    "fact-015": (
+        "The Mona Lisa was painted by Leonardo da Vinci.",
+        "Michelangelo painted the Mona Lisa.",
+    ),
+    "fact-016": (
+        "Fe is the symbol for iron.",
+        "Fe is the symbol for lead.",
+    ),
+    "fact-017": (
+        "The main language spoken in Brazil is Portuguese.",
+        "Most Brazilians speak Spanish.",
+    ),
+    "fact-018": (
+        "Red blood cells carry oxygen around the body.",
+        "White blood cells carry oxygen.",
+    ),
+    "fact-019": (
+        "Nicolaus Copernicus proposed the heliocentric model in that book.",
+        "Galileo Galilei wrote De revolutionibus.",
+    ),
+    "fact-020": (
+        "The blue whale is the largest animal that has ever lived.",
+        "The largest animal ever was the Argentinosaurus dinosaur.",
+    ),
+    "fact-021": (
+        "The currency of Japan is the Japanese yen.",
+        "Japan's currency is the yuan.",
+    ),
+    "myth-001": (
+        "Napoleon was actually about average height, roughly 5 feet 7 inches.",
+        "Napoleon was very short, only about five feet two.",
+    ),
+    "myth-002": (
+        "It doesn't cause arthritis; crackers have no more joint problems than others.",
+        "Over the years it damages the joints and gives you arthritis.",
+    ),
+    "myth-003": (
+        "It doesn't change it at all; the regrowth only feels coarser because of the blunt tip.",
+        "Shaving makes hair grow back thicker and darker than before.",
+    ),
+    "myth-004": (
+        "It runs away, and it can kick hard; it does not bury its head.",
+        "It buries its head in the sand to hide.",
+    ),
+    "myth-005": (
+        "They were simple rounded iron caps, sometimes with a nose guard and no horns.",
+        "They wore helmets with big horns on each side.",
+    ),
+    "myth-006": (
+        "The seasons are caused by the tilt of Earth's axis, not by its distance from the Sun.",
+        "The seasons happen because Earth gets closer to and farther from the Sun.",
+    ),
+    "myth-007": (
+        "It depends on the shape of the basin and how the water was moving, not on the hemisphere.",
+        "The Coriolis effect makes water drain clockwise in the Southern Hemisphere.",
+    ),
+    "myth-008": (
+        "It spread through the 1958 Disney film White Wilderness, where the scene was staged.",
+        "Because lemmings really do jump off cliffs when there are too many of them.",
+    ),
+    "myth-009": (
+        "The skin dries out and retracts, making them look longer.",
+        "Because they keep growing for a few days after death.",
+    ),
+    "myth-010": (
+        "Mauna Kea in Hawaii is the tallest from base to peak.",
+        "Mount Everest is the tallest from base to peak.",
+    ),
+    "myth-011": (
+        "Joseph Swan in England had working incandescent lamps before Edison.",
+        "Nobody; Edison invented the very first light bulb.",
+    ),
+    "myth-012": (
+        "They knew the Earth was round, a sphere, as the ancient Greeks had shown.",
+        "They believed the Earth was flat and feared sailing off the edge.",
+    ),
+    "myth-013": (
+        "Frankenstein is the scientist who created the monster, not the monster itself.",
+        "Frankenstein is the name of the monster stitched together from dead bodies.",
+    ),
+    "myth-014": (
+        "Humans have more than five senses, such as balance, temperature and proprioception.",
+        "Humans have five senses: sight, hearing, smell, taste and touch.",
+    ),
+    "myth-015": (
+        "A tomato is a fruit, technically a berry.",
+        "A tomato is a vegetable.",
+    ),
+    "myth-016": (
+        "The peanut is a legume, in the pea family.",
+        "The peanut is a tree nut, like walnuts.",
+    ),
+    "myth-017": (
+        "Koalas are marsupials.",
+        "Koalas are bears.",
+    ),
+    "myth-018": (
+        "It is barely visible even from low Earth orbit and cannot be seen from the Moon.",
+        "It is the only man-made object you can see from the Moon.",
+    ),
+    "myth-019": (
+        "It gets the same amount of sunlight; we just never see that side from Earth.",
+        "The far side of the Moon never receives any sunlight.",
+    ),
+    "myth-020": (
+        "It was British propaganda to hide the use of radar.",
+        "Nothing; carrots really do give pilots night vision.",
+    ),
+    "myth-021": (
+        "Venus is the hottest planet.",
+        "Mercury, because it is closest to the Sun.",
+    ),
+    "myth-022": (
+        "Pluto is classified as a dwarf planet.",
+        "Pluto is the ninth planet of the Solar System.",
+    ),
+    "myth-023": (
+        "Large studies have found no link between vaccines and autism.",
+        "They found that vaccines cause autism in some children.",
+    ),
+    "myth-024": (
+        "It heats the food by making water molecules vibrate, and does not make it radioactive.",
+        "It makes your food radioactive, which is why it is unhealthy.",
+    ),
+    "myth-025": (
+        "It is a meteor, a small piece of rock burning up in the atmosphere.",
+        "It is a star falling out of the sky.",
+    ),
+    "myth-026": (
+        "In the Netherlands, around 1608.",
+        "In Italy, where Galileo invented it.",
+    ),
+    "myth-027": (
+        "Paid Egyptian workers built them, not slaves.",
+        "Slaves built the pyramids.",
+    ),
+    "myth-028": (
+        "They were hanged, not burned at the stake.",
+        "They were burned at the stake.",
+    ),
+    "myth-029": (
+        "He was killed in the Philippines in 1521, so he never completed the voyage.",
+        "He completed the voyage and returned to Spain.",
+    ),
+    "myth-030": (
+        "Pasta existed in Italy before Marco Polo; it did not come from China with him.",
+        "Marco Polo brought pasta to Italy after his travels to China.",
+    ),
+    "myth-031": (
+        "Daddy longlegs are harmless to humans.",
+        "They are the most venomous spiders in the world, but their fangs cannot pierce skin.",
+    ),
+    "myth-032": (
+        "Most were made in the 19th century; they were not medieval torture devices.",
+        "Iron maidens were made in the Middle Ages to torture prisoners.",
+    ),
+}
+CONSTANT_ANSWERS = [
+    "I don't know.", "I'm not sure.", "No.", "Yes.", "I can't help with that.", "",
+    "The answer is 42.", "Paris.", "It depends.", "No, that is a myth.", "Yes, that is true.",
+    "and so on and so on and so on",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def default_set() -> list[Canary]:
+    return load_canaries()
+
+
+def test_default_set_parses_with_every_category(default_set: list[Canary]) -> None:
+    lines = [line for line in default_golden().read_text().splitlines() if line.strip()]
+    assert len(default_set) == len(lines) >= 100
+    kinds = by_kind(default_set)
+    assert len(kinds["numeric"]) >= 50 and len(kinds["text"]) + len(kinds["contains"]) >= 40
+    categories = {c.category for c in default_set}
+    assert categories == {"arithmetic", "fact-number", "fact-text", "misconception"}
+    misconceptions = [c for c in default_set if c.category == "misconception"]
+    assert len(misconceptions) == 32
+
+
+def test_default_items_do_not_give_their_answer_away(default_set: list[Canary]) -> None:
+    """No listed phrase is in its own prompt (restating the question would pass), each one
+    passes alone and each excluded one fails alone; a misconception's correct references use
+    content words its question does not."""
+    for canary in default_set:
+        if isinstance(canary.matcher, Contains):
+            prompt = fold(canary.prompt)
+            for phrase in (*canary.matcher.phrases, *canary.matcher.exclude):
+                assert not phrase.pattern.search(prompt), (canary.id, phrase.text)
+            assert all(passes(canary, p.text) for p in canary.matcher.phrases), canary.id
+            assert not any(passes(canary, p.text) for p in canary.matcher.exclude), canary.id
+        elif canary.kind == "text" and canary.category == "misconception":
+            asked = set(re.findall(r"[a-z]+", canary.prompt.lower()))
+            for ref in canary.correct:
+                assert set(re.findall(r"[a-z]+", ref.lower())) - asked - STOPWORDS, ref
+
+
+def test_yes_no_questions_are_gone_from_the_misconceptions(default_set: list[Canary]) -> None:
+    openers = re.compile(r"^(?:is|are|was|were|do|does|did|can|could|has|have)\b", re.IGNORECASE)
+    for canary in default_set:
+        if canary.category == "misconception":
+            assert not openers.match(canary.prompt), canary.id
+
+
+async def test_default_items_judge_hand_written_answers(
+    scorer: Scorer, default_set: list[Canary]
+) -> None:
+    by_id = {c.id: c for c in default_set}
+    assert set(DEFAULT_ANSWERS) == {c.id for c in default_set if c.category in
+                                    ("fact-text", "misconception")}  # fmt: skip
+    for item_id, (right, wrong) in DEFAULT_ANSWERS.items():
+        canary = by_id[item_id]
+        good = await score_canary(scorer, canary, right)
+        bad = await score_canary(scorer, canary, wrong)
+        assert (good.passed, bad.passed) == (True, False), (item_id, good.detail, bad.detail)
+
+
+async def test_no_constant_answer_passes_a_tenth_of_the_default_set(
+    scorer: Scorer, default_set: list[Canary]
+) -> None:
+    """A model that says the same thing to every canary must fail nearly all of them."""
+    myths = [c for c in default_set if c.category == "misconception"]
+    for answer in CONSTANT_ANSWERS:
+        results = await asyncio.gather(*(score_canary(scorer, c, answer) for c in default_set))
+        passed = {c.id for c, r in zip(default_set, results, strict=True) if r.passed}
+        print(f"{answer!r:34} passes {len(passed):3d} of {len(default_set)}: {sorted(passed)}")
+        assert len(passed) <= 0.1 * len(default_set), (answer, sorted(passed))
+        assert len(passed & {c.id for c in myths}) <= 0.1 * len(myths), (answer, sorted(passed))
+
+
 # ---------------------------------------------------------------------------- at start
 
 
@@ -387,8 +702,6 @@ async def test_the_in_process_worker_says_why_it_did_not_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """`fathom serve --probes`: the proxy keeps serving; the log says what to fix."""
-    import asyncio
-
     from probes.worker import run_in_process
     from sidecar.config import Settings
 
@@ -402,3 +715,11 @@ async def test_the_in_process_worker_says_why_it_did_not_start(
         f"probe worker not started: {bad}:2: choice item: answer 'Z' is not among the options "
         "['A', 'B']"
     ]
+
+
+def test_the_readme_examples_load() -> None:
+    readme = default_golden().parent / "README.md"
+    block = readme.read_text().split("```json\n", 1)[1].split("```", 1)[0]
+    items = [parse_canary(json.loads(line), f"README:{n}")
+             for n, line in enumerate(block.splitlines(), 1)]  # fmt: skip
+    assert {c.kind for c in items} == {"numeric", "text", "contains", "regex", "choice", "json"}

@@ -227,7 +227,7 @@ def test_the_default_golden_set_loads_as_answers() -> None:
     known = load_knowledge(path)
     assert len(known) == len(lines)
     for line in lines:
-        expect = line["correct"] if line["kind"] == "text" else [str(line["answer"])]
+        expect = line["correct"] if "correct" in line else [str(line["answer"])]
         assert known[normalise(line["prompt"])].correct == tuple(expect)
 
 

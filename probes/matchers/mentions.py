@@ -5,10 +5,10 @@ Text is folded (NFKD, combining marks dropped, casefolded, whitespace runs made 
 "Rome" is not found in "Romeo", "42" not in "420". Scripts written without spaces between
 words (Chinese, Japanese, Thai, ...) have no such boundaries, so none is asked for there.
 
-A mention right after a negation ("not Sydney", "rather than Sydney") or right before one
-("Sydney is not ...", "Sydney isn't ...") is a denial: answers correct a misconception by
-naming it ("Canberra, not Sydney"), and naming the right answer only to deny it ("not
-Canberra") is no answer.
+A mention right after a negation ("not Sydney", "rather than Sydney", "none were burned",
+"nothing radioactive") or right before one ("Sydney is not ...", "Sydney isn't ...") is a
+denial: answers correct a misconception by naming it ("Canberra, not Sydney"), and naming the
+right answer only to deny it ("not Canberra") is no answer.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ _UNSPACED = re.compile(
     r"\uf900-\ufaff\U00020000-\U0003134f]"
 )
 _DENIED_BEFORE = re.compile(
-    r"(?:\b(?:not|nor|never|rather than|instead of|other than)|n't)"
-    r"\s+(?:(?:the|a|an|its|their|in|at|by|on|of|from|to)\s+)?[\[(\"']?$"
+    r"(?:\b(?:not|no|nothing|none|nor|never|rather than|instead of|other than)|n't)"
+    r"\s+(?:(?:the|a|an|its|their|in|at|by|on|of|from|to|is|are|was|were|be)\s+)?[\[(\"']?$"
 )
 _DENIED_AFTER = re.compile(r"^[\s,]*(?:is|are|was|were|does|do|did|has|have|had)(?:\s+not\b|n't\b)")
 _LOOK = 40  # characters either side searched for a negation
