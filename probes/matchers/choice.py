@@ -21,13 +21,13 @@ from probes.matchers.mentions import Mention, Phrase, denied, fold, mentions
 SCORER = "choice/v1"
 LETTERS = string.ascii_uppercase
 
-_ALONE = re.compile(r"^[\s\[(]*([A-Za-z])[\s\])]*[.:!]?\s*$")
+_ALONE = re.compile(r"^[\s\[(]*([A-Za-z])[\s\])]*(?:[.:!]\s*)?$")
 _SEVERAL = re.compile(r"^\s*[A-Z](?:\s*(?:,|/|\bor\b|\band\b)\s*[A-Z])+\s*[.!]?\s*$")
 _LEADING = re.compile(r"^\s*[\[(]?([A-Z])[\])\.:](?=\s|$)")
 _PICKS = re.compile(
     r"\b(?i:answer|option|choice|letter|choose|chose|pick|select)"
     r"(?:\s+(?i:is|would be|should be|must be|will be))?"
-    r"\s*[:=\-]?\s*[\[(]?([A-Z](?!\w)|[a-z](?=[)\].,;:!]|\s*$))"
+    r"\s*(?:[:=\-]\s*)?[\[(]?([A-Z](?!\w)|[a-z](?=[)\].,;:!]|\s*$))"
     r"|[\[(]([A-Z])[\])]"
     r"|\b([A-Z])\s+is\s+(?i:the\s+)?(?i:correct|right)\b"
 )
@@ -76,7 +76,7 @@ class Choice:
             phrase.text: letter
             for (letter, _), phrase in zip(self.options, self.texts, strict=True)
         }
-        found = [m for m in mentions(text, self.texts) if not _shadowed(m, text, self.texts)]
+        found = unshadowed(mentions(text, self.texts))
         return {by_text[m.phrase] for m in found if not m.denied}
 
 
@@ -118,13 +118,12 @@ def letter_picks(answer: str) -> set[str]:
     return picks
 
 
-def _shadowed(mention: Mention, text: str, phrases: Sequence[Phrase]) -> bool:
-    """Whether a longer option text found around this mention contains it."""
-    for phrase in phrases:
-        if phrase.text == mention.phrase:
-            continue
-        for found in phrase.pattern.finditer(text):
-            longer = found.end() - found.start() > mention.end - mention.start
-            if longer and found.start() <= mention.start and mention.end <= found.end():
-                return True
-    return False
+def unshadowed(found: list[Mention]) -> list[Mention]:
+    """Mentions (sorted by start, longest first) not inside a longer one: "Paris, Texas" holds
+    "Paris". Options differ once folded, so two mentions never share a span."""
+    kept, reach = [], -1
+    for mention in found:
+        if mention.end > reach:
+            kept.append(mention)
+        reach = max(reach, mention.end)
+    return kept

@@ -21,7 +21,7 @@ from probes.matchers.json_schema import Schema, compile_schema, errors
 
 SCORER = "json-schema/v1"
 SHOWN_ERRORS = 3  # validation errors kept in `detail`
-_FENCE = re.compile(r"```[ \t]*(?:json)?[ \t]*\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
+_FENCE = re.compile(r"```[ \t]*(?:json[ \t]*)?\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
 class _NotJson(ValueError):
