@@ -270,8 +270,8 @@ def test_json_validator_agrees_with_the_jsonschema_library() -> None:
 @pytest.mark.parametrize(
     "answer",
     ["A" + " " * 30000 + "x", "answer" + " " * 30000 + "x", "```" + " " * 30000 + "x",
-     "Paris " * 6000, "not " * 8000, "(" * 30000, "[" * 30000, "B) " * 10000, "A or " * 6000,
-     "```\n" * 8000, "Canberra " * 6000, "Sydney is not " * 3000],
+     "A or B" + " " * 30000 + "x", "Paris " * 6000, "not " * 8000, "(" * 30000, "[" * 30000,
+     "B) " * 10000, "A or " * 6000, "```\n" * 8000, "Canberra " * 6000, "Sydney is not " * 3000],
 )  # fmt: skip
 def test_matchers_stay_fast_on_hostile_answers(answer: str) -> None:
     for canary in (CAPITAL, CAPITAL_OF_FRANCE, BOOK, item("regex", pattern=r"\b1969\b")):

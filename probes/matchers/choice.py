@@ -22,7 +22,7 @@ SCORER = "choice/v1"
 LETTERS = string.ascii_uppercase
 
 _ALONE = re.compile(r"^[\s\[(]*([A-Za-z])[\s\])]*(?:[.:!]\s*)?$")
-_SEVERAL = re.compile(r"^\s*[A-Z](?:\s*(?:,|/|\bor\b|\band\b)\s*[A-Z])+\s*[.!]?\s*$")
+_SEVERAL = re.compile(r"^\s*[A-Z](?:\s*(?:,|/|\bor\b|\band\b)\s*[A-Z])+\s*(?:[.!]\s*)?$")
 _LEADING = re.compile(r"^\s*[\[(]?([A-Z])[\])\.:](?=\s|$)")
 _PICKS = re.compile(
     r"\b(?i:answer|option|choice|letter|choose|chose|pick|select)"
