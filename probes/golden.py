@@ -155,6 +155,8 @@ def _json(obj: dict[str, Any], base: Canary) -> Canary:
         return replace(base, matcher=JsonAnswer.of(obj["schema"]))
     except ValueError as exc:
         raise ValueError(f"bad schema at {exc}") from None
+    except RecursionError:
+        raise ValueError("bad schema: nested too deeply") from None
 
 
 _PARSERS: dict[str, Callable[[dict[str, Any], Canary], Canary]] = {

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -363,6 +364,19 @@ def test_malformed_items_are_refused_with_file_line_and_reason(
     text = str(info.value)
     assert text.startswith(f"{path}:3: "), text
     assert message in text and "\n" not in text
+
+
+def test_a_schema_too_deep_to_compile_is_refused() -> None:
+    schema: dict[str, Any] = {}
+    for _ in range(400):
+        schema = {"items": schema}
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(300)  # deterministic: deeper than the stack allows
+    try:
+        with pytest.raises(GoldenError, match=re.escape("mine:7: json item: bad schema: nested")):
+            parse_canary({"id": "x", "prompt": "p", "kind": "json", "schema": schema}, "mine:7")
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def test_repeated_ids_name_both_places(tmp_path: Path) -> None:

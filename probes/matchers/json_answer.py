@@ -71,6 +71,9 @@ class JsonAnswer:
             value, fenced = parse_answer(answer)
         except ValueError as exc:
             return Verdict(False, {"kind": "json", "parsed": False, "error": str(exc)[:200]})
-        problems = list(itertools.islice(errors(self.schema, value), SHOWN_ERRORS))
+        try:
+            problems = list(itertools.islice(errors(self.schema, value), SHOWN_ERRORS))
+        except RecursionError:  # a deep schema met by an answer nested as deep
+            problems = ["/: nested too deeply to check"]
         detail = {"kind": "json", "parsed": True, "fenced": fenced, "errors": problems}
         return Verdict(not problems, detail)
