@@ -348,7 +348,8 @@ def scorer_name(canary: Canary, scorer: Scorer) -> str:
 
 async def score_canary(scorer: Scorer, canary: Canary, answer: str) -> ProbeResult:
     """Score one canary answer by its kind; a reply that does not answer, or loops, fails."""
-    if not informative(answer, canary.prompt):
+    complete = canary.matcher is not None and canary.matcher.complete(answer)
+    if not complete and not informative(answer, canary.prompt):
         kind = classify(answer, canary.prompt)
         detail = {"kind": canary.kind, "non_answer": "loop" if kind == "answer" else kind}
         return ProbeResult(PROBE, canary.id, 0.0, False, detail, scorer_name(canary, scorer))

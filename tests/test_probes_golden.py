@@ -265,6 +265,33 @@ def test_json_validator_agrees_with_the_jsonschema_library() -> None:
         assert reference.is_valid(value) is expected, answer
 
 
+# ---------------------------------------------------------------------------- non-answers
+
+
+@pytest.mark.parametrize(
+    ("canary", "answer", "expected"),
+    [
+        (item("choice", options=["Nitrogen", "Oxygen"], answer="A"), "A", True),
+        (item("choice", options=["Nitrogen", "Oxygen"], answer="A"), "(a)", True),
+        (item("choice", options=["Nitrogen", "Oxygen"], answer="A"), "I can't help with that.",
+         False),
+        (item("json", schema={"const": True}), "true", True),
+        (item("json", schema={"type": "object"}), "{}", True),
+        (item("json", schema={"type": "object"}), "I don't know.", False),
+        (CAPITAL, "Canberra " * 40, False),  # a loop that happens to hold the answer
+        (CAPITAL, "I'm not sure, but I think it is Canberra.", True),  # hedged, still an answer
+        (item("regex", pattern=r"(?i)^\W*yes\b"), "Yes.", False),  # a bare yes is no answer
+        (item("regex", pattern=r"(?i)^\W*yes\b"), "Yes, 7 is prime.", True),
+    ],
+)  # fmt: skip
+async def test_non_answers_fail_every_kind_but_a_lone_letter_or_json_value_answers(
+    scorer: Scorer, canary: Canary, answer: str, expected: bool
+) -> None:
+    result = await score_canary(scorer, canary, answer)
+    assert result.passed is expected, result.detail
+    assert result.scorer == score_match(canary, answer).scorer
+
+
 # ---------------------------------------------------------------------------- hostile answers
 
 

@@ -31,3 +31,8 @@ class Matcher(Protocol):
     def match(self, answer: str) -> Verdict:
         """Judge one answer."""
         ...
+
+    def complete(self, answer: str) -> bool:
+        """Whether the reply's form alone makes it a full answer of this kind (a lone option
+        letter, a JSON value), which the non-answer check must not call bare or empty."""
+        ...

@@ -60,6 +60,10 @@ class Choice:
         """Scorer name and version."""
         return SCORER
 
+    def complete(self, answer: str) -> bool:
+        """A lone letter ("A", "(B)") answers a multiple-choice question in full."""
+        return _ALONE.match(_plain(answer)) is not None
+
     def match(self, answer: str) -> Verdict:
         """Judge one answer."""
         letters = letter_picks(answer)
@@ -96,9 +100,14 @@ def _lettered(options: Sequence[str] | Mapping[str, str]) -> list[tuple[str, str
     return pairs
 
 
+def _plain(answer: str) -> str:
+    """NFKC (full-width letters) without markdown emphasis or code marks."""
+    return unicodedata.normalize("NFKC", answer).replace("*", "").replace("`", "")
+
+
 def letter_picks(answer: str) -> set[str]:
     """The option letters an answer picks explicitly (denied ones left out)."""
-    text = unicodedata.normalize("NFKC", answer).replace("*", "").replace("`", "")
+    text = _plain(answer)
     alone = _ALONE.match(text)
     if alone:
         return {alone.group(1).upper()}

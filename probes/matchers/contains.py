@@ -39,6 +39,10 @@ class Contains:
         """Scorer name and version."""
         return SCORER
 
+    def complete(self, answer: str) -> bool:
+        """Never: a phrase or pattern found in a bare or looping reply is no answer."""
+        return False
+
     def match(self, answer: str) -> Verdict:
         """Judge one answer."""
         text = fold(answer)

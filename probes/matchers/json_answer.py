@@ -65,6 +65,14 @@ class JsonAnswer:
         """Scorer name and version."""
         return SCORER
 
+    def complete(self, answer: str) -> bool:
+        """Any JSON value ("{}", "true") is an answer in form; the schema judges it."""
+        try:
+            parse_answer(answer)
+        except ValueError:
+            return False
+        return True
+
     def match(self, answer: str) -> Verdict:
         """Judge one answer."""
         try:

@@ -40,6 +40,10 @@ class Regex:
         """Scorer name and version."""
         return SCORER
 
+    def complete(self, answer: str) -> bool:
+        """Never: a phrase or pattern found in a bare or looping reply is no answer."""
+        return False
+
     def match(self, answer: str) -> Verdict:
         """Judge one answer."""
         found = self.pattern.search(answer)
