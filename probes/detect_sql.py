@@ -9,8 +9,10 @@ from datetime import datetime
 from typing import Any
 
 # The most recent `max_rows` quality rows of each series in [start, end); canary rows bring
-# their golden item (`item_id`) for the per-item test. Only the rows of the scorer that scored
-# the series last in [span_start, span_end): scores of another scorer version are another scale.
+# their golden item (`item_id`) for the per-item test. Per item (samples share item_id ''), only
+# the rows of the scorer that scored it last in [span_start, span_end): scores of another scorer
+# version are another scale. Per item, not per series: one factuality series mixes canary kinds
+# (numeric, text, contains, ...), each with a scorer of its own, and every kind counts.
 # GLOBAL IN: on a cluster fathom.quality is Distributed, and a plain IN on it in a query on it
 # is a double-distributed subquery, which servers refuse by default.
 QUALITY_ROWS = """
@@ -20,12 +22,12 @@ WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64})
   AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
   AND ({deployment:String} = '' OR deployment = {deployment:String})
   AND isFinite(score)
-  AND (model, deployment, probe, scorer) GLOBAL IN (
-    SELECT model, deployment, probe, argMax(scorer, ts)
+  AND (model, deployment, probe, item_id, scorer) GLOBAL IN (
+    SELECT model, deployment, probe, item_id, argMax(scorer, ts)
     FROM fathom.quality
     WHERE ts >= fromUnixTimestamp64Milli({span_start_ms:Int64})
       AND ts < fromUnixTimestamp64Milli({span_end_ms:Int64})
-    GROUP BY model, deployment, probe
+    GROUP BY model, deployment, probe, item_id
   )
 ORDER BY model, deployment, probe, ts DESC
 LIMIT {max_rows:UInt32} BY model, deployment, probe

@@ -370,6 +370,27 @@ async def test_a_new_scorer_starts_a_new_baseline(store: Store) -> None:
     assert {o.key[2] for o in found if o.regression} == {"consistency", "factuality"}
 
 
+async def test_every_canary_kind_of_a_series_counts(store: Store) -> None:
+    # One factuality series, two canary kinds with scorers of their own: numeric items and
+    # contains items. Only the contains items fail now; detection must still see them.
+    rows = []
+    for current, count, span in ((False, 400, timedelta(days=7)), (True, 80, timedelta(hours=5))):
+        end = NOW if current else NOW - S.window
+        for i in range(count):
+            ts = end - span * (i + 0.5) / count
+            numeric = i % 2 == 0
+            ok = int(numeric or not current)
+            scorer = "exact-number/v1" if numeric else "contains/v1"
+            item = f"{'n' if numeric else 'c'}{i % 10}"
+            rows.append([ts, "", "m", "mixed", "factuality", item, float(ok), ok, scorer])
+    columns = ("ts", "request_id", "model", "deployment", "probe", "item_id", "score", "passed",
+               "scorer")  # fmt: skip
+    store.insert_sync("fathom.quality", columns, rows)
+    found = await run_detection(store, NOW, deployment="mixed", write=False)
+    (sprt,) = [o for o in found if o.test == "sprt"]
+    assert (sprt.n_baseline, sprt.n_current) == (400, 80) and sprt.regression
+
+
 def test_naive_times_are_refused(tmp_path: Path) -> None:
     from probes.detect_sql import epoch_ms
 
