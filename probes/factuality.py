@@ -28,7 +28,6 @@ from __future__ import annotations
 import bisect
 import math
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from probes.consistency import Reply, ask, probe_headers
 from probes.golden import Canary as Canary  # the golden-set API, as the worker imports it
 from probes.golden import GoldenError as GoldenError
 from probes.golden import load_canaries as load_canaries
+from probes.matchers.mentions import Phrase, fold, mentions
 from probes.scorer import ProbeResult, Scorer, Vectors, similarity
 
 PROBE = "factuality"
@@ -175,8 +175,6 @@ _STOPWORDS = frozenset({
     "does", "did", "can", "will", "would", "should",
 })  # fmt: skip
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-_MENTION_WORD = re.compile(r"[^\W_]+")
-_NEGATING = frozenset({"not", "no", "never", "nor", "neither", "isn", "wasn", "aren", "t"})
 
 
 def _tokens(text: str) -> list[str]:
@@ -276,35 +274,22 @@ def on_topic(answer: str, canary: Canary) -> bool:
     return any(words & _content(ref) for ref in (*canary.correct, *canary.incorrect))
 
 
-def _folded(text: str) -> str:
-    """Lower case without accents, words separated by single spaces."""
-    plain = unicodedata.normalize("NFKD", text.casefold())
-    plain = "".join(c for c in plain if not unicodedata.combining(c))
-    return " ".join(_MENTION_WORD.findall(plain))
+def _term(reference: str) -> Phrase | None:
+    """A short reference (a name, a number, a term) as a phrase to look for, else None."""
+    folded = fold(reference).strip(" .!?;:,")
+    return Phrase.of(folded) if folded and len(folded.split()) <= MENTION_WORDS else None
 
 
-def mentions(answer: str, references: Sequence[str]) -> list[int]:
-    """Indexes of the short references (names, numbers, terms) the answer states verbatim; a
-    mention right after a negation ("not a fruit") states nothing."""
-    said = _folded(answer).split()
+def stated(answer: str, references: Sequence[str]) -> list[int]:
+    """Indexes of the short references the answer states: found on word boundaries, accents
+    and case aside, and not denied ("not a fruit" states nothing; `probes.matchers.mentions`)."""
+    said = fold(answer)
     found = []
     for i, ref in enumerate(references):
-        term = _folded(ref).split()
-        if 0 < len(term) <= MENTION_WORDS and _states(said, term):
+        term = _term(ref)
+        if term is not None and any(not m.denied for m in mentions(said, [term])):
             found.append(i)
     return found
-
-
-def _states(said: list[str], term: list[str]) -> bool:
-    n = len(term)
-    for at in range(len(said) - n + 1):
-        if said[at : at + n] == term and not _NEGATING & set(said[max(0, at - 2) : at]):
-            return True
-    return False
-
-
-def _short(references: Sequence[str]) -> bool:
-    return any(0 < len(_folded(ref).split()) <= MENTION_WORDS for ref in references)
 
 
 def mention_result(canary: Canary, answer: str, scorer_name: str) -> ProbeResult | None:
@@ -312,9 +297,10 @@ def mention_result(canary: Canary, answer: str, scorer_name: str) -> ProbeResult
 
     Only items with short references on both sides decide so: where the right answer is a
     sentence, naming a wrong term may be the sentence that corrects it."""
-    if not (_short(canary.correct) and _short(canary.incorrect)):
+    short = [any(_term(r) for r in side) for side in (canary.correct, canary.incorrect)]
+    if not all(short):
         return None
-    right, wrong = mentions(answer, canary.correct), mentions(answer, canary.incorrect)
+    right, wrong = stated(answer, canary.correct), stated(answer, canary.incorrect)
     if bool(right) == bool(wrong):
         return None
     detail = {"kind": "text", "by": "mention", "correct": right, "incorrect": wrong}
