@@ -2,7 +2,8 @@
 
 SmolLM2-135M, as shipped and re-quantized to Q2_K, answers 60 Wikidata facts (vendored in
 tests/data/, Apache-2.0) greedily, each asked as a `text` canary whose correct reference is the
-fact and whose incorrect ones are other answers of the same relation. The truth is computed
+fact and whose incorrect ones are other answers of the same relation, and as a `contains`
+canary (the fact, excluding the others). The truth is computed
 here, independently of the scorer: does the answer contain the fact (whole words, case and
 accents aside)? The scorer must give a verdict on at least 90% of the items, agree with that
 truth on at least 90% of them, and report a pass rate within 0.05 of the true rate.
@@ -22,6 +23,7 @@ import aiohttp
 import pytest
 
 from probes.factuality import Canary, ask_canary, score_canary
+from probes.golden import parse_canary
 from probes.scorer import Scorer
 from sidecar import llamacpp
 from sidecar.spawn import Child
@@ -59,8 +61,10 @@ def contains(answer: str, fact: str) -> bool:
     return f" {fold(fact)} " in f" {fold(answer)} "
 
 
-def fact_canaries() -> list[Canary]:
-    """The first ITEMS facts whose relation has at least three other answers to be wrong with."""
+def fact_canaries(kind: str = "text") -> list[tuple[Canary, str]]:
+    """The first ITEMS facts whose relation has at least three other answers to be wrong with,
+    as `text` items (correct: the fact, incorrect: the others) or `contains` items (correct:
+    the fact, exclude: the others)."""
     rows = [json.loads(line) for line in FACTS.read_text().splitlines() if line.strip()]
     by_relation: dict[str, set[str]] = {}
     parsed = []
@@ -75,8 +79,10 @@ def fact_canaries() -> list[Canary]:
         others = sorted(by_relation[relation] - {target})[:5]
         if len(others) >= 3:
             prompt = f"Complete the sentence with a short answer: {sentence} ..."
-            canaries.append(Canary(item_id, prompt, "text", correct=(target,),
-                                   incorrect=tuple(others)))  # fmt: skip
+            wrong = "incorrect" if kind == "text" else "exclude"
+            item = {"id": item_id, "prompt": prompt, "kind": kind, "correct": [target],
+                    wrong: others}  # fmt: skip
+            canaries.append((parse_canary(item, f"{FACTS}:{item_id}"), target))
     return canaries[:ITEMS]
 
 
@@ -90,21 +96,23 @@ async def answers(url: str, canaries: list[Canary]) -> list[str]:
     return [r.text for r in replies]
 
 
+@pytest.mark.parametrize("kind", ["text", "contains"])
 @pytest.mark.parametrize("deployment", [llamacpp.SHIPPED, llamacpp.DEGRADED])
-def test_text_verdicts_agree_with_the_facts(
-    servers: dict[str, Child], scorer: Scorer, deployment: str
+def test_verdicts_agree_with_the_facts(
+    servers: dict[str, Child], scorer: Scorer, deployment: str, kind: str
 ) -> None:
-    canaries = fact_canaries()
-    assert len(canaries) == ITEMS
+    pairs = fact_canaries(kind)
+    assert len(pairs) == ITEMS
+    canaries = [c for c, _ in pairs]
     said = asyncio.run(answers(servers[deployment].addresses["server"], canaries))
     results = [asyncio.run(score_canary(scorer, c, a)) for c, a in zip(canaries, said, strict=True)]
-    truth = [contains(a, c.correct[0]) for c, a in zip(canaries, said, strict=True)]
+    truth = [contains(a, fact) for (_, fact), a in zip(pairs, said, strict=True)]
     decided = [(r.passed, t) for r, t in zip(results, truth, strict=True) if r.passed is not None]
     verdicts = len(decided) / len(results)
     agreement = sum(p == t for p, t in decided) / len(decided)
     pass_rate = sum(bool(p) for p, _ in decided) / len(decided)
     true_rate = sum(truth) / len(truth)
-    print(f"\n{deployment}: verdicts {verdicts:.0%}, agreement {agreement:.0%}, "
+    print(f"\n{deployment}, {kind} items: verdicts {verdicts:.0%}, agreement {agreement:.0%}, "
           f"pass rate {pass_rate:.3f} vs contains-the-fact {true_rate:.3f}")  # fmt: skip
     assert verdicts >= 0.9 and agreement >= 0.9
     assert abs(pass_rate - true_rate) <= 0.05
