@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from typing import Literal
 
 from probes.degeneration import score_degeneration
@@ -120,13 +121,17 @@ def classify(reply: str, prompt: str = "") -> Kind:
     return "answer"
 
 
-def informative(reply: str, prompt: str = "") -> bool:
+LOOPING = frozenset({"loop", "repetition", "repeated_lines"})  # degeneration flags
+
+
+def informative(reply: str, prompt: str = "", flags: Iterable[str] | None = None) -> bool:
     """Whether a reply can agree with anything or pass a canary: an answer that does not loop
-    or repeat itself."""
+    or repeat itself (`flags`: its degeneration flags, when already known)."""
     if classify(reply, prompt) != "answer":
         return False
-    flags = score_degeneration(reply).detail.get("flags", [])
-    return not {"loop", "repetition", "repeated_lines"} & set(flags)
+    if flags is None:
+        flags = score_degeneration(reply).detail.get("flags", [])
+    return LOOPING.isdisjoint(flags)
 
 
 def score_abstention(reply: str, prompt: str = "") -> ProbeResult:

@@ -168,7 +168,9 @@ async def score_consistency(
     if not samples:
         return None
     answers = [original, *samples]
-    useful = [informative(a, prompt) for a in answers]
+    # Off the loop: the loop check takes milliseconds on a long answer, and `serve --probes`
+    # shares this loop with the proxy.
+    useful = await asyncio.to_thread(lambda: [informative(a, prompt) for a in answers])
     if not useful[0]:
         return non_answer(item_id, scorer.name, len(samples))
     whole = [a for a, u in zip(answers, useful, strict=True) if u]

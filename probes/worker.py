@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -293,6 +292,16 @@ def reaskable(sample: Sample) -> tuple[dict[str, Any] | None, str]:
     return request, ""
 
 
+def cheap_probes(sample: Sample, prompt: str) -> tuple[tuple[ProbeResult, ...], bool]:
+    """(degeneration and abstention results, whether the answer is informative): the probes
+    that need no model and no re-ask."""
+    text = sample.response_text
+    degeneration = score_degeneration(text, sample.finish_reason, prompt=prompt)
+    flags = degeneration.detail.get("flags", [])
+    useful = informative(text, prompt, flags if isinstance(flags, list) else None)
+    return (degeneration, score_abstention(text, prompt)), useful
+
+
 def estimate_tokens(request: Mapping[str, Any], sample: Sample) -> int:
     """Tokens one re-ask may use: ~4 characters a token for the request and the answer,
     the answer bounded by the request's max_tokens. Settled against usage afterwards."""
@@ -470,19 +479,14 @@ class Worker:
 
     async def score(self, sample: Sample) -> Scored:
         """Every probe of one sample (nothing written)."""
-        # Tens of ms on a long answer: off the loop, which the proxy may share (serve --probes).
         request, why_not = reaskable(sample)
         prompt = prompt_text(request) if request is not None else ""
-        degeneration = await asyncio.to_thread(
-            functools.partial(score_degeneration, prompt=prompt),
-            sample.response_text,
-            sample.finish_reason,
-        )
-        cheap = (degeneration, score_abstention(sample.response_text, prompt))
+        # Tens of ms on a long answer: off the loop, which the proxy may share (serve --probes).
+        cheap, useful = await asyncio.to_thread(cheap_probes, sample, prompt)
         if request is None:
             return Scored(cheap, why_not)
         k = self.settings.k
-        if not informative(sample.response_text, prompt):  # nothing to agree with: 0, no re-ask
+        if not useful:  # nothing to agree with: consistency 0, no re-ask
             return Scored((*cheap, non_answer("", self._scorer.name, k)))
         estimate = k * estimate_tokens(request, sample)
         if not self._budget.try_spend(k, estimate):
