@@ -18,14 +18,13 @@
 3. False alarms: the same statistics on `--stable` sound samples (and canary results) against
    sound baselines, in windows of `WINDOW`, per 10,000.
 Goal: every member within 200 sampled answers or 3 canary rounds of 16; fewer than 0.01
-false alarms per 10,000 sound samples.
+false alarms per 10,000 sound samples. Exits 1 when either misses.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import random
 import time
 from collections import Counter
@@ -198,15 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     columns = ("samples", *(f"{t}" for t in PROBES), "shape")
     print(f"{'member':<9} " + " ".join(f"{c:>12}" for c in columns) + f" {'rounds':>7} goal")
-    for member, bad in scored.items():
-        print(member_row(member, sound, bad, rng, args.runs))
+    rows = [member_row(member, sound, bad, rng, args.runs) for member, bad in scored.items()]
+    print(*rows, sep="\n")
     per_sample, per_canary, by = false_alarms(sound, rng, args.stable)
     windows = max(1, args.stable // WINDOW) * WINDOW
     print(f"false alarms on sound data: {per_sample:.4f} per 10,000 samples ({windows:,} "
           f"samples; {dict(by) or 'none'}), {per_canary:.4f} per 10,000 canary results "
           "(goal < 0.01)")  # fmt: skip
     print(f"{time.monotonic() - started:.0f} s")
-    return 0 if math.isfinite(per_sample) else 1
+    missed = any(row.endswith(" NO") for row in rows)
+    return 1 if missed or max(per_sample, per_canary) >= 0.01 else 0
 
 
 if __name__ == "__main__":
