@@ -47,12 +47,13 @@ import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import spawn
-from sidecar.proxy import REQUEST_ID_HEADER, _client_hash
+from sidecar.proxy import _client_hash
 from sidecar.record import Record
-from sidecar.sampler import SAMPLE_COLUMNS, Sampler, parse_answer
+from sidecar.sampler import SAMPLE_COLUMNS, Sampler
 from sidecar.sse import percentile
 from sidecar.store.client import open_store
 from sidecar.store.schema import apply_schema
+from sidecar.wire import REQUEST_ID_HEADER, parse_answer
 
 SALT = "fathom-soak"
 PROBE_KEY = "soak-probe"

@@ -45,8 +45,7 @@ import numpy as np
 
 from probes.answer_kind import informative
 from probes.scorer import ProbeResult, Scorer, Vectors, similarity
-from sidecar.proxy import DEPLOYMENT_HEADER, ORIGIN_HEADER
-from sidecar.sampler import NO_SAMPLE_HEADER, parse_answer
+from sidecar.wire import DEPLOYMENT_HEADER, NO_SAMPLE_HEADER, ORIGIN_HEADER, parse_answer
 
 PROBE = "consistency"
 SCORER = "selfcheck-emb-v3"  # v3: only informative answers agree

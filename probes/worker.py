@@ -63,9 +63,8 @@ from probes.scorer import (
     load_scorer,
 )
 from sidecar.config import ConfigError, Settings
-from sidecar.proxy import PROBE_TOKEN_HEADER
-from sidecar.sampler import is_redacted, is_truncated
 from sidecar.store.client import RowsRejected, Store, StoreError
+from sidecar.wire import PROBE_TOKEN_HEADER, is_redacted, is_truncated
 
 log = logging.getLogger("fathom.probe")
 Clock = Callable[[], float]  # seconds since the epoch

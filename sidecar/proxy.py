@@ -20,8 +20,15 @@ from yarl import URL
 from sidecar.config import Settings
 from sidecar.record import Record
 from sidecar.routing import Upstream
-from sidecar.sampler import StreamAnswer, parse_answer, storable
+from sidecar.sampler import StreamAnswer, storable
 from sidecar.sse import Chunk, SSEParser, StreamTiming, classify
+from sidecar.wire import (
+    DEPLOYMENT_HEADER,
+    ORIGIN_HEADER,
+    PROBE_TOKEN_HEADER,
+    REQUEST_ID_HEADER,
+    parse_answer,
+)
 
 # RFC 9110 hop-by-hop headers, plus those the proxy recomputes for its own connections.
 HOP_BY_HOP = frozenset(
@@ -29,10 +36,6 @@ HOP_BY_HOP = frozenset(
      "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
 )  # fmt: skip
 MEASURED = ("chat", "completion", "embedding")
-ORIGIN_HEADER = "x-fathom-origin"
-DEPLOYMENT_HEADER = "x-fathom-deployment"  # probes re-ask the deployment that answered
-REQUEST_ID_HEADER = "x-fathom-request-id"
-PROBE_TOKEN_HEADER = "x-fathom-probe-token"  # like every x-fathom-* header, never forwarded
 LOOPBACK = frozenset({"127.0.0.1", "::1"})
 ANSWER_CAP = 1024 * 1024  # bytes of a non-streamed body kept for parsing usage and the answer
 

@@ -22,16 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.record import Record
 from sidecar.sse import Chunk, classify
+from sidecar.wire import NO_SAMPLE_HEADER, REDACTION_MARK, TRUNCATION_MARK
 
 if TYPE_CHECKING:
     from sidecar.config import Settings
 
-NO_SAMPLE_HEADER = "x-fathom-no-sample"
 SAMPLE_COLUMNS: tuple[str, ...] = (
     "ts", "request_id", "model", "deployment", "route", "origin", "stream", "finish_reason",
     "request_json", "response_text",
 )  # fmt: skip
-TRUNCATION_MARK = "[fathom: truncated "
 _FALSE = frozenset({"0", "false", "no", "off"})
 
 
@@ -153,19 +152,6 @@ def cap_text(text: str, max_chars: int) -> str:
     return f"{text[:max_chars]}…{TRUNCATION_MARK}{len(text) - max_chars} chars]"
 
 
-REDACTION_MARK = "[REDACTED:"
-
-
-def is_redacted(text: str) -> bool:
-    """Whether redaction replaced part of a stored text (re-asking it would change it)."""
-    return REDACTION_MARK in text
-
-
-def is_truncated(text: str) -> bool:
-    """Whether a stored text lost part of itself to the cap (re-asking it would change it)."""
-    return TRUNCATION_MARK in text
-
-
 def _map_strings(obj: Any, fn: Callable[[str], str]) -> Any:
     if isinstance(obj, str):
         return fn(obj)
@@ -220,59 +206,6 @@ def response_text(answer: str, max_chars: int) -> str:
 
 
 # ---------------------------------------------------------------------------- answers
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What a non-streamed OpenAI response says: the text, why it ended, what it cost."""
-
-    text: str
-    finish_reason: str = ""
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-
-    @property
-    def tokens(self) -> int | None:
-        """Prompt plus completion tokens, or None when the upstream sent no usage."""
-        if self.prompt_tokens is None or self.completion_tokens is None:
-            return None
-        return self.prompt_tokens + self.completion_tokens
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
-        return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
-    return ""
-
-
-def parse_answer(body: bytes | str | Mapping[str, Any]) -> Answer:
-    """Text, finish reason and usage of a chat or completions response ('' when it has none)."""
-    obj: Any = body
-    if isinstance(body, bytes | str):
-        try:
-            obj = json.loads(body)
-        except ValueError:
-            return Answer("")
-    if not isinstance(obj, Mapping):
-        return Answer("")
-    usage: Mapping[str, Any] = obj["usage"] if isinstance(obj.get("usage"), Mapping) else {}
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    choices = obj.get("choices")
-    first = choices[0] if isinstance(choices, list) and choices else None
-    if not isinstance(first, Mapping):
-        return Answer("", "", _int(prompt), _int(completion))
-    message = first.get("message")
-    if isinstance(message, Mapping):
-        text = _content_text(message.get("content")) or str(message.get("refusal") or "")
-    else:
-        text = str(first.get("text") or "")
-    return Answer(text, str(first.get("finish_reason") or ""), _int(prompt), _int(completion))
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass(slots=True)

@@ -28,9 +28,9 @@ import psutil
 import pytest
 
 from sidecar import spawn
-from sidecar.proxy import REQUEST_ID_HEADER
 from sidecar.sse import SSEParser, StreamTiming
 from sidecar.store.client import open_store
+from sidecar.wire import REQUEST_ID_HEADER
 
 STREAMS, CONCURRENCY = 200, 16
 HEADERS = {"x-sim-trace": "1", "x-sim-ttft-ms": "50", "x-sim-itl-ms": "20", "x-sim-tokens": "16"}

@@ -28,8 +28,8 @@ from yarl import URL
 
 from sidecar import config
 from sidecar.config import ConfigError, Settings
-from sidecar.proxy import ORIGIN_HEADER, PROBE_TOKEN_HEADER, REQUEST_ID_HEADER
 from sidecar.record import Record
+from sidecar.wire import ORIGIN_HEADER, PROBE_TOKEN_HEADER, REQUEST_ID_HEADER
 from tests.conftest import Proxied, proxied
 
 CHAT = "/v1/chat/completions"

@@ -10,8 +10,8 @@ import aiohttp
 import openai
 import pytest
 
-from sidecar.proxy import REQUEST_ID_HEADER
 from sidecar.spawn import free_port
+from sidecar.wire import REQUEST_ID_HEADER
 from tests.conftest import proxied
 
 MESSAGES = [{"role": "user", "content": "Tell me about batching."}]

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 
 from sidecar import spawn
-from sidecar.proxy import REQUEST_ID_HEADER
 from sidecar.sse import SSEParser, classify
 from sidecar.store.client import open_store
+from sidecar.wire import REQUEST_ID_HEADER
 from tests.test_store_writer import set_immutable
 
 INSTANT = {"x-sim-ttft-ms": "0", "x-sim-itl-ms": "0"}

@@ -30,9 +30,10 @@ from probes.worker import (
 )
 from sidecar import spawn
 from sidecar.record import Record
-from sidecar.sampler import SAMPLE_COLUMNS, Sampler, parse_answer
+from sidecar.sampler import SAMPLE_COLUMNS, Sampler
 from sidecar.store.client import Store, open_store
 from sidecar.store.schema import apply_schema
+from sidecar.wire import parse_answer
 from tests.canaries import multiplications
 from tests.conftest import proxied
 from tests.test_probes_scorer import session_scorer

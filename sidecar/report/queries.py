@@ -12,7 +12,7 @@ from typing import Any
 
 from probes.detect_sql import epoch_ms
 from sidecar.report.model import Window
-from sidecar.sampler import REDACTION_MARK
+from sidecar.wire import REDACTION_MARK
 
 TABLES = ("requests", "samples", "quality", "regressions")
 
