@@ -7,9 +7,8 @@ second, whole-answer view, kept in `detail`.
 
 The re-asks use the original's sampling parameters, so the original is one more draw from the
 same model: checking every answer against the others estimates what checking the original
-alone does, with k+1 anchors instead of one. On SmolLM2-135M shipped vs Q2_K that took the
-chance of a 64-request test run separating the two from 50-85% to 90-100% over two answer
-sets (`python bench/consistency_views.py --share 4 --seed 1`, and `--seed 2`).
+alone does, with k+1 anchors instead of one (`python bench/consistency_views.py` compares the
+views on a real model; figures in docs/measurements.md).
 
 Only informative answers agree (`informative`): a refusal, an abstention ("I don't know"), a
 bare "No.", an empty answer or one that loops or repeats itself supports nothing and is

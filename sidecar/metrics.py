@@ -3,10 +3,10 @@
 The semconv names, units and advised bucket boundaries live here and nowhere else.
 
 One instrument skips the SDK: `time_per_output_chunk` gets a value per streamed event, and the
-SDK spends ~10 µs per record cleaning and hashing attributes. A stream's 64 gaps then held the
-loop for ~0.65 ms at its end, which other streams' first chunks waited behind. `ChunkGaps` bins
-them with one bisect each (~0.1 µs) and exports the same Prometheus series the SDK would
-(`python bench/metrics_cost.py`).
+SDK cleans and hashes attributes on every record, which held the loop at the end of each
+stream while other streams' first chunks waited behind. `ChunkGaps` bins the gaps with one
+bisect each and exports the same Prometheus series the SDK would (the cost of both:
+`python bench/metrics_cost.py`; figures in docs/measurements.md).
 """
 
 from __future__ import annotations

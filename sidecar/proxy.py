@@ -104,7 +104,7 @@ class Proxy:
         self._clock = clock
         self._should_sample = should_sample
         self._on_answer = on_answer
-        self._rng = rng  # request ids: unique, not secret (os.urandom costs 25 µs a call here)
+        self._rng = rng  # request ids: unique, not secret (os.urandom would be a syscall each)
         self._salt = settings.client_salt.encode() or rng.randbytes(16)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

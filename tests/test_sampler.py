@@ -13,19 +13,17 @@ from hypothesis import strategies as st
 
 from sidecar.record import Record
 from sidecar.sampler import (
-    NO_SAMPLE_HEADER,
     SAMPLE_COLUMNS,
     Sampler,
     StreamAnswer,
     cap_json,
     cap_text,
-    is_truncated,
-    parse_answer,
     redact,
     request_json,
     sample_point,
 )
 from sidecar.sse import SSEParser
+from sidecar.wire import NO_SAMPLE_HEADER, is_truncated, parse_answer
 
 
 def record(request_id: str = "r1", model: str = "m", origin: str = "user") -> Record:
