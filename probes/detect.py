@@ -32,6 +32,7 @@ is the store I/O around them. The default parameters are the ones `bench/detect.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -581,7 +582,8 @@ async def load_series(
             split, now, (start, now), deployment, settings.max_current_rows
         ),
     )
-    return build_series(baseline, current) + await load_shapes(store, now, settings, deployment)
+    quality = await asyncio.to_thread(build_series, baseline, current)
+    return quality + await load_shapes(store, now, settings, deployment)
 
 
 async def load_shapes(
@@ -596,7 +598,8 @@ async def load_shapes(
         parameters = detect_sql.window_parameters(begin, end, (start, now), deployment, most)
         found = await store.query(detect_sql.ANSWER_LENGTHS, parameters)
         rows.append([(m, d, SHAPE, ts, tokens, None, "") for m, d, ts, tokens in found])
-    return [s for s in build_series(*rows) if s.baseline_scores.size]
+    shapes = await asyncio.to_thread(build_series, *rows)
+    return [s for s in shapes if s.baseline_scores.size]
 
 
 async def run_detection(
@@ -609,7 +612,10 @@ async def run_detection(
 ) -> list[Outcome]:
     """Run every test on every series; write new regressions; return all outcomes."""
     series = await load_series(store, now, settings, deployment)
-    outcomes = [outcome for one in series for outcome in evaluate(one, settings)]
+    # The statistics are numpy and scipy: off the loop, which a proxy may share.
+    outcomes = await asyncio.to_thread(
+        lambda: [outcome for one in series for outcome in evaluate(one, settings)]
+    )
     if write:
         recorded = await recent_findings(store, now - settings.window, now)
         fresh = [o for o in outcomes if o.regression and (*o.key, o.test) not in recorded]

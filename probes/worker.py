@@ -618,11 +618,8 @@ class Worker:
         if self.settings.worker_index != 0 or now < self._detect_at:
             return
         self._detect_at = now + self.settings.detect_interval_s
-        # The statistics are numpy on the calling loop: give them a loop of their own on a
-        # thread, so that a proxy sharing this process's loop never waits on them.
         windows = with_windows(self.settings.detect_window_s, self.settings.detect_baseline_s)
-        detection = run_detection(self.store, self.now(), windows)
-        outcomes = await asyncio.to_thread(asyncio.run, detection)
+        outcomes = await run_detection(self.store, self.now(), windows)
         found = [o for o in outcomes if o.regression]
         self.stats.detections += 1
         self.stats.regressions += len(found)
