@@ -44,8 +44,8 @@ from probes.detect import (
     shape_test,
 )
 from probes.factuality import Canary, load_canaries, score_canary
+from probes.rounds import canary_order
 from probes.scorer import Scorer, ScorerConfig, load_scorer
-from probes.worker import canary_order
 from sidecar.sim.answers import answer
 from sidecar.sim.models import ModelSpec
 from sidecar.sim.zoo import MEMBERS

@@ -18,24 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
-import os
-import re
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from probes import worker_sql
-from probes.answer_kind import informative, score_abstention
-from probes.budget import Backoff, Budget, TokenBucket
+from probes.budget import Backoff, Budget
 from probes.consistency import (
     Reasked,
     Reply,
@@ -44,154 +38,41 @@ from probes.consistency import (
     reask,
     score_consistency,
 )
-from probes.degeneration import score_degeneration
 from probes.detect import run_detection, with_windows
 from probes.factuality import (
-    SYSTEM_PROMPT,
     Canary,
     GoldenError,
     ask_canary,
-    load_canaries,
     score_canary,
+)
+from probes.probe_settings import ProbeSettings, scorer_config, settings_canaries
+from probes.rounds import canary_order, canary_tokens, rotation
+from probes.samples import (
+    Sample,
+    Scored,
+    cheap_probes,
+    endpoint,
+    estimate_tokens,
+    overloaded,
+    reaskable,
+    settle,
 )
 from probes.scorer import (
     QUALITY_COLUMNS,
-    ProbeResult,
     Scorer,
-    ScorerConfig,
     ScorerError,
     load_scorer,
 )
 from sidecar.config import ConfigError, Settings
 from sidecar.store.client import RowsRejected, Store, StoreError
-from sidecar.wire import PROBE_TOKEN_HEADER, is_redacted, is_truncated
+from sidecar.wire import PROBE_TOKEN_HEADER
 
 log = logging.getLogger("fathom.probe")
 Clock = Callable[[], float]  # seconds since the epoch
 # What a round may fail with: the store (StoreError), the scorer (torch raises RuntimeError),
 # the network (OSError, TimeoutError) and bad data (ValueError). Anything else is a bug.
 FAILURES = (RuntimeError, OSError, ValueError)
-CANARY_MAX_TOKENS = 128  # probes.factuality.canary_request's default
 RECENT_IDS = 10_000  # request ids remembered as scored (see Worker._recent)
-_ORDINAL = re.compile(r"-(\d+)$")
-
-
-# ---------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeSettings:
-    """What one worker does and how much probe traffic it may send."""
-
-    k: int = 5
-    requests_per_min: float = 60.0
-    tokens_per_min: float = 60_000.0
-    batch: int = 32
-    concurrency: int = 4
-    lookback_s: float = 6 * 3600.0
-    idle_s: float = 5.0
-    timeout_s: float = 120.0
-    slow_s: float = 60.0
-    api_key: str = field(default="", repr=False)
-    token: str = field(default="", repr=False)  # proves to the proxy that this is probe traffic
-    canary_interval_s: float = 300.0
-    canaries_per_round: int = 8
-    canary_lookback_s: float = 3600.0  # canaries go to what users asked in this window
-    worker_index: int = 0
-    worker_count: int = 1
-    detect_interval_s: float = 300.0
-    detect_window_s: float = 6 * 3600.0  # the window judged against the baseline before it
-    detect_baseline_s: float = 7 * 86400.0
-    # (model, deployment) pairs the routes configure: canaried from the start
-    routed: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, env: Mapping[str, str] | None = None
-    ) -> ProbeSettings:
-        """The worker's settings; the index from HOSTNAME's ordinal when not configured."""
-        env = os.environ if env is None else env
-        count = settings.worker_count
-        return cls(
-            k=settings.probe_k,
-            requests_per_min=settings.probe_requests_per_min,
-            tokens_per_min=settings.probe_tokens_per_min,
-            batch=settings.probe_batch,
-            concurrency=settings.probe_concurrency,
-            lookback_s=settings.probe_lookback_s,
-            idle_s=settings.probe_idle_s,
-            timeout_s=settings.probe_timeout_s,
-            slow_s=settings.probe_slow_s,
-            api_key=settings.probe_api_key,
-            token=settings.probe_token,
-            canary_interval_s=settings.canary_interval_s,
-            canaries_per_round=settings.canaries_per_round,
-            worker_index=worker_index(settings.worker_index, count, env.get("HOSTNAME", "")),
-            worker_count=count,
-            detect_interval_s=settings.detect_interval_s,
-            detect_window_s=settings.detect_window_s,
-            detect_baseline_s=settings.detect_baseline_s,
-            routed=routed_targets(settings),
-        ).validate()
-
-    def validate(self) -> ProbeSettings:
-        """Check ranges; returns self, or raises ConfigError naming the setting."""
-        if self.worker_count < 1:
-            raise ConfigError("worker_count must be at least 1")
-        if not 0 <= self.worker_index < self.worker_count:
-            raise ConfigError(
-                f"probe worker index {self.worker_index} is not within 0..{self.worker_count - 1}"
-                ": FATHOM_WORKER_COUNT must equal the number of workers (the StatefulSet's "
-                "replicas), and each worker needs its own FATHOM_WORKER_INDEX"
-            )
-        positive = ("k", "batch", "concurrency", "requests_per_min", "tokens_per_min",
-                    "lookback_s", "idle_s", "timeout_s", "slow_s", "canary_interval_s",
-                    "canary_lookback_s", "detect_interval_s", "detect_window_s",
-                    "detect_baseline_s")  # fmt: skip
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"probe setting {name}={getattr(self, name)!r} must be > 0")
-        if self.canaries_per_round < 0:
-            raise ConfigError("canaries_per_round must be >= 0 (0: no canaries)")
-        return self
-
-
-def worker_index(configured: int, count: int, hostname: str) -> int:
-    """The configured index, else the StatefulSet ordinal ending HOSTNAME, else 0 when alone."""
-    if configured >= 0:
-        return configured
-    if count == 1:
-        return 0  # a lone worker's hostname ordinal (a Deployment's pod hash) means nothing
-    match = _ORDINAL.search(hostname)
-    if match is None:
-        raise ConfigError(
-            f"cannot tell which of {count} probe workers this is: set FATHOM_WORKER_INDEX "
-            f"(0..{count - 1}), or run the workers as a StatefulSet (pods named NAME-0, NAME-1, "
-            f"...); HOSTNAME is {hostname!r}"
-        )
-    return int(match.group(1))
-
-
-def routed_targets(settings: Settings) -> tuple[tuple[str, str], ...]:
-    """The (model, deployment) pairs of the configured routes ('*' routes name no model)."""
-    pairs = {
-        (route.model, upstream.deployment)
-        for route in settings.routes
-        if route.model != "*"
-        for upstream in route.upstreams
-    }
-    return tuple(sorted(pairs))
-
-
-def scorer_config(settings: Settings) -> ScorerConfig:
-    """The scorer the settings ask for."""
-    return ScorerConfig(model=settings.scorer_model, device=settings.scorer_device)
-
-
-def settings_canaries(settings: Settings) -> list[Canary]:
-    """The golden sets the settings name (the default one unless switched off)."""
-    files = [Path(name) for name in settings.canary_files]
-    return load_canaries(files, include_default=settings.canary_default)
 
 
 # ---------------------------------------------------------------------------- counters
@@ -238,116 +119,6 @@ class WorkerStats:
         return (self.samples_scored, self.canaries_sent, self.errors, self.detections) != (
             since.samples_scored, since.canaries_sent, since.errors, since.detections,
         )  # fmt: skip
-
-
-# ---------------------------------------------------------------------------- samples
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One `fathom.samples` row, as UNSCORED_SAMPLES selects it."""
-
-    ts: datetime
-    request_id: str
-    model: str
-    deployment: str
-    route: str
-    finish_reason: str
-    request_json: str
-    response_text: str
-
-    @classmethod
-    def of(cls, row: Sequence[Any]) -> Sample:
-        """From a result row; the store returns UTC times without a zone."""
-        ts = row[0] if row[0].tzinfo else row[0].replace(tzinfo=UTC)
-        return cls(ts, *(str(v) for v in row[1:8]))
-
-
-@dataclass(frozen=True, slots=True)
-class Scored:
-    """A sample's probe results, why consistency is missing ('' when it is not), and whether
-    the upstream was overloaded while re-asking."""
-
-    results: tuple[ProbeResult, ...]
-    skipped: str = ""
-    overloaded: bool = False
-
-
-def reaskable(sample: Sample) -> tuple[dict[str, Any] | None, str]:
-    """(the original request, '') when the sample can be re-asked, else (None, why not).
-
-    Re-asks send exactly the prompt that produced the answer: a stored request that lost
-    part of itself to the cap or to redaction asks another question, so it is not re-asked."""
-    if is_truncated(sample.request_json):
-        return None, "truncated"
-    if is_redacted(sample.request_json):
-        return None, "redacted"
-    try:
-        request = json.loads(sample.request_json)
-    except ValueError:
-        return None, "not_json"
-    if not isinstance(request, dict) or not request.get("model"):
-        return None, "not_json"
-    return request, ""
-
-
-def cheap_probes(sample: Sample, prompt: str) -> tuple[tuple[ProbeResult, ...], bool]:
-    """(degeneration and abstention results, whether the answer is informative): the probes
-    that need no model and no re-ask."""
-    text = sample.response_text
-    degeneration = score_degeneration(text, sample.finish_reason, prompt=prompt)
-    flags = degeneration.detail.get("flags", [])
-    useful = informative(text, prompt, flags if isinstance(flags, list) else None)
-    return (degeneration, score_abstention(text, prompt)), useful
-
-
-def estimate_tokens(request: Mapping[str, Any], sample: Sample) -> int:
-    """Tokens one re-ask may use: ~4 characters a token for the request and the answer,
-    the answer bounded by the request's max_tokens. Settled against usage afterwards."""
-    answer = len(sample.response_text) // 4 + 16
-    limit = request.get("max_tokens") or request.get("max_completion_tokens")
-    if isinstance(limit, int) and limit > 0:
-        answer = min(answer, limit)
-    return len(sample.request_json) // 4 + answer
-
-
-def canary_tokens(canary: Canary) -> int:
-    """Tokens one canary may use (the same ~4 characters a token)."""
-    return (len(SYSTEM_PROMPT) + len(canary.prompt)) // 4 + 16 + CANARY_MAX_TOKENS
-
-
-def settle(bucket: TokenBucket, estimated: int, replies: Reasked) -> None:
-    """Give back (or take) the difference between estimated and reported tokens."""
-    answered = [r for r in replies.replies if not r.error]
-    if any(r.tokens is None for r in answered):
-        return  # no usage reported: the estimate stands
-    bucket.level = min(bucket.rate_per_min, bucket.level + estimated - replies.tokens)
-
-
-def overloaded(error: str) -> bool:
-    """Whether a probe request's error class means the upstream needs a rest."""
-    return error in ("timeout", "connect", "http", "http_429") or error.startswith("http_5")
-
-
-def endpoint(target: str, route: str) -> str:
-    """The URL a sample of `route` is re-asked at ('.../v1' in the target is tolerated)."""
-    base = target.rstrip("/").removesuffix("/v1")
-    return base + ("/v1/chat/completions" if route == "chat" else "/v1/completions")
-
-
-def rotation(canaries: Sequence[Canary], per_round: int, round_index: int) -> list[Canary]:
-    """Round `round_index`'s canaries: the next `per_round` of the set, wrapping around."""
-    n = len(canaries)
-    return [canaries[(round_index * per_round + j) % n] for j in range(min(per_round, n))]
-
-
-def canary_order(canaries: Sequence[Canary]) -> list[Canary]:
-    """The canaries in the order rounds take them: shuffled by id, the same in every worker.
-
-    Golden files group their items (the arithmetic first, then the facts...): in file order a
-    round would hold one kind only, and a regression that breaks another kind would find no
-    evidence in it. Shuffled, every round samples the whole set."""
-    return sorted(canaries, key=lambda c: hashlib.sha256(c.id.encode()).digest())
 
 
 # ---------------------------------------------------------------------------- the worker

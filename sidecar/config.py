@@ -68,7 +68,7 @@ class Settings:
     schema_check_only: bool = False
     # Per-model traffic split: [{model, upstreams: [{url, deployment, weight}]}] (YAML or JSON).
     routes: tuple[Route, ...] = ()
-    # probe worker (read and range-checked by probes.worker.ProbeSettings.from_settings)
+    # probe worker (read and range-checked by probes.probe_settings.ProbeSettings.from_settings)
     probe_k: int = 5  # re-asks per sample for the consistency probe
     probe_requests_per_min: float = 60.0  # all probe + canary requests of one worker
     probe_tokens_per_min: float = 60_000.0

@@ -27,15 +27,9 @@ import uvloop
 from aiohttp import web
 
 from probes.factuality import Canary, GoldenError
+from probes.probe_settings import ProbeSettings, scorer_config, settings_canaries
 from probes.scorer import ScorerError, load_scorer
-from probes.worker import (
-    ProbeSettings,
-    Worker,
-    WorkerStats,
-    client_session,
-    scorer_config,
-    settings_canaries,
-)
+from probes.worker import Worker, WorkerStats, client_session
 from sidecar import config
 from sidecar.config import ConfigError, Settings
 from sidecar.metrics import Gauge, Metrics

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from probes.worker import ProbeSettings, worker_index
+from probes.probe_settings import ProbeSettings, worker_index
 from sidecar import config, spawn
 from sidecar.config import ConfigError, Settings
 from sidecar.probe_cmd import without_blanks
