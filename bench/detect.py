@@ -39,15 +39,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from probes.detect import (
+from probes.detect import DetectionSettings, canary_drop
+from probes.statistics import (
     BoolArray,
-    DetectionSettings,
     FloatArray,
     Reference,
     StrArray,
     WindowMethod,
     baseline_rate,
-    canary_drop,
     cusum_drop,
     sprt_drop,
     window_test,

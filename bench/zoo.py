@@ -35,17 +35,11 @@ import numpy as np
 from probes.answer_kind import score_abstention
 from probes.consistency import non_answer, score_consistency
 from probes.degeneration import score_degeneration
-from probes.detect import (
-    DetectionSettings,
-    FloatArray,
-    Reference,
-    canary_drop,
-    cusum_drop,
-    shape_test,
-)
+from probes.detect import DetectionSettings, canary_drop
 from probes.factuality import Canary, load_canaries, score_canary
 from probes.rounds import canary_order
 from probes.scorer import Scorer, ScorerConfig, load_scorer
+from probes.statistics import FloatArray, Reference, cusum_drop, shape_test
 from sidecar.sim.answers import answer
 from sidecar.sim.models import ModelSpec
 from sidecar.sim.zoo import MEMBERS

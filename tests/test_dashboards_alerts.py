@@ -16,16 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from probes.detect import (
-    SHAPE,
-    DetectionSettings,
-    Reference,
-    baseline_rate,
-    cusum_drop,
-    load_series,
-    run_detection,
-    sprt_drop,
-)
+from probes.detect import SHAPE, DetectionSettings, load_series, run_detection
+from probes.statistics import Reference, baseline_rate, cusum_drop, sprt_drop
 from sidecar.record import REQUEST_COLUMNS, Record
 from sidecar.store.client import Store
 from tests.test_dashboards_data import (

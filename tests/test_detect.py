@@ -18,21 +18,23 @@ from hypothesis.extra.numpy import arrays
 from bench.detect import Scenario, canaries, item_alarms, measure, two_point
 from probes.detect import (
     SHAPE,
-    CusumResult,
     DetectionSettings,
     Outcome,
-    Reference,
     Series,
+    canary_drop,
+    evaluate,
+    run_detection,
+)
+from probes.statistics import (
+    CusumResult,
+    Reference,
     StrArray,
     baseline_rate,
-    canary_drop,
     cusum_drop,
     cusum_path,
     earlier_results,
-    evaluate,
     item_llr,
     prior_weight,
-    run_detection,
     sprt_alternative,
     sprt_bounds,
     sprt_drop,
