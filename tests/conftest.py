@@ -14,10 +14,22 @@ from sidecar import config, spawn
 from sidecar.app import Service, running
 from sidecar.config import Settings
 from sidecar.record import Record
+from sidecar.store.client import Store, open_store
+from sidecar.store.schema import apply_schema
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """An embedded store in this test's directory, with the schema applied (a module that
+    needs another kind of store defines its own `store`)."""
+    opened = open_store(f"chdb://{tmp_path / 'db'}")
+    apply_schema(opened)
+    yield opened
+    opened.close()
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,14 +28,6 @@ from sidecar.store.spool import Batch, Spool, SpoolError
 from sidecar.store.writer import Writer, WriterSettings
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(f"chdb://{tmp_path / 'db'}")
-    apply_schema(opened)
-    yield opened
-    opened.close()
 
 
 def fast(tmp_path: Path, **overrides: Any) -> WriterSettings:

@@ -66,14 +66,6 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(f"chdb://{tmp_path / 'db'}")
-    apply_schema(opened)
-    yield opened
-    opened.close()
-
-
 def settings(**overrides: Any) -> ProbeSettings:
     """Generous budgets, short pauses, no canaries unless asked."""
     base = ProbeSettings(
