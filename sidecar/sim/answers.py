@@ -94,6 +94,9 @@ _OPS: dict[str, Callable[[int, int], float]] = {
 }  # fmt: skip
 
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
 def solve(prompt: str) -> Known | None:
     """The simulator's own arithmetic: "What is 17 x 23?" -> 391, computed, not looked up."""
     match = _SUM.search(prompt)
@@ -121,7 +124,7 @@ def wrong(known: Known, knowledge: Mapping[str, Known], rng: random.Random) -> s
         candidates = [i for i in known.incorrect if normalise(i) not in right]
         if candidates:
             return rng.choice(candidates)
-    number = _nearby_number(known.correct[0].removeprefix("The answer is ").rstrip("."), rng)
+    number = _nearby_number(known.correct[0], rng)
     if number is not None:
         return number
     others = list(knowledge.values())
@@ -133,15 +136,16 @@ def wrong(known: Known, knowledge: Mapping[str, Known], rng: random.Random) -> s
 
 
 def _nearby_number(text: str, rng: random.Random) -> str | None:
-    try:
-        value = float(text)
-    except ValueError:
+    """`text` with its one number moved a little ("The answer is 391." -> "... 398."), or None
+    when it holds no number or several."""
+    found = _NUMBER.findall(text)
+    if len(found) != 1:
         return None
+    number = found[0]
     offset = rng.choice([-10, -3, -2, -1, 1, 2, 7, 11])
-    if value.is_integer() and "." not in text:
-        return str(int(value) + offset)
-    decimals = len(text.partition(".")[2])
-    return f"{value + offset * 10.0**-decimals:.{decimals}f}"
+    decimals = len(number.partition(".")[2])
+    moved = f"{float(number) + offset * 10.0**-decimals:.{decimals}f}"
+    return _NUMBER.sub(moved, text, count=1)
 
 
 def _filler(rng: random.Random, length: int) -> tuple[str, ...]:
