@@ -124,18 +124,26 @@ def classify(reply: str, prompt: str = "") -> Kind:
 LOOPING = frozenset({"loop", "repetition", "repeated_lines"})  # degeneration flags
 
 
-def informative(reply: str, prompt: str = "", flags: Iterable[str] | None = None) -> bool:
+def informative(reply: str, prompt: str = "") -> bool:
     """Whether a reply can agree with anything or pass a canary: an answer that does not loop
-    or repeat itself (`flags`: its degeneration flags, when already known)."""
-    if classify(reply, prompt) != "answer":
+    or repeat itself."""
+    kind = classify(reply, prompt)
+    if kind != "answer":
         return False
-    if flags is None:
-        flags = score_degeneration(reply).detail.get("flags", [])
-    return LOOPING.isdisjoint(flags)
+    return of_kind(kind, score_degeneration(reply).detail.get("flags", []))
+
+
+def of_kind(kind: Kind, flags: Iterable[str]) -> bool:
+    """`informative` from a reply's kind and its degeneration flags, when both are known."""
+    return kind == "answer" and LOOPING.isdisjoint(flags)
 
 
 def score_abstention(reply: str, prompt: str = "") -> ProbeResult:
     """The abstention probe: 1 (passed) for an answer, 0 for any way of not answering."""
-    kind = classify(reply, prompt)
+    return abstention(classify(reply, prompt))
+
+
+def abstention(kind: Kind) -> ProbeResult:
+    """The abstention probe's result for a reply of `kind`."""
     ok = kind == "answer"
     return ProbeResult(PROBE, "", 1.0 if ok else 0.0, ok, {"answer_kind": kind}, SCORER)

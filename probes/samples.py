@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from probes.answer_kind import informative, score_abstention
+from probes.answer_kind import abstention, classify, of_kind
 from probes.budget import TokenBucket
 from probes.consistency import Reasked
 from probes.degeneration import score_degeneration
@@ -68,11 +68,10 @@ def reaskable(sample: Sample) -> tuple[dict[str, Any] | None, str]:
 def cheap_probes(sample: Sample, prompt: str) -> tuple[tuple[ProbeResult, ...], bool]:
     """(degeneration and abstention results, whether the answer is informative): the probes
     that need no model and no re-ask."""
-    text = sample.response_text
-    degeneration = score_degeneration(text, sample.finish_reason, prompt=prompt)
-    flags = degeneration.detail.get("flags", [])
-    useful = informative(text, prompt, flags if isinstance(flags, list) else None)
-    return (degeneration, score_abstention(text, prompt)), useful
+    degeneration = score_degeneration(sample.response_text, sample.finish_reason, prompt=prompt)
+    kind = classify(sample.response_text, prompt)
+    useful = of_kind(kind, degeneration.detail.get("flags", []))
+    return (degeneration, abstention(kind)), useful
 
 
 def estimate_tokens(request: Mapping[str, Any], sample: Sample) -> int:
