@@ -252,19 +252,6 @@ def reask_body(request: Mapping[str, Any]) -> dict[str, Any]:
     return body
 
 
-def prompt_text(request: Mapping[str, Any]) -> str:
-    """The text a request asks: its last user message (chat) or its prompt (completion)."""
-    for message in reversed(request.get("messages") or []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):  # content parts: keep the text ones
-                parts = [p.get("text", "") for p in content if isinstance(p, dict)]
-                return " ".join(p for p in parts if isinstance(p, str))
-            return content if isinstance(content, str) else ""
-    prompt = request.get("prompt")
-    return prompt if isinstance(prompt, str) else ""
-
-
 def probe_headers(origin: str, deployment: str, extra: Mapping[str, str] | None) -> dict[str, str]:
     """Headers that label probe traffic, keep it out of sampling and pin the deployment."""
     headers = {ORIGIN_HEADER: origin, NO_SAMPLE_HEADER: "1", **(extra or {})}

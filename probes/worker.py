@@ -34,7 +34,6 @@ from probes.consistency import (
     Reasked,
     Reply,
     non_answer,
-    prompt_text,
     reask,
     score_consistency,
 )
@@ -65,7 +64,7 @@ from probes.scorer import (
 )
 from sidecar.config import ConfigError, Settings
 from sidecar.store.client import RowsRejected, Store, StoreError
-from sidecar.wire import PROBE_TOKEN_HEADER
+from sidecar.wire import PROBE_TOKEN_HEADER, prompt_text
 
 log = logging.getLogger("fathom.probe")
 Clock = Callable[[], float]  # seconds since the epoch
@@ -250,7 +249,8 @@ class Worker:
     async def score(self, sample: Sample) -> Scored:
         """Every probe of one sample (nothing written)."""
         request, why_not = reaskable(sample)
-        prompt = prompt_text(request) if request is not None else ""
+        chat = sample.route == "chat"
+        prompt = prompt_text(request, chat) if request is not None else ""
         # Tens of ms on a long answer: off the loop, which the proxy may share (serve --probes).
         cheap, useful = await asyncio.to_thread(cheap_probes, sample, prompt)
         if request is None:

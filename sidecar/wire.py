@@ -33,6 +33,28 @@ def is_truncated(text: str) -> bool:
     return TRUNCATION_MARK in text
 
 
+# ---------------------------------------------------------------------------- requests
+
+
+def message_text(content: Any) -> str:
+    """Text of a message content: a string, or the text parts of a list of parts."""
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+def prompt_text(body: Mapping[str, Any], chat: bool) -> str:
+    """The text a request asks: its last user message (chat), or its (first) prompt."""
+    if not chat:
+        prompt = body.get("prompt", "")
+        return message_text(prompt[0] if isinstance(prompt, list) and prompt else prompt)
+    messages = body.get("messages")
+    for message in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return message_text(message.get("content"))
+    return ""
+
+
 # ---------------------------------------------------------------------------- answers
 
 

@@ -31,6 +31,7 @@ from sidecar.sim.answers import answer
 from sidecar.sim.models import MAX_TOKENS, BadKnob, ModelSpec
 from sidecar.sim.wire import Wire, parse_wire, usage
 from sidecar.sim.zoo import MEMBERS
+from sidecar.wire import message_text, prompt_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +200,7 @@ def make_plan(
         raise BadKnob(f"x-sim-tokens: at most {MAX_TOKENS}")
     limit = _max_tokens(body)
     member = zoo_member(headers, spec, elapsed_s)
-    said = answer(spec, prompt_of(body, chat), length, limit, rng, seed, member)
+    said = answer(spec, prompt_text(body, chat), length, limit, rng, seed, member)
     tokens, finish = said.tokens, "length" if said.kind == "loop" else "stop"
     if limit and len(tokens) > limit:
         tokens, finish = tokens[:limit], "length"
@@ -233,35 +234,17 @@ def _max_tokens(body: Mapping[str, Any]) -> int:
     return 0
 
 
-def prompt_of(body: Mapping[str, Any], chat: bool) -> str:
-    """The prompt answers are matched on: the last user message, or the (first) prompt."""
-    if not chat:
-        prompt = body.get("prompt", "")
-        return _text(prompt[0] if isinstance(prompt, list) and prompt else prompt)
-    for message in reversed(_messages(body)):
-        if message.get("role") == "user":
-            return _text(message.get("content"))
-    return ""
-
-
 def prompt_tokens(body: Mapping[str, Any], chat: bool) -> int:
     """Whitespace tokens of every prompt message (chat) or of every prompt (completions)."""
     if chat:
-        return sum(len(_text(m.get("content")).split()) for m in _messages(body))
+        return sum(len(message_text(m.get("content")).split()) for m in _messages(body))
     prompt = body.get("prompt", "")
     if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
         return len(prompt)  # a prompt given as token ids
     prompts = prompt if isinstance(prompt, list) else [prompt]
-    return sum(len(p) if isinstance(p, list) else len(_text(p).split()) for p in prompts)
+    return sum(len(p) if isinstance(p, list) else len(message_text(p).split()) for p in prompts)
 
 
 def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     messages = body.get("messages")
     return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
-
-
-def _text(content: Any) -> str:
-    """Text of a message content: a string, or the text parts of a list of parts."""
-    if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return "" if content is None else str(content)
