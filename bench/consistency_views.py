@@ -31,9 +31,9 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
+from fathom import llamacpp
 from probes.consistency import ask, reask_body, score_consistency
 from probes.scorer import Scorer, load_scorer
-from sidecar import llamacpp
 
 DRAWS = 1000  # bootstrap resamples per simulated run
 SHARE = 6  # answers per prompt and deployment in one run of the regression test (96 requests)

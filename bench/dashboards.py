@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from sidecar.grafana import DASHBOARDS
+from fathom.commands.grafana import DASHBOARDS
 from sidecar.store.client import Store, open_store
 from sidecar.store.schema import apply_schema
 from tests.test_dashboards_macros import QueryContext, Variable, expand

@@ -23,7 +23,7 @@ import aiohttp
 import psutil
 import uvloop
 
-from sidecar import spawn
+from fathom import spawn
 from sidecar.sse import SSEParser, classify, percentile
 
 STREAM_EVENTS = 64

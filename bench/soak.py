@@ -46,7 +46,7 @@ import psutil
 import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar import spawn
+from fathom import spawn
 from sidecar.proxy import _client_hash
 from sidecar.record import Record
 from sidecar.sampler import SAMPLE_COLUMNS, Sampler

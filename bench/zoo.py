@@ -32,6 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fathom.sim.answers import answer
+from fathom.sim.models import ModelSpec
+from fathom.sim.zoo import MEMBERS
 from probes.answer_kind import score_abstention
 from probes.consistency import non_answer, score_consistency
 from probes.degeneration import score_degeneration
@@ -40,9 +43,6 @@ from probes.factuality import Canary, load_canaries, score_canary
 from probes.rounds import canary_order
 from probes.scorer import Scorer, ScorerConfig, load_scorer
 from probes.statistics import FloatArray, Reference, cusum_drop, shape_test
-from sidecar.sim.answers import answer
-from sidecar.sim.models import ModelSpec
-from sidecar.sim.zoo import MEMBERS
 
 K = 2
 BASELINE = 500

@@ -1,6 +1,6 @@
 """Canaries whose answers the tests compute themselves (shared by the worker and zoo tests).
 
-The simulator answers them with its own arithmetic (sidecar.sim.answers.solve), never from a
+The simulator answers them with its own arithmetic (fathom.sim.answers.solve), never from a
 golden file, so a test that sees them pass or fail proves the probes, not an echo.
 """
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import config, spawn
-from sidecar.app import Service, running
+from fathom import spawn
+from fathom.commands.serve import Service, running
+from sidecar import config
 from sidecar.config import Settings
 from sidecar.record import Record
 from sidecar.store.client import Store, open_store

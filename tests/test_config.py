@@ -66,7 +66,7 @@ def test_bad_yaml(tmp_path: Path) -> None:
 
 
 def test_serve_without_upstream_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    from sidecar.cli import main
+    from fathom.cli import main
 
     assert main(["serve", "--listen", "127.0.0.1:0"]) == 2
     assert "no upstream" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar import grafana
+from fathom.commands import grafana
 from tests import grafana_provisioning as g
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from sidecar import grafana
+from fathom.commands import grafana
 from tests import grafana_provisioning as provisioning
 
 TOKEN = "glsa_test_token"

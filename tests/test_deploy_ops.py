@@ -19,7 +19,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from sidecar import spawn
+from fathom import spawn
 from tests.test_deploy import (
     DEPLOY,
     KUBERNETES,

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from fathom.commands import check
+from fathom.commands.common import parse_duration
+from fathom.spawn import fathom_command
 from probes.detect import REGRESSION_COLUMNS, DetectionSettings
-from sidecar import check
-from sidecar.spawn import fathom_command
 from sidecar.store.client import open_store
 from tests.test_dashboards_data import NOW, open_seeded
 
@@ -134,9 +135,9 @@ def test_usage_and_store_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_durations() -> None:
-    assert check.parse_duration("90s") == timedelta(seconds=90)
-    assert check.parse_duration("1.5h") == timedelta(minutes=90)
-    assert check.parse_duration("2w") == timedelta(days=14)
+    assert parse_duration("90s") == timedelta(seconds=90)
+    assert parse_duration("1.5h") == timedelta(minutes=90)
+    assert parse_duration("2w") == timedelta(days=14)
     for bad in ("", "0h", "1y", "h"):
         with pytest.raises(argparse.ArgumentTypeError):
-            check.parse_duration(bad)
+            parse_duration(bad)

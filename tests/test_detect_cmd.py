@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.cli import main
+from fathom.cli import main
 from sidecar.store.client import open_store
 from sidecar.store.schema import apply_schema
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sidecar import spawn
+from fathom import spawn
 from sidecar.store.client import open_store
 
 CHAT = "/v1/chat/completions"

@@ -27,7 +27,7 @@ import aiohttp
 import psutil
 import pytest
 
-from sidecar import spawn
+from fathom import spawn
 from sidecar.sse import SSEParser, StreamTiming
 from sidecar.store.client import open_store
 from sidecar.wire import REQUEST_ID_HEADER

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from fathom import spawn
 from probes.factuality import score_canary, score_match
 from probes.golden import (
     Canary,
@@ -30,7 +31,6 @@ from probes.matchers.contains import Contains
 from probes.matchers.json_schema import compile_schema, errors
 from probes.matchers.mentions import fold
 from probes.scorer import Scorer
-from sidecar import spawn
 from tests.test_probes_scorer import session_scorer
 
 # Function words a reference may share with its question without restating it.

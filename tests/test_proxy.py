@@ -10,7 +10,7 @@ import aiohttp
 import openai
 import pytest
 
-from sidecar.spawn import free_port
+from fathom.spawn import free_port
 from sidecar.wire import REQUEST_ID_HEADER
 from tests.conftest import proxied
 

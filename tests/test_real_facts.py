@@ -22,11 +22,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from fathom import llamacpp
+from fathom.spawn import Child
 from probes.factuality import Canary, ask_canary, score_canary
 from probes.golden import parse_canary
 from probes.scorer import Scorer
-from sidecar import llamacpp
-from sidecar.spawn import Child
 from tests.test_probes_scorer import session_scorer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]

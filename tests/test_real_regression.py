@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 from yarl import URL
 
-from sidecar import llamacpp
-from sidecar.app import Service, running
+from fathom import llamacpp
+from fathom.commands.serve import Service, running
+from fathom.spawn import Child
 from sidecar.config import Settings, validate
 from sidecar.routing import Route, Upstream
-from sidecar.spawn import Child
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 pytest.importorskip("llama_cpp", reason=llamacpp.INSTALL_HINT)

@@ -17,9 +17,7 @@ from typing import Any
 import pytest
 from scipy import stats
 
-from probes.detect import REGRESSION_COLUMNS
-from sidecar.record import REQUEST_COLUMNS, Record
-from sidecar.report import (
+from fathom.report import (
     Report,
     build_report,
     build_report_sync,
@@ -29,7 +27,9 @@ from sidecar.report import (
     summary_lines,
     to_dict,
 )
-from sidecar.report.compare import pareto_front
+from fathom.report.compare import pareto_front
+from probes.detect import REGRESSION_COLUMNS
+from sidecar.record import REQUEST_COLUMNS, Record
 from sidecar.sampler import SAMPLE_COLUMNS, Sampler
 from sidecar.store.client import Store
 from tests.test_dashboards_data import NOW, QUALITY_COLUMNS, open_seeded, run_grafana_query

@@ -22,8 +22,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sidecar.report import command
-from sidecar.spawn import fathom_command
+from fathom.commands import report as command
+from fathom.spawn import fathom_command
 from sidecar.store.client import open_store
 from sidecar.store.schema import apply_schema
 from tests.test_dashboards_data import NOW, open_seeded

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import aiohttp
 
-from sidecar import spawn
-from sidecar.cli import main
+from fathom import spawn
+from fathom.cli import main
 from sidecar.store.client import open_store
 from sidecar.store.schema import apply_schema
 

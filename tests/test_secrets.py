@@ -23,7 +23,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from sidecar import config, spawn
+from fathom import spawn
+from sidecar import config
 from sidecar.store.client import open_store
 
 COUNT = "SELECT count() FROM fathom.{table:Identifier}"

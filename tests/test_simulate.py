@@ -25,9 +25,10 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from sidecar import spawn
-from sidecar.sim.answers import LOOP
-from sidecar.sim.models import (
+from fathom import spawn
+from fathom.commands.simulate import run_simulator_process, running_simulator
+from fathom.sim.answers import LOOP
+from fathom.sim.models import (
     BadKnob,
     ModelSpec,
     SimConfigError,
@@ -35,9 +36,8 @@ from sidecar.sim.models import (
     load_knowledge,
     normalise,
 )
-from sidecar.sim.plan import Faults, parse_faults, schedule
-from sidecar.sim.wire import Wire, parse_wire
-from sidecar.simulate import run_simulator_process, running_simulator
+from fathom.sim.plan import Faults, parse_faults, schedule
+from fathom.sim.wire import Wire, parse_wire
 
 ROOT = Path(__file__).resolve().parent.parent
 ITEMS: list[dict[str, Any]] = [

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sidecar import spawn
+from fathom import spawn
 from sidecar.sse import SSEParser, classify
 from sidecar.store.client import open_store
 from sidecar.wire import REQUEST_ID_HEADER

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.cli import main
+from fathom.cli import main
 from sidecar.record import REQUEST_COLUMNS, Record
 from sidecar.store import schema_lock
 from sidecar.store.client import Store, open_store

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fathom.spawn import free_port
 from sidecar.record import Record
-from sidecar.spawn import free_port
 from sidecar.store.client import Store, StoreError, open_store
 from sidecar.store.schema import apply_schema
 from sidecar.store.spool import Batch, Spool, SpoolError

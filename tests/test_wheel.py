@@ -54,12 +54,12 @@ async def test_push_from_an_installed_wheel(
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
     bin_dir = await asyncio.to_thread(build_and_install, tmp_path, env)
     where = await asyncio.create_subprocess_exec(
-        bin_dir / "python", "-c", "import sidecar.grafana as g; print(g.__file__, g.DASHBOARDS)",
+        bin_dir / "python", "-c", "import fathom.commands.grafana as g; print(g.__file__, g.DASHBOARDS)",  # noqa: E501
         cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     module, dashboards = (await where.communicate())[0].decode().split()
     assert module.startswith(str(tmp_path / "venv")), "imported the checkout, not the wheel"
-    assert Path(dashboards) == Path(module).parent / "dashboards"
+    assert Path(dashboards) == Path(module).parents[1] / "dashboards"
     push = await asyncio.create_subprocess_exec(
         bin_dir / "fathom", "grafana", "push", "--url", url, "--token", TOKEN,
         "--clickhouse", CLICKHOUSE, cwd=tmp_path, env=env,

@@ -19,11 +19,11 @@ import pytest
 import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
+from fathom import spawn
 from probes.probe_settings import ProbeSettings
 from probes.samples import Sample, reaskable
 from probes.scorer import Scorer
 from probes.worker import Worker, WorkerStats, client_session
-from sidecar import spawn
 from sidecar.record import Record
 from sidecar.sampler import SAMPLE_COLUMNS, Sampler
 from sidecar.store.client import Store, open_store

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from fathom import spawn
+from fathom.commands.probe import without_blanks
 from probes.probe_settings import ProbeSettings, worker_index
-from sidecar import config, spawn
+from sidecar import config
 from sidecar.config import ConfigError, Settings
-from sidecar.probe_cmd import without_blanks
 from sidecar.store.client import open_store
 from sidecar.store.schema import apply_schema
 from tests.test_worker import seed, simulated_models

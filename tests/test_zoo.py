@@ -1,6 +1,6 @@
 """The degradation zoo against the probes: no member's answers look healthy.
 
-The zoo's answers come from the simulator's own word lists (sidecar/sim/zoo.py) and its own
+The zoo's answers come from the simulator's own word lists (fathom/sim/zoo.py) and its own
 arithmetic, never from a golden file; the bounds asserted here are the issue's requirements,
 not figures read off the code.
 """
@@ -12,14 +12,14 @@ import random
 
 import pytest
 
+from fathom.sim.answers import answer
+from fathom.sim.models import ModelSpec
+from fathom.sim.zoo import MEMBERS
 from probes.answer_kind import classify, informative, score_abstention
 from probes.consistency import score_consistency
 from probes.degeneration import score_degeneration
 from probes.factuality import Canary, load_canaries, score_canary
 from probes.scorer import Scorer
-from sidecar.sim.answers import answer
-from sidecar.sim.models import ModelSpec
-from sidecar.sim.zoo import MEMBERS
 from tests.test_probes_scorer import session_scorer
 
 SOUND = ModelSpec(name="sound", tokens=24)

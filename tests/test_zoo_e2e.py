@@ -6,7 +6,7 @@ real `fathom serve --probes` samples every answer, re-asks, sends canaries from 
 routes name every deployment) and runs detection; then `fathom check` judges the run, the
 stored `fathom.regressions` are read, and the provisioned Grafana alert rules are evaluated on
 the store with the plugin's macros. The canaries are a golden file written here, with answers
-computed here; the simulator computes its own (sidecar.sim.answers.solve).
+computed here; the simulator computes its own (fathom.sim.answers.solve).
 
 The default suite runs three members (one per way of being caught); `-m slow` runs them all.
 """
@@ -25,8 +25,8 @@ import openai
 import pytest
 import yaml
 
-from sidecar import spawn
-from sidecar.sim.zoo import MEMBERS
+from fathom import spawn
+from fathom.sim.zoo import MEMBERS
 from sidecar.store.client import open_store
 from tests.canaries import golden_file
 from tests.test_dashboards_alerts import firing, named, rules

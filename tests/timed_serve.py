@@ -24,7 +24,8 @@ from pathlib import Path
 
 import uvloop
 
-from sidecar import app, config
+from fathom.commands import serve as app
+from sidecar import config
 from sidecar.record import Record
 
 

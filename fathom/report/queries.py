@@ -1,0 +1,138 @@
+"""The SQL `fathom report` runs; parameters are bound, never formatted in.
+
+Times travel as epoch milliseconds (Int64), as in probes/detect_sql.py, so that no server
+timezone can shift them. Every query reads [previous_start, end) and splits it at `split_ms`
+(the start of the reported period) into the previous and the current period.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fathom.report.model import Window
+from probes.detect_sql import epoch_ms
+from sidecar.wire import REDACTION_MARK
+
+TABLES = ("requests", "samples", "quality", "regressions")
+
+# Which tables of database `fathom` exist.
+EXISTING_TABLES = """
+SELECT name FROM system.tables WHERE database = 'fathom'
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """A per-request speed column and the percentiles the report gives of it."""
+
+    name: str
+    column: str
+    label: str
+    unit: str
+    better: str
+    levels: tuple[float, ...]  # quantile levels; the first is the median
+
+
+# Tokens/s gets its slow tail (p10, p1); latencies their slow tail (p90, p99).
+SPEED_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("ttft_ms", "ttft_ms", "TTFT", "ms", "lower", (0.5, 0.9, 0.99)),
+    MetricSpec("itl_ms", "itl_mean_ms", "ITL (mean per request)", "ms", "lower", (0.5, 0.9, 0.99)),
+    MetricSpec("decode_tps", "decode_tps", "decode tokens/s", "tok/s", "higher", (0.5, 0.1, 0.01)),
+)
+
+
+def _speed_sql() -> str:
+    # Built from SPEED_METRICS (constants, not input): quantile levels must be literals.
+    # Exact quantiles, so figures match any other exact query; their memory grows with the
+    # requests in the period (4 bytes each per metric), which a weekly report can afford.
+    figures = ",\n  ".join(
+        f"count({m.column}) AS n_{m.name},\n"
+        f"  quantilesExact({', '.join(map(str, m.levels))})({m.column}) AS q_{m.name}"
+        for m in SPEED_METRICS
+    )
+    return f"""
+SELECT model, deployment, ts >= fromUnixTimestamp64Milli({{split_ms:Int64}}) AS current,
+  count() AS requests,
+  countIf(error != '') AS errors,
+  {figures}
+FROM fathom.requests
+WHERE ts >= fromUnixTimestamp64Milli({{start_ms:Int64}})
+  AND ts < fromUnixTimestamp64Milli({{end_ms:Int64}})
+  AND origin = 'user'
+GROUP BY model, deployment, current
+ORDER BY model, deployment, current
+"""
+
+
+# Per (model, deployment, current): requests, errors, then n_<metric>, q_<metric> for each of
+# SPEED_METRICS. User traffic only: probe and canary requests are not what users wait for.
+SPEED = _speed_sql()
+
+# Per (model, deployment, probe, current): score count, mean, sd and pass/fail counts.
+QUALITY = """
+SELECT model, deployment, probe, ts >= fromUnixTimestamp64Milli({split_ms:Int64}) AS current,
+  count() AS n,
+  avg(score) AS mean,
+  stddevSamp(score) AS sd,
+  count(passed) AS n_pass_fail,
+  countIf(passed = 1) AS n_passed
+FROM fathom.quality
+WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64})
+  AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
+  AND isFinite(score)
+GROUP BY model, deployment, probe, current
+ORDER BY model, deployment, probe, current
+"""
+
+# Canary items (pass/fail results with an item id) whose pass rate fell most.
+CANARY_DROPS = """
+SELECT model, deployment, probe, item_id,
+  avgIf(assumeNotNull(passed), ts >= fromUnixTimestamp64Milli({split_ms:Int64})) AS rate,
+  countIf(ts >= fromUnixTimestamp64Milli({split_ms:Int64})) AS n,
+  avgIf(assumeNotNull(passed), ts < fromUnixTimestamp64Milli({split_ms:Int64})) AS previous_rate,
+  countIf(ts < fromUnixTimestamp64Milli({split_ms:Int64})) AS n_previous,
+  argMaxIf(detail, ts, ts >= fromUnixTimestamp64Milli({split_ms:Int64})) AS latest_detail
+FROM fathom.quality
+WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64})
+  AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
+  AND passed IS NOT NULL AND item_id != ''
+GROUP BY model, deployment, probe, item_id
+HAVING n >= {min_results:UInt32} AND n_previous >= {min_results:UInt32} AND rate < previous_rate
+ORDER BY rate - previous_rate, n DESC, model, deployment, probe, item_id
+LIMIT {limit:UInt32}
+"""
+
+
+# Per (model, deployment): samples stored in the period, and those whose stored request lost
+# part of itself to redaction: the consistency probe does not re-ask those (it needs the exact
+# prompt), so they count here rather than silently.
+NOT_REASKED = """
+SELECT model, deployment, count() AS samples,
+  countIf(position(request_json, {mark:String}) > 0) AS redacted
+FROM fathom.samples
+WHERE ts >= fromUnixTimestamp64Milli({split_ms:Int64})
+  AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
+GROUP BY model, deployment
+HAVING redacted > 0
+ORDER BY model, deployment
+"""
+
+
+def window_parameters(window: Window) -> dict[str, Any]:
+    """Parameters of SPEED and QUALITY."""
+    return {
+        "start_ms": epoch_ms(window.previous_start),
+        "split_ms": epoch_ms(window.start),
+        "end_ms": epoch_ms(window.end),
+    }
+
+
+def not_reasked_parameters(window: Window) -> dict[str, Any]:
+    """Parameters of NOT_REASKED."""
+    return {**window_parameters(window), "mark": REDACTION_MARK}
+
+
+def canary_parameters(window: Window, min_results: int, limit: int) -> dict[str, Any]:
+    """Parameters of CANARY_DROPS."""
+    return {**window_parameters(window), "min_results": min_results, "limit": limit}
