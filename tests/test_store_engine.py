@@ -14,6 +14,7 @@ import pytest
 
 from sidecar.record import REQUEST_COLUMNS, Record
 from sidecar.store.client import StoreError, open_store
+from sidecar.store.engine import ENGINE_NICE
 from sidecar.store.schema import apply_schema
 
 
@@ -108,5 +109,16 @@ def test_an_unopenable_path_says_so(tmp_path: Path) -> None:
     try:
         with pytest.raises(StoreError, match="unreachable at chdb://"):
             store.query_sync("SELECT 1")
+    finally:
+        store.close()
+
+
+def test_the_engine_yields_the_core_to_the_proxy(tmp_path: Path) -> None:
+    store = open_store(f"chdb://{tmp_path / 'db'}", isolated=True)
+    try:
+        store.query_sync("SELECT 1")
+        pid = engine_pid()
+        assert os.sched_getscheduler(pid) == os.SCHED_BATCH
+        assert psutil.Process(pid).nice() == min(19, psutil.Process().nice() + ENGINE_NICE)
     finally:
         store.close()

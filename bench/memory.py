@@ -1,0 +1,121 @@
+"""Resident memory of a deployed sidecar over a million requests: is it bounded?
+
+    .venv/bin/python bench/memory.py [--requests 1000000] [--every 100000] [--concurrency 64]
+
+Runs `fathom serve --probes` as deployed (embedded chDB store, default sampling, the probe
+worker in-process with its scorer on CPU) in front of the simulator and sends non-streamed
+chat completions (16 tokens, answered at once) and, one in ten, streamed ones (8 events,
+1 ms apart). Prints the RSS of the serve process (proxy and probe worker) and of the store
+engine process after a warm-up of `--every` requests and then every `--every` requests.
+Exit status 1 when either process grew by more than 10% (and 20 MiB) from warm-up to the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+import uvloop
+
+from fathom import spawn
+
+BODY = {"model": "sim", "messages": [{"role": "user", "content": "Say something."}]}
+PLAIN = {"x-sim-ttft-ms": "0", "x-sim-itl-ms": "0", "x-sim-tokens": "16"}
+STREAM = {"x-sim-ttft-ms": "0", "x-sim-itl-ms": "1", "x-sim-tokens": "8"}
+MIB = 1024 * 1024
+
+
+async def scored(admin: str) -> float:
+    """Samples the probe worker has scored, from /metrics."""
+    async with aiohttp.ClientSession() as session, session.get(admin + "/metrics") as resp:
+        text = await resp.text()
+    found = re.search(r"^fathom_probes_samples_scored\S*\s+(\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+async def until_scoring(admin: str, limit_s: float = 300.0) -> None:
+    """Warm-up ends once the worker has loaded its scorer and scored a sample."""
+    deadline = time.perf_counter() + limit_s
+    while await scored(admin) == 0:
+        if time.perf_counter() > deadline:
+            raise SystemExit("the probe worker scored nothing in the warm-up")
+        await asyncio.sleep(1.0)
+
+
+async def load(url: str, count: int, concurrency: int, offset: int) -> int:
+    """`count` requests from `concurrency` clients; returns how many failed."""
+    failed = 0
+    left = iter(range(offset, offset + count))
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal failed
+        for i in left:
+            stream = i % 10 == 0
+            body, headers = ({**BODY, "stream": True}, STREAM) if stream else (BODY, PLAIN)
+            try:
+                async with session.post(url, json=body, headers=headers) as resp:
+                    await resp.read()
+                    failed += resp.status != 200
+            except aiohttp.ClientError:
+                failed += 1
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+    return failed
+
+
+def rss(process: psutil.Process) -> float:
+    return float(process.memory_info().rss) / MIB
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1_000_000)
+    parser.add_argument("--every", type=int, default=100_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    sim_argv = spawn.fathom_command("simulate", "--listen", "127.0.0.1:0", "--model", "sim",
+                                    "--log-level", "WARNING")  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory(prefix="fathom-memory-") as work,
+        spawn.running(sim_argv, ["server"]) as sim,
+    ):
+        serve_argv = spawn.fathom_command(
+            "serve", "--upstream", sim.addresses["server"], "--listen", "127.0.0.1:0",
+            "--admin", "127.0.0.1:0", "--store", f"chdb://{Path(work) / 'data'}", "--probes",
+            "--log-level", "WARNING",
+        )  # fmt: skip
+        env = {"FATHOM_SPOOL_DIR": str(Path(work) / "spool"), "HF_HUB_OFFLINE": "1"}
+        with spawn.running(serve_argv, ["proxy", "admin"], env) as serve:
+            url = serve.addresses["proxy"] + "/v1/chat/completions"
+            proxy = psutil.Process(serve.process.pid)
+            print("| requests | serve RSS MiB (proxy + probe worker) | engine RSS MiB | failed "
+                  "| requests/s |\n|---|---|---|---|---|")  # fmt: skip
+            sent, failed, first = 0, 0, (0.0, 0.0)
+            while sent < args.requests + args.every:
+                start = time.perf_counter()
+                failed += uvloop.run(load(url, args.every, args.concurrency, sent))
+                rate = args.every / (time.perf_counter() - start)
+                if sent == 0:
+                    uvloop.run(until_scoring(serve.addresses["admin"]))
+                sent += args.every
+                [engine] = proxy.children()
+                now = (rss(proxy), rss(engine))
+                first = now if sent == args.every else first
+                label = "warm-up" if sent == args.every else f"{sent - args.every:,}"
+                print(f"| {label} | {now[0]:.0f} | {now[1]:.0f} | {failed} | {rate:,.0f} |",
+                      flush=True)  # fmt: skip
+    grew = [(a, b) for a, b in zip(first, now, strict=True) if b > max(a * 1.1, a + 20)]
+    print("bounded" if not grew else f"GREW: {grew}", file=sys.stderr)
+    return 1 if grew else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
