@@ -21,7 +21,8 @@ from sidecar.config import Settings
 from sidecar.record import Record
 from sidecar.routing import Upstream
 from sidecar.sampler import StreamAnswer, storable
-from sidecar.sse import Chunk, SSEParser, StreamTiming, classify
+from sidecar.sse import Chunk, PartTiming, SSEParser, StreamTiming, classify
+from sidecar.toolcalls import ToolCalls, message_tool_calls
 from sidecar.wire import (
     DEPLOYMENT_HEADER,
     ORIGIN_HEADER,
@@ -61,6 +62,7 @@ class Exchange:
     record: Record
     t0: float
     timing: StreamTiming = field(default_factory=StreamTiming)
+    parts: PartTiming = field(default_factory=PartTiming)
     strip_usage: bool = False
     sample: bool = False
     body: bytes = b""
@@ -278,6 +280,7 @@ class Proxy:
         rec = ex.record
         if chunk.content:
             ex.timing.content_at(now)
+            ex.parts.note(chunk, now)
             if ex.sample and chunk.text:
                 ex.answer.add(chunk)
         if chunk.finish_reason:
@@ -358,6 +361,7 @@ class Proxy:
         if itl is not None:
             rec.itl_mean_ms, rec.itl_p50_ms, rec.itl_p99_ms, rec.itl_max_ms = itl
         rec.decode_tps = timing.decode_tps(rec.output_tokens) if rec.stream else None
+        _fold_parts(rec, ex.parts, ex.t0)
         rec.sampled = ex.sample and not rec.error and self._on_answer is not None
         self._on_record(rec, timing.gaps)
         if rec.sampled and self._on_answer is not None:
@@ -418,6 +422,28 @@ def _apply_usage(rec: Record, usage: dict[str, Any]) -> None:
     completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
     if isinstance(prompt, int) and isinstance(completion, int):
         rec.input_tokens, rec.output_tokens, rec.tokens_source = prompt, completion, "usage"
+    details = usage.get("completion_tokens_details", usage.get("output_tokens_details"))
+    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    if isinstance(reasoning, int) and not isinstance(reasoning, bool) and reasoning >= 0:
+        rec.reasoning_tokens, rec.reasoning_source = reasoning, "usage"
+
+
+def _fold_parts(rec: Record, parts: PartTiming, t0: float) -> None:
+    """Reasoning and tool-call figures of a stream (DESIGN.md: time to first answer token)."""
+    if parts.reasoning_at is not None:
+        rec.ttfr_ms = (parts.reasoning_at - t0) * 1e3
+    if parts.answer_at is not None:
+        rec.ttfa_ms = (parts.answer_at - t0) * 1e3
+    if parts.tool_at is not None:
+        rec.ttft_tool_ms = (parts.tool_at - t0) * 1e3
+    if rec.reasoning_source == "none" and rec.stream:
+        rec.reasoning_tokens, rec.reasoning_source = parts.reasoning_events, "counted"
+    if parts.tools is not None:
+        _count_tools(rec, parts.tools)
+
+
+def _count_tools(rec: Record, tools: ToolCalls) -> None:
+    rec.tool_calls, rec.tool_calls_invalid = tools.count(), tools.invalid()
 
 
 def _read_answer(ex: Exchange, body: bytes) -> None:
@@ -432,6 +458,10 @@ def _read_answer(ex: Exchange, body: bytes) -> None:
         _apply_usage(ex.record, obj["usage"])
     answer = parse_answer(obj)  # the sampler's reading of a response: one reading for both
     ex.record.finish_reason = answer.finish_reason[:32]
+    choices = obj.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    if isinstance(first, dict) and isinstance(first.get("message"), dict):
+        _count_tools(ex.record, message_tool_calls(first["message"]))
     if ex.sample:
         ex.answer.add(Chunk(text=answer.text))
 

@@ -45,6 +45,14 @@ class Record:
     path: str = ""
     request_bytes: int = 0
     response_bytes: int = 0
+    # Reasoning and tool calls (migration 003); the times are ms from t0, streams only.
+    ttfr_ms: float | None = None  # first reasoning event
+    ttfa_ms: float | None = None  # first answer event: answer text or a tool call
+    ttft_tool_ms: float | None = None  # first tool-call event
+    reasoning_tokens: int = 0
+    reasoning_source: str = "none"  # like tokens_source: 'usage', 'counted' or 'none'
+    tool_calls: int = 0
+    tool_calls_invalid: int = 0  # calls whose arguments do not parse as a JSON object
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_row(self) -> dict[str, Any]:

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidecar.toolcalls import Piece, ToolCalls
+
 # Lines end with CRLF, CR or LF, and nothing else (str.splitlines would also split on U+2028).
 _EOL = re.compile(rb"\r\n|\r|\n")
 
@@ -117,6 +119,9 @@ class Chunk:
     model: str = ""
     error: str = ""
     text: str = ""
+    reasoning: bool = False  # carries reasoning (`delta.reasoning`/`reasoning_content`)
+    answer: bool = False  # carries answer text or a tool call
+    tool_calls: tuple[Piece, ...] = ()  # (choice, index, arguments fragment) per tool delta
 
 
 DONE = Chunk(done=True)
@@ -139,37 +144,65 @@ def classify(data: bytes | None) -> Chunk:
         return Chunk(error=_error_text(obj["error"]))
     choices = obj.get("choices") or []
     usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
-    text, content, finish = _read_choices(choices)
+    read = _Choices()
+    read.scan(choices)
     return Chunk(
-        content=content,
+        content=read.reasoning or read.answer,
         usage_only=not choices and usage is not None,
         usage=usage,
-        finish_reason=finish,
+        finish_reason=read.finish,
         model=str(obj.get("model") or ""),
-        text=text,
+        text="".join(read.texts),
+        reasoning=read.reasoning,
+        answer=read.answer,
+        tool_calls=tuple(read.tools),
     )
 
 
-def _read_choices(choices: Any) -> tuple[str, bool, str]:
-    texts: list[str] = []
-    content = False
-    finish = ""
-    for choice in choices if isinstance(choices, list) else []:
-        if not isinstance(choice, dict):
-            continue
-        finish = str(choice.get("finish_reason") or finish)
-        delta = choice.get("delta")
-        if isinstance(delta, dict):
-            for key in ("content", "reasoning", "reasoning_content"):
-                if delta.get(key):
-                    content = True
-                    if key == "content":
-                        texts.append(str(delta[key]))
-            content = content or bool(delta.get("tool_calls"))
-        elif choice.get("text"):
-            content = True
-            texts.append(str(choice["text"]))
-    return "".join(texts), content, finish
+@dataclass(slots=True)
+class _Choices:
+    """What the choices of one chunk carry: answer text, reasoning, tool-call pieces."""
+
+    texts: list[str] = field(default_factory=list)
+    tools: list[Piece] = field(default_factory=list)
+    reasoning: bool = False
+    answer: bool = False
+    finish: str = ""
+
+    def scan(self, choices: Any) -> None:
+        for position, choice in enumerate(choices if isinstance(choices, list) else []):
+            if not isinstance(choice, dict):
+                continue
+            self.finish = str(choice.get("finish_reason") or self.finish)
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                self._delta(delta, _index(choice.get("index"), position))
+            elif choice.get("text"):
+                self.answer = True
+                self.texts.append(str(choice["text"]))
+
+    def _delta(self, delta: dict[str, Any], choice: int) -> None:
+        if delta.get("content"):
+            self.answer = True
+            self.texts.append(str(delta["content"]))
+        if delta.get("reasoning") or delta.get("reasoning_content"):
+            self.reasoning = True
+        calls = delta.get("tool_calls")
+        if calls:
+            self.answer = True
+            for position, call in enumerate(calls if isinstance(calls, list) else []):
+                if isinstance(call, dict):
+                    self.tools.append((choice, _index(call.get("index"), position), _args(call)))
+
+
+def _index(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _args(call: dict[str, Any]) -> str:
+    function = call.get("function")
+    arguments = function.get("arguments") if isinstance(function, dict) else None
+    return arguments if isinstance(arguments, str) else ""
 
 
 def _error_text(error: Any) -> str:
@@ -215,6 +248,34 @@ class StreamTiming:
             return None
         span = self.last - self.first
         return (output_tokens - 1) / span if span > 0 else None
+
+
+@dataclass(slots=True)
+class PartTiming:
+    """When a stream's reasoning, answer and first tool call began; its tool calls' arguments.
+
+    The answer begins with the first event carrying answer text or a tool call: for a
+    reasoning model, the end of the wait a user feels (DESIGN.md, time to first answer token).
+    """
+
+    reasoning_at: float | None = None
+    answer_at: float | None = None
+    tool_at: float | None = None
+    reasoning_events: int = 0
+    tools: ToolCalls | None = None  # made at the first tool-call piece: most answers have none
+
+    def note(self, chunk: Chunk, now: float) -> None:
+        """Fold in a content event received at `now` (seconds)."""
+        if chunk.reasoning:
+            self.reasoning_events += 1
+            if self.reasoning_at is None:
+                self.reasoning_at = now
+        if chunk.answer and self.answer_at is None:
+            self.answer_at = now
+        if chunk.tool_calls:
+            if self.tools is None:
+                self.tools, self.tool_at = ToolCalls(), now
+            self.tools.add(chunk.tool_calls)
 
 
 def percentile(ordered: list[float], q: float) -> float:

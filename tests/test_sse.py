@@ -7,7 +7,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.sse import SSEParser, StreamTiming, classify, percentile
+from sidecar.sse import PartTiming, SSEParser, StreamTiming, classify, percentile
+from sidecar.toolcalls import ARGUMENTS_CAP, ToolCalls, arguments_valid, message_tool_calls
 
 
 def parse_all(
@@ -152,3 +153,80 @@ def test_fuzz_generated_streams_roundtrip_content(texts: list[str], eol: bytes) 
     stream = b"".join(b"data: " + chunk({"content": t}) + eol + eol for t in texts)
     events = parse_all([stream[i : i + 7] for i in range(0, len(stream), 7)])
     assert [classify(d).text for _, d in events] == texts
+
+
+def tool_delta(index: int, arguments: str, head: bool = False) -> dict[str, object]:
+    call: dict[str, object] = {"index": index, "function": {"arguments": arguments}}
+    if head:
+        call.update(id=f"call_{index}", type="function", function={"name": "f", "arguments": ""})
+    return {"tool_calls": [call]}
+
+
+def test_reasoning_then_answer_then_tool_calls_are_told_apart() -> None:
+    timing = PartTiming()
+    deltas: list[dict[str, object]] = [
+        {"role": "assistant", "content": ""},
+        {"reasoning_content": "Let me"},
+        {"reasoning": " think"},
+        {"content": "Sure."},
+        tool_delta(0, "", head=True),
+        tool_delta(0, '{"city": '),
+        tool_delta(1, "", head=True),
+        tool_delta(0, '"Paris"}'),
+        tool_delta(1, '{"city": "Rome"'),  # never closed: broken arguments
+    ]
+    for at, delta in enumerate(deltas):
+        parsed = classify(chunk(delta))
+        assert parsed.content == (at > 0)  # the role-only event is not content
+        if parsed.content:
+            timing.note(parsed, float(at))
+    first = classify(chunk({"reasoning_content": "x"}))
+    assert first.reasoning and not first.answer and first.text == ""
+    assert classify(chunk({"content": "x"})).answer
+    assert (timing.reasoning_at, timing.answer_at, timing.tool_at) == (1.0, 3.0, 4.0)
+    assert timing.reasoning_events == 2
+    assert timing.tools is not None
+    assert (timing.tools.count(), timing.tools.invalid()) == (2, 1)
+
+
+def test_an_answer_without_reasoning_starts_with_its_first_token() -> None:
+    timing = PartTiming()
+    for at, text in enumerate(["a", "b"]):
+        timing.note(classify(chunk({"content": text})), float(at))
+    assert (timing.reasoning_at, timing.answer_at, timing.tool_at, timing.tools) == (
+        None, 0.0, None, None,
+    )  # fmt: skip
+    completion = classify(json.dumps({"choices": [{"text": "hi"}]}).encode())
+    assert completion.answer and not completion.reasoning
+
+
+def test_tool_calls_of_several_choices_and_without_index_are_kept_apart() -> None:
+    data = json.dumps({"choices": [
+        {"index": 0, "delta": {"tool_calls": [{"function": {"arguments": "{}"}}]}},
+        {"index": 1, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "["}}]}},
+    ]}).encode()  # fmt: skip
+    parsed = classify(data)
+    assert parsed.tool_calls == ((0, 0, "{}"), (1, 0, "["))
+    calls = ToolCalls()
+    calls.add(parsed.tool_calls)
+    assert (calls.count(), calls.invalid()) == (2, 1)
+
+
+def test_tool_call_arguments_must_be_a_json_object_and_are_capped() -> None:
+    assert arguments_valid('{"a": [1, 2]}') and arguments_valid("{}")
+    assert not any(arguments_valid(a) for a in ("", "[1]", "3", '{"a": 1', "null"))
+    calls = ToolCalls()
+    calls.add([(0, 0, '{"a": "'), (0, 0, "x" * ARGUMENTS_CAP), (0, 0, '"}')])
+    assert calls.count() == 1 and calls.invalid() == 0  # past the cap: not checked
+    assert sum(map(len, calls.arguments[(0, 0)])) < ARGUMENTS_CAP  # nor kept
+
+
+def test_tool_calls_of_a_whole_message() -> None:
+    message = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "a", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}},
+        {"id": "b", "type": "function", "function": {"name": "f", "arguments": '{"x": '}},
+        {"id": "c", "type": "function", "function": {"name": "f"}},
+    ]}  # fmt: skip
+    calls = message_tool_calls(message)
+    assert (calls.count(), calls.invalid()) == (3, 2)
+    assert message_tool_calls({"content": "hi"}).count() == 0

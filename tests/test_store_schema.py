@@ -12,7 +12,7 @@ import pytest
 
 from fathom.cli import main
 from sidecar.record import REQUEST_COLUMNS, Record
-from sidecar.store import schema_lock
+from sidecar.store import schema, schema_lock
 from sidecar.store.client import Store, open_store
 from sidecar.store.schema import (
     SchemaBehind,
@@ -31,7 +31,7 @@ from sidecar.store.schema_lock import LockHeld, LockSettings
 TABLES = {
     "requests", "samples", "quality", "regressions", "requests_1m", "speed_1m", "speed_1h",
 }  # fmt: skip
-MIGRATIONS = ["001_init.sql", "002_speed_rollup.sql"]
+MIGRATIONS = ["001_init.sql", "002_speed_rollup.sql", "003_reasoning_tools.sql"]
 ROLLUPS = {"requests_1m", "speed_1m", "speed_1h"}
 
 
@@ -117,9 +117,16 @@ def test_cluster_schema_parses_in_chdb(store: Store) -> None:
         )
     assert "TO fathom.requests_1m_local" in joined and "FROM fathom.requests_local" in joined
     assert joined.count("SETTINGS replicated_deduplication_window = 10000") == len(TABLES)
+    # Columns added to a sharded table are added to its Distributed table too.
+    for table in ("requests", "speed_1m", "speed_1h"):
+        for name in (f"{table}_local", table):
+            assert f"ALTER TABLE fathom.{name} ON CLUSTER `prod-eu`\n    ADD COLUMN" in joined
+    assert "ALTER TABLE fathom.speed_1m_mv_local ON CLUSTER `prod-eu`\nMODIFY QUERY" in joined
+    assert "ALTER TABLE fathom.speed_1m_mv ON" not in joined  # views have no Distributed twin
     for statement in statements:
         ast = store.query_sync("EXPLAIN AST " + statement)  # raises on a syntax error
-        assert ast and ast[0][0].split()[0] in ("CreateQuery", "CreateDatabaseQuery"), statement
+        kinds = ("CreateQuery", "CreateDatabaseQuery", "AlterQuery")
+        assert ast and ast[0][0].split()[0] in kinds, statement
 
 
 async def test_rollup_view_keeps_per_minute_speed(store: Store) -> None:
@@ -157,7 +164,9 @@ def test_cli_apply_and_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["schema", "render", "--cluster", "main", "--ttl-days", "quality=9"]) == 0
     script = capsys.readouterr().out
     assert "-- 001 001_init.sql" in script and "ON CLUSTER main" in script
-    assert "INTERVAL 9 DAY" in script and script.count(";\n") == script.count("CREATE ")
+    assert "INTERVAL 9 DAY" in script and script.count(";\n") == (
+        script.count("CREATE ") + script.count("ALTER TABLE ")
+    )
 
 
 def test_require_names_what_is_missing_and_accepts_newer_versions(store: Store) -> None:
@@ -289,3 +298,41 @@ async def test_speed_rollup_keeps_breakdowns_and_answered_latency(store: Store) 
     assert completion[3] == {"": 30, "upstream_http": 30}
     assert chat[4] == {"stop": 40, "length": 20} and chat[5] == 240
     assert completion[6] < 1000  # the failed requests' 60 s are not latency
+
+
+async def test_a_store_at_the_previous_version_upgrades_in_place(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    previous = [f for f in schema._files() if not f.name.startswith("003_")]
+    with monkeypatch.context() as patched:
+        patched.setattr(schema, "_files", lambda: previous)
+        assert apply_schema(store) == MIGRATIONS[:2]
+    old_columns = REQUEST_COLUMNS[: REQUEST_COLUMNS.index("ttfr_ms")]
+    minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+    old = [
+        Record(ts=minute, request_id=f"old{i}", route="chat", model="m", deployment="d",
+               stream=True, ttft_ms=100.0 + i, e2e_ms=500.0, output_tokens=7).to_row()
+        for i in range(30)
+    ]  # fmt: skip
+    await store.insert("fathom.requests", old_columns, [[r[c] for c in old_columns] for r in old])
+    assert apply_schema(store) == MIGRATIONS[2:]
+    got = store.query_sync(
+        "SELECT count(), sum(output_tokens), countIf(ttfr_ms IS NULL AND ttfa_ms IS NULL AND "
+        "ttft_tool_ms IS NULL AND reasoning_tokens = 0 AND reasoning_source = 'none' AND "
+        "tool_calls = 0 AND tool_calls_invalid = 0) FROM fathom.requests"
+    )
+    assert got == [(30, 210, 30)]  # every row kept; the new columns read their defaults
+    new = Record(
+        ts=minute, request_id="new", route="chat", model="m", deployment="d", stream=True,
+        ttft_ms=50.0, ttfr_ms=50.0, ttfa_ms=900.0, ttft_tool_ms=950.0, e2e_ms=1000.0,
+        reasoning_tokens=40, reasoning_source="usage", tool_calls=3, tool_calls_invalid=1,
+    ).to_row()  # fmt: skip
+    await store.insert("fathom.requests", REQUEST_COLUMNS, [[new[c] for c in REQUEST_COLUMNS]])
+    query = (
+        "SELECT sum(requests), sum(reasoning_tokens), sum(tool_calls), sum(tool_calls_invalid), "
+        "quantilesTDigestMerge(0.5, 0.9, 0.95, 0.99)(ttfa_ms)[1], "
+        "quantilesTDigestMerge(0.5, 0.9, 0.95, 0.99)(ttfr_ms)[1], "
+        "quantilesTDigestMerge(0.5, 0.9, 0.95, 0.99)(ttft_tool_ms)[1] FROM fathom.{}"
+    )
+    for rollup in ("speed_1m", "speed_1h"):  # the views' new queries feed both rollups
+        assert store.query_sync(query.format(rollup)) == [(31, 40, 3, 1, 900.0, 50.0, 950.0)]

@@ -51,6 +51,9 @@ class ModelSpec:
     answers: str = ""  # JSONL: {prompt, answer | correct: [...], incorrect: [...]}
     zoo: str = ""  # a degradation zoo member (fathom.sim.zoo) that takes over the answers...
     zoo_after_s: float = 0.0  # ...this long after the simulator started
+    reasoning_tokens: int = 0  # chat streams: reasoning events before the answer
+    tool_calls: int = 0  # chat: tool calls after the answer text (finish_reason tool_calls)
+    tool_calls_broken: int = 0  # how many of them (the last ones) carry arguments that are not JSON
     knowledge: Mapping[str, Known] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -73,6 +76,9 @@ KNOB_HELP = {
     "answers": "JSONL of {prompt, answer | correct, incorrect} the model knows",
     "zoo": f"degrade every answer this way: {', '.join(MEMBERS)}",
     "zoo_after_s": "seconds after start when the zoo member takes over",
+    "reasoning_tokens": "chat: reasoning events (delta.reasoning_content) before the answer",
+    "tool_calls": "chat: tool calls after the answer text, 3 events each when streamed",
+    "tool_calls_broken": "how many of the tool calls (the last) have arguments that are not JSON",
 }
 MAX_TOKENS = 1_000_000  # an answer is built in memory before it is sent
 RATES = ("accuracy", "consistency", "degeneration", "error_rate", "reset_rate",
@@ -113,7 +119,8 @@ def _check(spec: ModelSpec) -> None:
             raise SimConfigError(f"model {spec.name!r}: {key} must be in [0, 1]")
     if spec.zoo and spec.zoo not in MEMBERS:
         raise SimConfigError(f"model {spec.name!r}: zoo must be one of {', '.join(MEMBERS)}")
-    for key in ("ttft_ms", "itl_ms", "tokens", "jitter_ms", "stall_s", "zoo_after_s"):
+    for key in ("ttft_ms", "itl_ms", "tokens", "jitter_ms", "stall_s", "zoo_after_s",
+                "reasoning_tokens", "tool_calls", "tool_calls_broken"):  # fmt: skip
         if getattr(spec, key) < 0:
             raise SimConfigError(f"model {spec.name!r}: {key} must be >= 0")
     if spec.tokens > MAX_TOKENS:

@@ -3,6 +3,9 @@
 Per-request headers override the model's knobs, which is how tests drive faults:
 
     x-sim-ttft-ms, x-sim-itl-ms, x-sim-jitter-ms, x-sim-tokens    timing and answer length
+    x-sim-reasoning-tokens: N  (chat) N reasoning events (delta.reasoning_content) come first
+    x-sim-tool-calls: N        (chat) N tool calls after the answer text, 3 events each
+    x-sim-tool-calls-broken: M the last M of them carry arguments that are not JSON
     x-sim-fault: comma-separated, any of
         http-STATUS            answer with that HTTP error and an OpenAI-style JSON body
         reset:N                connection reset (RST) instead of content event N
@@ -10,9 +13,10 @@ Per-request headers override the model's knobs, which is how tests drive faults:
         error-event:N          `data: {"error": {...}}` instead of content event N, then end
         stall:N:S[:reset|:close]  event N and the rest come S seconds later (or the end does)
         stall-first:S          nothing at all, not even headers, for S seconds; then on time
-      N counts content events (reset:0 breaks before the first); N past the answer's last
-      event acts in place of the finish chunk. Not streamed: reset and close drop the
-      connection, error-event answers 500, at the time event N would have been sent.
+      N counts content events, reasoning and tool calls included (reset:0 breaks before the
+      first); N past the answer's last event acts in place of the finish chunk. Not streamed:
+      reset and close drop the connection, error-event answers 500, at the time event N would
+      have been sent.
     x-sim-wire: comma-separated, any of  nospace | crlf | ping | huge[:BYTES]
     x-sim-seed: N              this request's randomness comes from (server seed, N)
     x-sim-trace: 1             each chunk carries sim_t_ms (sent) and sim_due_ms (scheduled)
@@ -173,7 +177,7 @@ class Plan:
     model: str
     chat: bool
     stream: bool
-    tokens: tuple[str, ...]  # one per content event
+    tokens: tuple[str, ...]  # one per answer-text event
     finish: str  # stop | length
     kind: str  # what the answer is: correct, incorrect, filler, loop, empty
     due: tuple[float, ...]  # send times after arrival (s): each content event, then the finish
@@ -181,7 +185,23 @@ class Plan:
     wire: Wire
     trace: bool
     include_usage: bool
-    usage: dict[str, int]
+    usage: dict[str, Any]
+    reasoning: int = 0  # reasoning events before the answer text (chat)
+    tools: tuple[str, ...] = ()  # arguments of each tool call after the answer text (chat)
+
+    @property
+    def events(self) -> int:
+        """Content events: reasoning, answer text, then three per tool call."""
+        return self.reasoning + len(self.tokens) + TOOL_EVENTS * len(self.tools)
+
+
+TOOL_EVENTS = 3  # a tool call streams as its name, then its arguments in two pieces
+
+
+def tool_arguments(count: int, broken: int) -> tuple[str, ...]:
+    """Arguments of `count` tool calls; the last `broken` are cut short (not JSON)."""
+    calls = [f'{{"city": "Paris", "call": {i}}}' for i in range(count)]
+    return tuple(c[:-1] if i >= count - broken else c for i, c in enumerate(calls))
 
 
 def make_plan(
@@ -204,17 +224,20 @@ def make_plan(
     tokens, finish = said.tokens, "length" if said.kind == "loop" else "stop"
     if limit and len(tokens) > limit:
         tokens, finish = tokens[:limit], "length"
+    reasoning, tools = _reasoning_and_tools(headers, spec, chat)
+    finish = "tool_calls" if tools else finish
+    events = reasoning + len(tokens) + TOOL_EVENTS * len(tools)
     fault_header = headers.get("x-sim-fault")
     faults = (
         parse_faults(fault_header) if fault_header is not None
-        else random_faults(spec, rng, len(tokens))
+        else random_faults(spec, rng, events)
     )  # fmt: skip
     ttft_s = number(headers, "x-sim-ttft-ms", spec.ttft_ms) / 1e3
     itl_s = number(headers, "x-sim-itl-ms", spec.itl_ms) / 1e3
     jitter_s = number(headers, "x-sim-jitter-ms", spec.jitter_ms) / 1e3
-    due = schedule(ttft_s, itl_s, jitter_s, len(tokens), faults, rng)
+    due = schedule(ttft_s, itl_s, jitter_s, events, faults, rng)
     finish_due = due[-1] if due else faults.first_byte_stall_s + ttft_s
-    if faults.stall_at >= len(tokens):  # a stall past the answer's end holds the finish back
+    if faults.stall_at >= events:  # a stall past the answer's end holds the finish back
         finish_due += faults.stall_s
     options = body.get("stream_options")
     return Plan(
@@ -222,8 +245,23 @@ def make_plan(
         finish=finish, kind=said.kind, due=(*due, finish_due), faults=faults,
         wire=parse_wire(headers.get("x-sim-wire", "")), trace=headers.get("x-sim-trace") == "1",
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
-        usage=usage(prompt_tokens(body, chat), len(tokens)),
+        usage=usage(prompt_tokens(body, chat), events, reasoning),
+        reasoning=reasoning, tools=tools,
     )  # fmt: skip
+
+
+def _reasoning_and_tools(
+    headers: Mapping[str, str], spec: ModelSpec, chat: bool
+) -> tuple[int, tuple[str, ...]]:
+    """Reasoning events and tool-call arguments of a chat answer (none for completions)."""
+    reasoning = int(number(headers, "x-sim-reasoning-tokens", spec.reasoning_tokens))
+    calls = int(number(headers, "x-sim-tool-calls", spec.tool_calls))
+    broken = int(number(headers, "x-sim-tool-calls-broken", spec.tool_calls_broken))
+    if reasoning + calls > MAX_TOKENS:
+        raise BadKnob(f"x-sim-reasoning-tokens, x-sim-tool-calls: at most {MAX_TOKENS}")
+    if not chat:
+        return 0, ()
+    return reasoning, tool_arguments(calls, min(broken, calls))
 
 
 def _max_tokens(body: Mapping[str, Any]) -> int:

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from fathom.sim import wire
 from fathom.sim.models import BadKnob, ModelSpec
-from fathom.sim.plan import Plan, make_plan
+from fathom.sim.plan import TOOL_EVENTS, Plan, make_plan
 from fathom.sim.zoo import MEMBERS
 
 Clock = Callable[[], float]
@@ -152,7 +152,7 @@ class Simulator:
 
     async def _whole(self, request: web.Request, plan: Plan, arrival: float) -> web.StreamResponse:
         """A non-streamed answer, sent when its last token would have been."""
-        ending = plan.faults.ending(len(plan.tokens))
+        ending = plan.faults.ending(plan.events)
         if ending is not None:
             at, kind = ending
             await sleep_until(self.clock, arrival + plan.due[at])
@@ -162,8 +162,13 @@ class Simulator:
             return web.Response()  # never sent: the connection is gone
         await sleep_until(self.clock, arrival + plan.due[-1])
         text = "".join(plan.tokens)
+        extra: dict[str, Any] = {}
+        if plan.reasoning:
+            extra["reasoning_content"] = "".join(map(wire.reasoning_piece, range(plan.reasoning)))
+        if plan.tools:
+            extra["tool_calls"] = wire.tool_calls_message(plan.tools)
         out = wire.completion(
-            plan.model, plan.chat, int(self.wall()), text, plan.finish, plan.usage
+            plan.model, plan.chat, int(self.wall()), text, plan.finish, plan.usage, extra
         )
         return web.json_response(out, headers={"x-sim-answer": plan.kind})
 
@@ -185,12 +190,12 @@ class Simulator:
         if plan.chat:
             role = {"role": "assistant", "content": ""}
             await events.chunk(role, None, plan.faults.first_byte_stall_s)
-        ending = plan.faults.ending(len(plan.tokens))
+        ending = plan.faults.ending(plan.events)
         for i, due in enumerate(plan.due):
             await sleep_until(self.clock, arrival + due)
             if ending is not None and i == ending[0]:
                 return await events.end_with(request, ending[1], due)
-            if i < len(plan.tokens):
+            if i < plan.events:
                 await events.content(i, due)
         await events.chunk({} if plan.chat else "", plan.finish, plan.due[-1])
         if plan.include_usage:
@@ -224,11 +229,24 @@ class _Events:
         await self.send(wire.dumps(wire.chunk(model, chat, self.created, delta, finish)), due)
 
     async def content(self, i: int, due: float) -> None:
-        """Content event i: one token (the first one padded, for the `huge` wire variant)."""
-        encoded = self.contents.encode(self.plan.tokens[i])
-        if i == 0 and self.plan.wire.huge_bytes:
+        """Content event i: reasoning, then one token each (the first one padded, for the
+        `huge` wire variant), then the tool calls."""
+        plan = self.plan
+        if not plan.reasoning <= i < plan.reasoning + len(plan.tokens):
+            await self.chunk(self._aside(i), None, due)
+            return
+        encoded = self.contents.encode(plan.tokens[i - plan.reasoning])
+        if i == plan.reasoning and self.plan.wire.huge_bytes:
             encoded = wire.with_fields(encoded, {"sim_padding": "x" * self.plan.wire.huge_bytes})
         await self.send(encoded, due)
+
+    def _aside(self, i: int) -> dict[str, Any]:
+        """The delta of content event i that is not answer text: reasoning or a tool call."""
+        plan = self.plan
+        if i < plan.reasoning:
+            return {"reasoning_content": wire.reasoning_piece(i)}
+        call, part = divmod(i - plan.reasoning - len(plan.tokens), TOOL_EVENTS)
+        return wire.tool_call_deltas(call, plan.tools[call])[part]
 
     async def end_with(self, request: web.Request, kind: str, due: float) -> None:
         """End the stream early: an error event, a clean close or a reset."""

@@ -113,22 +113,55 @@ def with_fields(encoded: bytes, fields: dict[str, Any]) -> bytes:
 
 
 def completion(
-    model: str, chat: bool, created: int, text: str, finish: str, usage: dict[str, int]
+    model: str,
+    chat: bool,
+    created: int,
+    text: str,
+    finish: str,
+    usage: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A whole, non-streamed completion."""
+    """A whole, non-streamed completion; `extra`: more message fields (reasoning, tool calls)."""
     choice: dict[str, Any] = {"index": 0}
     if chat:
-        choice["message"] = {"role": "assistant", "content": text, "refusal": None}
+        choice["message"] = {"role": "assistant", "content": text, "refusal": None, **(extra or {})}
     else:
         choice["text"] = text
     choice.update(logprobs=None, finish_reason=finish)
     return {**envelope(model, chat, False, created, [choice]), "usage": usage}
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    """The usage object."""
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+def usage(prompt_tokens: int, completion_tokens: int, reasoning: int = 0) -> dict[str, Any]:
+    """The usage object; with reasoning, its completion_tokens_details too."""
+    out: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                           "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+    if reasoning:
+        out["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return out
+
+
+def reasoning_piece(i: int) -> str:
+    """The text of reasoning event i."""
+    return f"step {i}. "
+
+
+def tool_call_deltas(index: int, arguments: str) -> list[dict[str, Any]]:
+    """The three deltas a streamed tool call takes: its name, then its arguments in two."""
+    half = len(arguments) // 2
+    head = {"index": index, "id": f"call_{index}", "type": "function",
+            "function": {"name": "lookup", "arguments": ""}}  # fmt: skip
+    pieces = (arguments[:half], arguments[half:])
+    return [{"tool_calls": [head]}] + [
+        {"tool_calls": [{"index": index, "function": {"arguments": p}}]} for p in pieces
+    ]
+
+
+def tool_calls_message(arguments: tuple[str, ...]) -> list[dict[str, Any]]:
+    """`message.tool_calls` of a non-streamed answer."""
+    return [
+        {"id": f"call_{i}", "type": "function", "function": {"name": "lookup", "arguments": a}}
+        for i, a in enumerate(arguments)
+    ]
 
 
 def embedding(text: str, dimensions: int, as_base64: bool) -> list[float] | str:

@@ -112,13 +112,19 @@ def _fill(name: str, target: Target) -> str:
 
 
 def _distributed(statements: list[str], cluster: str) -> list[str]:
-    """The Distributed table in front of each sharded `_local` table the statements create."""
+    """The Distributed table in front of each sharded `_local` table the statements create,
+    and the same column changes on it for each such table they alter."""
+    altered = [
+        s.replace(f"fathom.{m.group(1)}_local ", f"fathom.{m.group(1)} ", 1)
+        for s in statements
+        if (m := re.match(r"ALTER TABLE fathom\.(\w+)_local ", s)) and m.group(1) in SHARDING_KEYS
+    ]
     created = [
         m.group(1)
         for s in statements
         if (m := re.search(r"TABLE IF NOT EXISTS fathom\.(\w+)_local", s))
     ]
-    return [
+    return altered + [
         f"CREATE TABLE IF NOT EXISTS fathom.{t} ON CLUSTER {_ident(cluster)} AS fathom.{t}_local "
         f"ENGINE = Distributed({_ident(cluster)}, fathom, {t}_local, {SHARDING_KEYS[t]})"
         for t in created
