@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from probes.detect import run_detection
+from sidecar.record import REQUEST_COLUMNS, Record
 from sidecar.store.client import Store
 from tests.test_dashboards_data import (
     NOW,
@@ -357,3 +358,39 @@ def test_a_week_reads_the_hourly_rollup_and_counts_the_same(store: Store) -> Non
     # the per-minute branch is switched off for a week: only the hourly one reads rows
     hourly_off = sql.replace("FROM fathom.speed_1h\n  WHERE", "FROM fathom.speed_1h\n  WHERE 0 AND")
     assert hourly_off != sql and run_grafana_query(store, hourly_off, ctx).rows == []
+
+
+def test_reasoning_and_tool_call_panels_show_the_answer_start_and_validity(store: Store) -> None:
+    # Probe traffic (the other tests read user traffic) of a reasoning model with tool calls.
+    rows = []
+    for i in range(40):
+        record = Record(
+            ts=NOW - timedelta(minutes=30) + timedelta(seconds=i), request_id=f"t{i}", route="chat",
+            model="llama-8b", deployment="fp16", origin="probe", stream=True, status=200,
+            ttft_ms=100.0, ttfr_ms=100.0, ttfa_ms=900.0, ttft_tool_ms=950.0, e2e_ms=1200.0,
+            output_tokens=100, reasoning_tokens=60, reasoning_source="usage",
+            tool_calls=1, tool_calls_invalid=int(i % 5 == 0),
+        ).to_row()  # fmt: skip
+        rows.append([record[c] for c in REQUEST_COLUMNS])
+    store.insert_sync("fathom.requests", REQUEST_COLUMNS, rows)
+    chosen = {"model": ["llama-8b"], "deployment": ["fp16"], "origin": ["probe"]}
+    answer = panel_result(store, "fathom-speed.json", "Time to first answer token", chosen)
+    assert answer.names[2:] == ("p50", "p95", "p99", "reasoning_p50")
+    answered = {(round(r[2]), round(r[5])) for r in answer.rows if not math.isnan(r[2])}
+    assert answered == {(900, 100)}  # other minutes hold only the seeded, failing probes
+    validity = panel_result(store, "fathom-speed.json", "Tool-call validity", chosen)
+    rates = [
+        v for v in validity.column("tool_call_validity") if v is not None and not math.isnan(v)
+    ]
+    assert rates == [pytest.approx(0.8)]  # one minute: 32 of its 40 tool calls parse
+    table = panel_result(store, "fathom-speed.json", "Per deployment", {"origin": ["probe"]})
+    rows_by = {(r[0], r[1]): dict(zip(table.names, r, strict=True)) for r in table.rows}
+    row = rows_by.pop(("llama-8b", "fp16"))
+    assert (row["ttfr_p50_ms"], row["ttfa_p50_ms"], row["ttft_tool_p50_ms"]) == (100, 900, 950)
+    assert row["reasoning_share"] > 0 and row["tool_call_count"] == 40
+    assert row["tool_call_validity"] == pytest.approx(0.8)
+    # Deployments without tool calls show no validity rather than a perfect one.
+    assert rows_by and all(
+        r["tool_call_validity"] is None or math.isnan(r["tool_call_validity"])
+        for r in rows_by.values()
+    )
