@@ -290,6 +290,8 @@ def test_thin_series_are_named_as_not_measured(doc: dict[str, Any]) -> None:
     }
     ttft = metric(doc, "mistral-7b / int4", "ttft_ms")
     assert ttft["n"] == 5 and all(p["current"] is None for p in ttft["percentiles"])
+    # Rows from before migration 003 have no answer time: none at all is not a gap.
+    assert metric(doc, "mistral-7b / int4", "ttfa_ms")["n"] == 0
     # The seeded baseline has ~25 quality rows per 6 h: enough for a change, so no gap.
     assert all(g["model"] == "mistral-7b" for g in doc["not_measured"])
 
@@ -375,7 +377,12 @@ def test_json_structure_is_the_documented_one(doc: dict[str, Any]) -> None:
     assert set(dep["speed"]) == {
         "requests", "errors", "previous_requests", "previous_errors", "metrics",
     }  # fmt: skip
-    assert [m["name"] for m in dep["speed"]["metrics"]] == ["ttft_ms", "itl_ms", "decode_tps"]
+    assert [m["name"] for m in dep["speed"]["metrics"]] == [
+        "ttft_ms",
+        "ttfa_ms",
+        "itl_ms",
+        "decode_tps",
+    ]
     assert set(dep["speed"]["metrics"][0]) == {
         "name", "label", "unit", "better", "n", "n_previous", "percentiles",
     }  # fmt: skip

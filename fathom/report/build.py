@@ -238,9 +238,11 @@ def gaps(deployments: Sequence[DeploymentReport], min_n: int) -> tuple[Gap, ...]
             missing = "figures" if n < min_n else "change"
             out.append(Gap(kind, dep.model, dep.deployment, series, n, n_prev, min_n, missing))
 
+    optional = {spec.name for spec in queries.SPEED_METRICS if spec.optional}
     for dep in deployments:
         for metric in dep.speed.metrics:
-            note("speed", dep, metric.name, metric.n, metric.n_previous)
+            if not (metric.name in optional and metric.n == metric.n_previous == 0):
+                note("speed", dep, metric.name, metric.n, metric.n_previous)
         for q in dep.quality:
             note("quality", dep, q.probe, q.current.n, q.previous.n)
             if q.pass_rate is not None and q.previous_pass_rate is not None:

@@ -38,7 +38,7 @@ class Percentile:
 class SpeedMetric:
     """Percentiles of one per-request speed figure over user requests."""
 
-    name: str  # 'ttft_ms', 'itl_ms', 'decode_tps'
+    name: str  # 'ttft_ms', 'ttfa_ms', 'itl_ms', 'decode_tps'
     label: str
     unit: str
     better: str  # 'lower' or 'higher'

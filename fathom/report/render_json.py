@@ -16,7 +16,7 @@ their name and meaning within a schema version.
         "model", "deployment",
         "speed": {                     # user traffic only (origin = 'user')
           "requests", "errors", "previous_requests", "previous_errors",
-          "metrics": [{                # ttft_ms, itl_ms (mean ITL per request), decode_tps
+          "metrics": [{                # ttft_ms, ttfa_ms, itl_ms (mean ITL per request), decode_tps
             "name", "label", "unit", "better": "lower"|"higher",
             "n", "n_previous",         # requests with this figure, per period
             "percentiles": [{"p": 50, "current", "previous", "change_pct"}, ...]
