@@ -142,7 +142,7 @@ def test_serve_refuses_a_store_behind_and_runs_no_ddl(simulator: str, tmp_path: 
     env = {**os.environ, "FATHOM_SCHEMA_CHECK_ONLY": "true", "FATHOM_SPOOL_DIR": str(tmp_path)}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 2, done.stderr
-    assert "is at schema version 0, this release needs 2 (missing 001_init.sql, " in done.stderr
+    assert "is at schema version 0, this release needs 3 (missing 001_init.sql, " in done.stderr
     assert "fathom schema apply" in done.stderr and "listening" not in done.stdout
     checked = open_store(f"chdb://{store_path}")
     assert checked.query_sync("SHOW TABLES FROM fathom") == []
