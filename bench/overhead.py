@@ -1,6 +1,6 @@
 """What the proxy costs: direct vs through Fathom, interleaved in one run, against the simulator.
 
-    .venv/bin/python bench/overhead.py [--seconds 4] [--rounds 2] [--concurrency 1,64,256]
+    .venv/bin/python -m bench.overhead [--seconds 4] [--rounds 2] [--concurrency 1,64,256]
 
 Non-streamed requests are answered instantly; streamed ones are 64 events 20 ms apart. The
 proxy is pinned to one core and the simulator and this load generator to the other, so
@@ -25,6 +25,7 @@ import uvloop
 
 from fathom import spawn
 from sidecar.sse import SSEParser, classify, percentile
+from tests.support.processes import serve_command, simulate_command
 
 STREAM_EVENTS = 64
 STREAM_ITL_MS = 20
@@ -189,15 +190,9 @@ def main() -> None:
         "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64, 256]
     )
     args = parser.parse_args()
-    sim_argv = spawn.fathom_command(
-        "simulate", "--listen", "127.0.0.1:0", "--model", "sim", "--log-level", "WARNING"
-    )
-    with spawn.running(sim_argv, ["server"]) as sim:
+    with spawn.running(simulate_command("--model", "sim"), ["server"]) as sim:
         direct = sim.addresses["server"]
-        proxy_argv = spawn.fathom_command(
-            "serve", "--upstream", direct, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-            "--store", "none", "--log-level", "WARNING",
-        )  # fmt: skip
+        proxy_argv = serve_command(direct, "none", "--log-level", "WARNING")
         with spawn.running(proxy_argv, ["proxy", "admin"]) as proxy:
             if len(os.sched_getaffinity(0)) >= 2:
                 os.sched_setaffinity(proxy.process.pid, {0})
