@@ -1,6 +1,6 @@
 """How long every Grafana panel, variable and alert query takes on a store of realistic size.
 
-    .venv/bin/python bench/dashboards.py [--scales 1000000,10000000] [--quality-rows 1000000]
+    .venv/bin/python -m bench.dashboards [--scales 1000000,10000000] [--quality-rows 1000000]
                                          [--repeat 3] [--markdown PATH]
 
 For each scale, a fresh embedded store gets that many `fathom.requests` rows and
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import tempfile
 import time
@@ -33,9 +32,9 @@ from typing import Any
 import yaml
 
 from fathom.commands.grafana import DASHBOARDS
-from sidecar.store.client import Store, open_store
-from sidecar.store.schema import apply_schema
-from tests.test_dashboards_macros import QueryContext, Variable, expand
+from sidecar.store.client import Store
+from tests.support.grafana_queries import QueryContext, Variable, expand
+from tests.support.store import opened
 
 SPAN_S = 7 * 86400
 CHUNK = 1_000_000
@@ -207,10 +206,12 @@ def timed(store: Store, sql: str, repeat: int) -> float:
 
 def measure(scale: int, quality: int, repeat: int, directory: Path) -> dict[tuple[str, str], float]:
     """(source, range) -> median seconds on a fresh store with `scale` request rows."""
-    root = Path(tempfile.mkdtemp(prefix="fathom-dash-bench-"))
-    store = open_store(f"chdb://{root / 'db'}")
-    try:
-        apply_schema(store)
+    with (
+        tempfile.TemporaryDirectory(
+            prefix="fathom-dash-bench-", ignore_cleanup_errors=True
+        ) as root,
+        opened(Path(root) / "db", schema=True) as store,
+    ):
         end = datetime.now(UTC).replace(microsecond=0)
         seconds = load(store, scale, quality, end)
         counts = {t: store.query_sync(f"SELECT count() FROM fathom.{t}")[0][0]
@@ -220,9 +221,6 @@ def measure(scale: int, quality: int, repeat: int, directory: Path) -> dict[tupl
         for query in all_queries(store, directory, end):
             results[(query.source, query.range_label)] = timed(store, query.sql, repeat)
         return results
-    finally:
-        store.close()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def table(scales: list[int], results: list[dict[tuple[str, str], float]]) -> str:

@@ -1,6 +1,6 @@
 """Rows/s into the embedded store through the writer, with the queue bounded, and what it costs.
 
-    .venv/bin/python bench/ingest.py [--rows 1000000] [--into store|spool] [--dir DIR]
+    .venv/bin/python -m bench.ingest [--rows 1000000] [--into store|spool] [--dir DIR]
 
 Realistic `fathom.requests` rows (every column filled, unique request ids, a few models and
 deployments, timestamps over the last minutes) are submitted as fast as the writer drains
@@ -29,9 +29,9 @@ import psutil
 import uvloop
 
 from sidecar.record import Record
-from sidecar.store.client import Store, open_store
-from sidecar.store.schema import apply_schema
+from sidecar.store.client import Store
 from sidecar.store.writer import Writer, WriterSettings
+from tests.support.store import embedded
 
 TEMPLATES = 4093  # prime, so templates and noise do not repeat in step
 NOISE = 65536
@@ -141,9 +141,8 @@ def main() -> None:
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="fathom-ingest-"))
     me = psutil.Process()
     rss_start = me.memory_info().rss
-    store = open_store(f"chdb://{workdir / 'db'}", isolated=True)  # as `fathom serve` runs it
+    store = embedded(workdir / "db", isolated=True)  # as `fathom serve` runs it
     try:
-        apply_schema(store)
         rss_open = me.memory_info().rss
         if args.into == "spool":
             store.close()  # a closed client: every insert fails, every batch is spooled

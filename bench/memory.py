@@ -1,6 +1,6 @@
 """Resident memory of a deployed sidecar over a million requests: is it bounded?
 
-    .venv/bin/python bench/memory.py [--requests 1000000] [--every 100000] [--concurrency 64]
+    .venv/bin/python -m bench.memory [--requests 1000000] [--every 100000] [--concurrency 64]
 
 Runs `fathom serve --probes` as deployed (embedded chDB store, default sampling, the probe
 worker in-process with its scorer on CPU) in front of the simulator and sends non-streamed
@@ -25,6 +25,7 @@ import psutil
 import uvloop
 
 from fathom import spawn
+from tests.support.processes import serve_command, simulate_command
 
 BODY = {"model": "sim", "messages": [{"role": "user", "content": "Say something."}]}
 PLAIN = {"x-sim-ttft-ms": "0", "x-sim-itl-ms": "0", "x-sim-tokens": "16"}
@@ -81,17 +82,14 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
-    sim_argv = spawn.fathom_command("simulate", "--listen", "127.0.0.1:0", "--model", "sim",
-                                    "--log-level", "WARNING")  # fmt: skip
+    sim_argv = simulate_command("--model", "sim")
     with (
         tempfile.TemporaryDirectory(prefix="fathom-memory-") as work,
         spawn.running(sim_argv, ["server"]) as sim,
     ):
-        serve_argv = spawn.fathom_command(
-            "serve", "--upstream", sim.addresses["server"], "--listen", "127.0.0.1:0",
-            "--admin", "127.0.0.1:0", "--store", f"chdb://{Path(work) / 'data'}", "--probes",
-            "--log-level", "WARNING",
-        )  # fmt: skip
+        serve_argv = serve_command(
+            sim.addresses["server"], Path(work) / "data", "--probes", "--log-level", "WARNING"
+        )
         env = {"FATHOM_SPOOL_DIR": str(Path(work) / "spool"), "HF_HUB_OFFLINE": "1"}
         with spawn.running(serve_argv, ["proxy", "admin"], env) as serve:
             url = serve.addresses["proxy"] + "/v1/chat/completions"

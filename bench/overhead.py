@@ -1,6 +1,6 @@
 """What Fathom adds to a stream, per configuration, measured in one interleaved run.
 
-    .venv/bin/python bench/overhead.py [--streams 1000] [--concurrency 1,32,64,256]
+    .venv/bin/python -m bench.overhead [--streams 1000] [--concurrency 1,32,64,256]
 
 Targets, all running at once and measured in turn (the order rotates every round):
   direct      the simulator itself
@@ -41,6 +41,7 @@ import uvloop
 
 from fathom import spawn
 from sidecar.sse import SSEParser, classify, percentile
+from tests.support.processes import serve_command, simulate_command
 
 TOKENS = 24
 BODY = {"model": "sim", "messages": [{"role": "user", "content": "Say something."}], "stream": True}
@@ -207,9 +208,7 @@ def goal(results: dict[int, dict[str, Cell]]) -> list[tuple[int, float, float, b
 
 def start_targets(stack: ExitStack, work: Path) -> tuple[dict[str, str], dict[str, Tree]]:
     """The simulator and the four proxies in front of it; stopped when `stack` closes."""
-    sim = stack.enter_context(spawn.running(spawn.fathom_command(
-        "simulate", "--listen", "127.0.0.1:0", "--model", "sim", "--log-level", "WARNING",
-    ), ["server"]))  # fmt: skip
+    sim = stack.enter_context(spawn.running(simulate_command("--model", "sim"), ["server"]))
     upstream = sim.addresses["server"]
     urls, trees = {"direct": upstream}, {}
     floor = [
@@ -220,11 +219,8 @@ def start_targets(stack: ExitStack, work: Path) -> tuple[dict[str, str], dict[st
     ]
     argv: dict[str, list[str]] = {"floor": floor}
     for target, extra in (("default", []), ("probes", ["--probes"]), ("store-none", [])):
-        store = "none" if target == "store-none" else f"chdb://{work / target / 'data'}"
-        argv[target] = spawn.fathom_command(
-            "serve", "--upstream", upstream, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-            "--store", store, "--log-level", "WARNING", *extra,
-        )  # fmt: skip
+        store = "none" if target == "store-none" else work / target / "data"
+        argv[target] = serve_command(upstream, store, "--log-level", "WARNING", *extra)
     for target, command in argv.items():
         env = {"FATHOM_SPOOL_DIR": str(work / target / "spool"), "HF_HUB_OFFLINE": "1"}
         child = stack.enter_context(spawn.running(command, ["proxy"], env))

@@ -37,23 +37,22 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import psutil
 import uvloop
-from prometheus_client.parser import text_string_to_metric_families
 
 from fathom import spawn
 from sidecar.proxy import _client_hash
-from sidecar.record import Record
-from sidecar.sampler import SAMPLE_COLUMNS, Sampler
 from sidecar.sse import percentile
-from sidecar.store.client import open_store
-from sidecar.store.schema import apply_schema
-from sidecar.wire import REQUEST_ID_HEADER, parse_answer
+from sidecar.wire import REQUEST_ID_HEADER
+from tests.support.outages import can_make_immutable, directories, set_immutable
+from tests.support.polling import wait_for_line
+from tests.support.processes import probe_command, serve, simulate_command
+from tests.support.records import seed_samples
+from tests.support.scrape import figures, page
+from tests.support.store import embedded, opened
 
 SALT = "fathom-soak"
 PROBE_KEY = "soak-probe"
@@ -66,6 +65,7 @@ ERROR_EVENT = b'data: {"error"'  # the simulator's and the proxy's error events 
 EXPLICIT = ("http", "error_event", "cut", "refused", "no_response")
 # The proxy's error classes that an upstream failure may leave on a record.
 UPSTREAM_ERRORS = ("upstream_connect", "upstream_timeout", "upstream_http", "stream_error")
+INSTANT = {"x-sim-ttft-ms": "0", "x-sim-itl-ms": "0"}  # seeding asks at full speed
 Clock = Callable[[], float]
 
 
@@ -99,35 +99,6 @@ class Soak:
 # ---------------------------------------------------------------------------- processes
 
 
-def directories(root: Path) -> list[str]:
-    """Every directory under `root` (links not followed), `root` first."""
-    return [str(root)] + [
-        os.path.join(top, name) for top, names, _ in os.walk(root) for name in names
-        if not os.path.islink(os.path.join(top, name))
-    ]  # fmt: skip
-
-
-def set_immutable(root: Path, on: bool) -> None:
-    """Let nothing be created or removed in a directory tree, even by root (whom chmod does
-    not stop), or undo it. Directories only: chattr refuses the links chDB keeps there."""
-    subprocess.run(["chattr", "+i" if on else "-i", *directories(root)], check=True)
-
-
-def can_make_immutable(directory: Path) -> bool:
-    """Whether this process may use chattr here (root, a filesystem that supports it)."""
-    if os.geteuid() != 0 or shutil.which("chattr") is None:
-        return False
-    probe = directory / "chattr-probe"
-    probe.mkdir(exist_ok=True)
-    try:
-        set_immutable(probe, True)
-    except subprocess.CalledProcessError:
-        return False
-    set_immutable(probe, False)
-    probe.rmdir()
-    return True
-
-
 class Fleet:
     """The simulator, the proxy and the probe worker, as child processes, and their paths."""
 
@@ -149,10 +120,9 @@ class Fleet:
     def start_sim(self) -> spawn.Child:
         """`fathom simulate` on the simulator's port (a free one the first time)."""
         s = self.soak
-        argv = spawn.fathom_command(
-            "simulate", "--listen", f"127.0.0.1:{self.sim_port}", "--model", MODEL,
-            "--ttft-ms", str(s.ttft_ms), "--itl-ms", str(s.itl_ms), "--tokens", "100",
-            "--seed", str(s.seed), "--log-level", "WARNING",
+        argv = simulate_command(
+            "--model", MODEL, "--ttft-ms", str(s.ttft_ms), "--itl-ms", str(s.itl_ms),
+            "--tokens", "100", "--seed", str(s.seed), port=self.sim_port,
         )  # fmt: skip
         self.sim = spawn.start(argv, ["server"])
         self.sim_port = int(self.sim.addresses["server"].rsplit(":", 1)[1])
@@ -161,19 +131,14 @@ class Fleet:
     def start_proxy(self) -> None:
         """`fathom serve` in front of the simulator, on the embedded store."""
         assert self.sim is not None
-        argv = spawn.fathom_command(
-            "serve", "--upstream", self.sim.addresses["server"], "--listen", "127.0.0.1:0",
-            "--admin", "127.0.0.1:0", "--store", f"chdb://{self.store}",
-            "--deployment", DEPLOYMENT,
+        self.proxy = serve(
+            self.sim.addresses["server"], self.store, self.spool, "--deployment", DEPLOYMENT,
+            FATHOM_CLIENT_SALT=SALT,
         )  # fmt: skip
-        env = {"FATHOM_SPOOL_DIR": str(self.spool), "FATHOM_CLIENT_SALT": SALT}
-        self.proxy = spawn.start(argv, ["proxy", "admin"], env)
 
     def start_worker(self) -> None:
         """`fathom probe` on its own store, re-asking through the proxy (scorer loads later)."""
-        argv = spawn.fathom_command(
-            "probe", "--store", f"chdb://{self.worker_store}", "--upstream", self.proxy_url
-        )
+        argv = probe_command(self.worker_store, self.proxy_url)
         env = {
             # Rounds of 2 samples re-asked 3 times at once (~2 s each): a round line is logged
             # every few seconds, so a kill can be aimed at re-asks in flight.
@@ -196,24 +161,7 @@ class Fleet:
         for child in self.children():
             child.stop(signal.SIGKILL)  # a no-op for those that have exited
         if self.store.exists() and os.geteuid() == 0 and shutil.which("chattr"):
-            set_immutable(self.store, False)
-
-
-def wait_for_line(
-    child: spawn.Child, pattern: str, timeout: float, unlike: Sequence[str] = ()
-) -> str:
-    """Poll a child's output until a line matches (one not in `unlike`); fail if it exits or
-    the time runs out."""
-    deadline = time.monotonic() + timeout
-    regex = re.compile(pattern)
-    while True:
-        seen = [line for line in list(child.output) if regex.search(line) and line not in unlike]
-        if seen:
-            return seen[-1]
-        if child.process.poll() is not None or time.monotonic() > deadline:
-            tail = "\n".join(list(child.output)[-20:])
-            raise spawn.SpawnError(f"no line matching {pattern!r} in time:\n{tail}")
-        time.sleep(0.1)
+            set_immutable(directories(self.store), False)
 
 
 ROUND = r"probe worker \d+/\d+ round \d+: [1-9]"
@@ -230,30 +178,16 @@ def kill_mid_reask(fleet: Fleet) -> None:
     fleet.start_worker()
 
 
-async def seed_samples(store_path: Path, sim: str, count: int) -> None:
+async def seed(store_path: Path, sim: str, count: int) -> None:
     """`count` samples for the worker: real answers of the simulator, rows by the sampler."""
-    store = open_store(f"chdb://{store_path}", isolated=True)
+    store = await asyncio.to_thread(embedded, store_path, isolated=True)
     try:
-        await store.call(apply_schema)
-        async with aiohttp.ClientSession() as session:
-            rows = [await _sample(session, sim, i) for i in range(count)]
-        await store.insert("fathom.samples", SAMPLE_COLUMNS, rows)
+        await seed_samples(
+            store, sim, MODEL, count, prefix="soak-", deployment=DEPLOYMENT, max_tokens=None,
+            headers=INSTANT,
+        )  # fmt: skip
     finally:
         store.close()
-
-
-async def _sample(session: aiohttp.ClientSession, sim: str, i: int) -> list[Any]:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": f"Tell me about topic {i}."}]}
-    raw = json.dumps(body).encode()
-    instant = {"x-sim-ttft-ms": "0", "x-sim-itl-ms": "0"}
-    async with session.post(sim + "/v1/chat/completions", data=raw, headers=instant) as resp:
-        answer = parse_answer(await resp.read())
-    record = Record(
-        ts=datetime.now(UTC), request_id=f"soak-sample-{i:06d}", route="chat", model=MODEL,
-        deployment=DEPLOYMENT, finish_reason=answer.finish_reason,
-    )  # fmt: skip
-    row = Sampler().row(record, raw, answer.text)
-    return [row[c] for c in SAMPLE_COLUMNS]
 
 
 async def bring_up(fleet: Fleet) -> None:
@@ -263,7 +197,7 @@ async def bring_up(fleet: Fleet) -> None:
     # The worker scores under a sample a second (2 at a time, re-asks of ~2 s): keep it busy.
     count = s.samples or max(20, int(s.seconds * 1.5))
     await asyncio.gather(
-        seed_samples(fleet.worker_store, sim.addresses["server"], count),
+        seed(fleet.worker_store, sim.addresses["server"], count),
         asyncio.to_thread(fleet.start_proxy),
     )
     await asyncio.to_thread(fleet.start_worker)
@@ -435,11 +369,12 @@ async def _store_outage(fleet: Fleet, load: Load, run: Run) -> None:
     s, clock = load.soak, load.clock
     await _until(clock, run.t0 + s.at(s.store_outage[0]))
     start = clock()
-    await asyncio.to_thread(set_immutable, fleet.store, True)
+    paths = directories(fleet.store)
+    await asyncio.to_thread(set_immutable, paths, True)
     try:
         await _until(clock, run.t0 + s.at(s.store_outage[1]))
     finally:
-        await asyncio.to_thread(set_immutable, fleet.store, False)
+        await asyncio.to_thread(set_immutable, paths, False)
     run.windows["store_outage"] = (start, clock())
 
 
@@ -488,14 +423,8 @@ def cpu_shares(
 
 async def writer_figures(session: aiohttp.ClientSession, admin: str) -> dict[str, float]:
     """The writer's counters from the proxy's /metrics (rows written, spooled, dropped)."""
-    async with session.get(admin + "/metrics") as resp:
-        text = await resp.text()
-    figures: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.startswith("fathom_writer_"):
-                figures[sample.name] = figures.get(sample.name, 0.0) + sample.value
-    return figures
+    seen = figures(await page(admin, session))
+    return {name: value for name, value in seen.items() if name.startswith("fathom_writer_")}
 
 
 async def drive(fleet: Fleet, load: Load, run: Run) -> None:
@@ -582,14 +511,11 @@ class Stored:
 
 def read_requests(store_path: Path, run: Run) -> list[Stored]:
     """Every row of the proxy's `fathom.requests`, once the proxy has exited."""
-    store = open_store(f"chdb://{store_path}", isolated=True)
-    try:
+    with opened(store_path, isolated=True) as store:
         rows = store.query_sync(
             "SELECT request_id, client, origin, status, error, output_tokens, "
             "toUnixTimestamp64Milli(ts) FROM fathom.requests"
         )
-    finally:
-        store.close()
     return [
         Stored(str(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4]), int(r[5]),
                r[6] / 1e3 - run.wall_offset)
@@ -600,15 +526,12 @@ def read_requests(store_path: Path, run: Run) -> list[Stored]:
 def read_quality(store_path: Path) -> tuple[int, int, int]:
     """In the worker's store: samples scored, (sample, probe) pairs scored more than once,
     and samples scored without consistency (their re-asks all failed)."""
-    store = open_store(f"chdb://{store_path}", isolated=True)
-    try:
+    with opened(store_path, isolated=True) as store:
         ((scored, twice, alone),) = store.query_sync(
             "SELECT uniqExact(request_id), countIf(n > 1), uniqExact(request_id) - "
             "uniqExactIf(request_id, probe = 'consistency') FROM (SELECT request_id, probe, "
             "count() AS n FROM fathom.quality WHERE request_id != '' GROUP BY request_id, probe)"
         )
-    finally:
-        store.close()
     return int(scored), int(twice), int(alone)
 
 

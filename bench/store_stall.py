@@ -21,8 +21,8 @@ import uvloop
 
 from bench.ingest import templates
 from sidecar.record import REQUEST_COLUMNS
-from sidecar.store.client import Store, open_store
-from sidecar.store.schema import apply_schema
+from sidecar.store.client import Store
+from tests.support.store import opened
 
 TICK_S = 0.001
 
@@ -72,23 +72,18 @@ def main() -> None:
     parser.add_argument("--inserts", type=int, default=20)
     args = parser.parse_args()
     print("rows   engine         insert ms p50   loop lateness ms p50 / p99 / max")
-    with tempfile.TemporaryDirectory() as tmp:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
         # One path each: a process holds one embedded engine, at one path.
-        stores = {
-            "in process": open_store(f"chdb://{Path(tmp) / 'here'}"),
-            "own process": open_store(f"chdb://{Path(tmp) / 'child'}", isolated=True),
-        }
-        try:
-            for store in stores.values():
-                apply_schema(store)
-            for rows in (int(r) for r in args.rows.split(",")):
-                for mode, store in stores.items():
-                    took, late = uvloop.run(lateness(store, rows, args.inserts))
-                    median = sorted(took)[len(took) // 2]
-                    print(f"{rows:<6} {mode:<14} {median:13.1f}   {quantiles(late)}")
-        finally:
-            for store in stores.values():
-                store.close()
+        opened(Path(tmp) / "here", schema=True) as here,
+        opened(Path(tmp) / "child", schema=True, isolated=True) as child,
+    ):
+        stores = {"in process": here, "own process": child}
+        for rows in (int(r) for r in args.rows.split(",")):
+            for mode, store in stores.items():
+                took, late = uvloop.run(lateness(store, rows, args.inserts))
+                median = sorted(took)[len(took) // 2]
+                print(f"{rows:<6} {mode:<14} {median:13.1f}   {quantiles(late)}")
 
 
 if __name__ == "__main__":

@@ -1,34 +1,29 @@
-"""Shared fixtures: a real simulator process and an in-process proxy whose records we keep."""
+"""Shared fixtures, thin wrappers over tests/support: an embedded store, a real simulator
+process, the session's scorer, kubectl, and the fake Grafana."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from fathom import spawn
-from fathom.commands.serve import Service, running
-from sidecar import config
-from sidecar.config import Settings
-from sidecar.record import Record
-from sidecar.store.client import Store, open_store
-from sidecar.store.schema import apply_schema
+from probes.scorer import Scorer, ScorerConfig, load_scorer
+from sidecar.store.client import Store
+from tests.support import deploy, fake_grafana
+from tests.support.processes import simulate_command
+from tests.support.store import embedded
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     """An embedded store in this test's directory, with the schema applied (a module that
     needs another kind of store defines its own `store`)."""
-    opened = open_store(f"chdb://{tmp_path / 'db'}")
-    apply_schema(opened)
+    opened = embedded(tmp_path / "db")
     yield opened
     opened.close()
 
@@ -36,10 +31,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 @pytest.fixture(scope="session")
 def simulator_process() -> Iterator[spawn.Child]:
     """A `fathom simulate` process: model 'sim', 30 ms TTFT, 10 ms ITL, 8 tokens."""
-    argv = spawn.fathom_command(
-        "simulate", "--listen", "127.0.0.1:0", "--model", "sim", "--ttft-ms", "30",
-        "--itl-ms", "10", "--tokens", "8", "--log-level", "WARNING",
-    )  # fmt: skip
+    argv = simulate_command("--model", "sim", "--ttft-ms", "30", "--itl-ms", "10", "--tokens", "8")
     with spawn.running(argv, ["server"]) as child:
         yield child
 
@@ -50,28 +42,22 @@ def simulator(simulator_process: spawn.Child) -> str:
     return simulator_process.addresses["server"]
 
 
-class Proxied:
-    """An in-process proxy plus every record it produced, by request id."""
-
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.url = service.addresses["proxy"]
-        self.records: dict[str, Record] = {}
-
-    def record(self, request_id: str) -> Record:
-        return self.records[request_id]
+@pytest.fixture(scope="session")
+def scorer() -> Iterator[Scorer]:
+    """The one CPU scorer of this test session (loaded on first use)."""
+    loaded = load_scorer(ScorerConfig(device="cpu", batch_size=32, warmup_sentences=16))
+    yield loaded
+    loaded.close()
 
 
-@contextlib.asynccontextmanager
-async def proxied(upstream: str, **overrides: object) -> AsyncIterator[Proxied]:
-    """Run a proxy in front of `upstream` with test settings; keep its records."""
-    settings = config.validate(
-        replace(
-            Settings(upstream=upstream, listen="127.0.0.1:0", admin="127.0.0.1:0", store="none"),
-            **overrides,
-        )
-    )
-    async with running(settings) as service:
-        out = Proxied(service)
-        service.listeners.append(lambda record: out.records.__setitem__(record.request_id, record))
-        yield out
+@pytest.fixture(scope="session")
+def kubectl() -> str:
+    """A kubectl whose kustomize renders deploy/ (see tests.support.deploy.kubectl)."""
+    return deploy.kubectl()
+
+
+@pytest.fixture
+async def grafana_server() -> AsyncIterator[tuple[str, fake_grafana.FakeGrafana]]:
+    """The fake Grafana on a free port of 127.0.0.1, stopped after the test."""
+    async with fake_grafana.serving() as served:
+        yield served

@@ -3,7 +3,6 @@ runs on the real engine (macros expanded as the plugin does) and returns what it
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from collections.abc import Iterator
@@ -14,19 +13,17 @@ from typing import Any
 import pytest
 import yaml
 
-from probes.detect import run_detection
 from sidecar.record import REQUEST_COLUMNS, Record
 from sidecar.store.client import Store
-from tests.test_dashboards_data import (
-    NOW,
+from tests.support.grafana_queries import (
+    QueryContext,
     Result,
+    Variable,
     is_numeric,
     is_text,
-    open_seeded,
-    run_grafana_query,
-    user_requests_since,
+    run_query,
 )
-from tests.test_dashboards_macros import QueryContext, Variable
+from tests.support.seeded import NOW, detected, user_requests_since
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
 DATASOURCE = {"type": "grafana-clickhouse-datasource", "uid": "fathom-clickhouse"}
@@ -48,12 +45,8 @@ def dashboards() -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """The seeded store, with the detector's findings written (for annotations and tables)."""
-    seeded = open_seeded(tmp_path_factory.mktemp("dashboards") / "db")
-    try:
-        asyncio.run(run_detection(seeded, NOW))
+    with detected(tmp_path_factory.mktemp("dashboards") / "db") as seeded:
         yield seeded
-    finally:
-        seeded.close()
 
 
 # ------------------------------------------------------------------ JSON and schema
@@ -153,7 +146,7 @@ def variables_for(
     resolved: dict[str, Variable] = {}
     for spec in doc["templating"]["list"]:
         ctx = QueryContext(*RANGE, variables=resolved)
-        options = [str(row[0]) for row in run_grafana_query(store, spec["query"], ctx).rows]
+        options = [str(row[0]) for row in run_query(store, spec["query"], ctx).rows]
         assert options, f"variable {spec['name']} has no options"
         current: str | list[str] = spec["current"]["value"]  # the default: All, or 'user'
         if selection is not None and spec["name"] in selection:
@@ -186,7 +179,7 @@ def test_every_panel_query_runs_and_has_the_shape_its_panel_needs(
         ctx = QueryContext(*RANGE, timedelta(seconds=30), variables)
         for panel in doc["panels"]:
             for target in panel.get("targets", []):
-                result = run_grafana_query(store, target["rawSql"], ctx)
+                result = run_query(store, target["rawSql"], ctx)
                 assert_panel_shape(target, result, f"{doc['uid']}: {panel['title']}")
 
 
@@ -202,7 +195,7 @@ def panel_result(
     panel = next(p for p in doc["panels"] if p["title"] == title)
     target = next(t for t in panel["targets"] if t["refId"] == ref)
     ctx = QueryContext(*RANGE, timedelta(seconds=30), variables_for(doc, store, selection))
-    return run_grafana_query(store, target["rawSql"], ctx)
+    return run_query(store, target["rawSql"], ctx)
 
 
 def test_speed_counts_user_traffic_only(store: Store) -> None:
@@ -248,7 +241,7 @@ def test_quality_tables_and_annotations_show_the_regression(store: Store) -> Non
     assert set(found.column("deployment")) == {"q2"}
     doc = load("fathom-quality.json")
     ctx = QueryContext(*RANGE, timedelta(seconds=30), variables_for(doc, store, None))
-    notes = run_grafana_query(store, doc["annotations"]["list"][0]["target"]["rawSql"], ctx)
+    notes = run_query(store, doc["annotations"]["list"][0]["target"]["rawSql"], ctx)
     assert {"time", "text", "title", "tags"} <= set(notes.names)
     assert notes.rows and all("q2" in text for text in notes.column("text"))
 
@@ -351,13 +344,13 @@ def test_a_week_reads_the_hourly_rollup_and_counts_the_same(store: Store) -> Non
     week = (NOW - timedelta(days=7), NOW)
     ctx = QueryContext(*week, timedelta(minutes=10), variables_for(doc, store, None))
     sql = panel["targets"][0]["rawSql"]
-    table = run_grafana_query(store, sql, ctx)
+    table = run_query(store, sql, ctx)
     keys = zip(table.column("model"), table.column("deployment"), strict=True)
     counted = dict(zip(keys, table.column("requests"), strict=True))
     assert counted == user_requests_since(week[0])
     # the per-minute branch is switched off for a week: only the hourly one reads rows
     hourly_off = sql.replace("FROM fathom.speed_1h\n  WHERE", "FROM fathom.speed_1h\n  WHERE 0 AND")
-    assert hourly_off != sql and run_grafana_query(store, hourly_off, ctx).rows == []
+    assert hourly_off != sql and run_query(store, hourly_off, ctx).rows == []
 
 
 def test_reasoning_and_tool_call_panels_show_the_answer_start_and_validity(store: Store) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,107 +15,31 @@ from typing import Any
 import pytest
 import yaml
 
-from probes.detect import SHAPE, DetectionSettings, load_series, run_detection
+from probes.detect import SHAPE, DetectionSettings, load_series
 from probes.statistics import Reference, baseline_rate, cusum_drop, sprt_drop
 from sidecar.record import REQUEST_COLUMNS, Record
 from sidecar.store.client import Store
-from tests.test_dashboards_data import (
-    NOW,
-    SAMPLE_COLUMNS,
-    is_numeric,
-    is_text,
-    open_seeded,
-    run_grafana_query,
+from tests.support.grafana_alerts import (
+    EXPRESSIONS,
+    RULES_FILE,
+    firing,
+    named,
+    query_instances,
+    rules,
 )
-from tests.test_dashboards_macros import ALL, QueryContext, Variable
+from tests.support.grafana_queries import ALL, QueryContext, Variable, run_query
+from tests.support.records import request_values
+from tests.support.seeded import NOW, SAMPLE_COLUMNS, detected
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
-RULES_FILE = DASHBOARDS / "provisioning/alerting/fathom-rules.yaml"
 VARIABLES = ("model", "deployment", "probe", "origin", "route", "scorer")
-EXPRESSIONS = "__expr__"
-Labels = tuple[tuple[str, str], ...]
-
-
-def rules() -> dict[str, dict[str, Any]]:
-    """uid -> rule, from the provisioning file."""
-    document = yaml.safe_load(RULES_FILE.read_text())
-    assert document["apiVersion"] == 1
-    return {rule["uid"]: rule for group in document["groups"] for rule in group["rules"]}
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """Seeded store with the detector's findings at NOW."""
-    seeded = open_seeded(tmp_path_factory.mktemp("alerts") / "db")
-    try:
-        asyncio.run(run_detection(seeded, NOW))
+    with detected(tmp_path_factory.mktemp("alerts") / "db") as seeded:
         yield seeded
-    finally:
-        seeded.close()
-
-
-def query_instances(
-    store: Store, query: dict[str, Any], now: datetime
-) -> dict[Labels, float | None]:
-    """A data query's result as alert instances: text columns are labels, one number the value."""
-    span = query["relativeTimeRange"]
-    model = query["model"]
-    assert query["datasourceUid"] == model["datasource"]["uid"] == "fathom-clickhouse"
-    assert model["format"] == 1, "alert queries return tables: one row per alert instance"
-    ctx = QueryContext(
-        now - timedelta(seconds=span["from"]),
-        now - timedelta(seconds=span["to"]),
-        timedelta(milliseconds=model["intervalMs"]),
-    )
-    result = run_grafana_query(store, model["rawSql"], ctx)
-    numbers = [i for i, t in enumerate(result.types) if is_numeric(t)]
-    texts = [i for i, t in enumerate(result.types) if is_text(t)]
-    assert len(numbers) == 1, f"Grafana needs exactly one numeric column, got {result.types}"
-    assert len(numbers) + len(texts) == len(result.types), result.types
-    value = numbers[0]
-    return {tuple((result.names[i], str(row[i])) for i in texts): row[value] for row in result.rows}
-
-
-def reduce_last(
-    values: dict[Labels, float | None], settings: dict[str, Any]
-) -> dict[Labels, float]:
-    """Reduce 'last' of a number is the number; dropNN drops NaN and null."""
-    assert settings.get("mode") == "dropNN"
-    return {k: float(v) for k, v in values.items() if v is not None and not math.isnan(v)}
-
-
-def threshold(values: dict[Labels, float], condition: dict[str, Any]) -> set[Labels]:
-    """The instances whose value meets the threshold evaluator."""
-    kind, params = condition["evaluator"]["type"], condition["evaluator"]["params"]
-    tests = {
-        "gt": lambda v: v > params[0],
-        "lt": lambda v: v < params[0],
-        "within_range": lambda v: params[0] < v < params[1],
-        "outside_range": lambda v: v < params[0] or v > params[1],
-    }
-    return {labels for labels, v in values.items() if tests[kind](v)}
-
-
-def firing(store: Store, rule: dict[str, Any], now: datetime) -> set[Labels]:
-    """Evaluate a rule's queries and expressions; the instances its condition fires for."""
-    frames: dict[str, Any] = {}
-    for query in rule["data"]:
-        model = query["model"]
-        if query["datasourceUid"] != EXPRESSIONS:
-            frames[query["refId"]] = query_instances(store, query, now)
-        elif model["type"] == "reduce":
-            assert model["reducer"] == "last"
-            frames[query["refId"]] = reduce_last(frames[model["expression"]], model["settings"])
-        else:
-            assert model["type"] == "threshold" and len(model["conditions"]) == 1
-            frames[query["refId"]] = threshold(frames[model["expression"]], model["conditions"][0])
-    result: set[Labels] = frames[rule["condition"]]
-    return result
-
-
-def named(labels: set[Labels], *keys: str) -> set[tuple[str, ...]]:
-    """Just the chosen label values of each instance."""
-    return {tuple(dict(instance)[key] for key in keys) for instance in labels}
 
 
 def test_rules_are_well_formed() -> None:
@@ -283,7 +206,7 @@ def test_cusum_panel_is_per_scorer_like_its_rule(store: Store) -> None:
     panel = next(p for p in dashboard["panels"] if p["title"] == "Detector now (CUSUM)")
     variables = {name: Variable(name, [ALL], [""]) for name in VARIABLES}
     ctx = QueryContext(at - timedelta(hours=6), at, timedelta(seconds=30), variables)
-    table = run_grafana_query(store, panel["targets"][0]["rawSql"], ctx)
+    table = run_query(store, panel["targets"][0]["rawSql"], ctx)
     shown = dict(zip(table.column("scorer"), table.column("cusum"), strict=True))
     assert set(shown) == set(instances) == {"minilm/1", "minilm/2"}
     assert all(shown[s] == pytest.approx(instances[s], abs=0.01) for s in shown)
@@ -294,8 +217,7 @@ def user_request(ts: datetime, model: str, deployment: str) -> list[Any]:
     """A fathom.requests row of one answered user request."""
     record = Record(ts=ts, request_id=f"{deployment}-{ts.timestamp()}", route="chat", model=model,
                     deployment=deployment, origin="user", e2e_ms=100.0)  # fmt: skip
-    row = record.to_row()
-    return [row[name] for name in REQUEST_COLUMNS]
+    return request_values(record)
 
 
 def test_a_deployment_that_stops_serving_raises_an_alert(store: Store) -> None:

@@ -1,6 +1,6 @@
 """Everything shipped for Grafana, and everything `fathom grafana push` sends, passes the rules
-Grafana applies (tests/grafana_provisioning.py); and each defect a real Grafana refused or
-mangled is caught by them."""
+Grafana applies (tests/support/grafana_provisioning.py); and each defect a real Grafana refused
+or mangled is caught by them."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from fathom.commands import grafana
-from tests import grafana_provisioning as g
+from tests.support import grafana_provisioning as g
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
 RULES = DASHBOARDS / "provisioning/alerting/fathom-rules.yaml"

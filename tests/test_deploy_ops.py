@@ -12,7 +12,6 @@ import re
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import kubernetes_validate  # type: ignore[import-untyped]
@@ -20,23 +19,11 @@ import pytest
 import yaml
 
 from fathom import spawn
-from tests.test_deploy import (
-    DEPLOY,
-    KUBERNETES,
-    NEWEST,
-    containers,
-    example_secrets,
-    find,
-    model_pod,
-    one,
-    pod_specs,
-    port,
-    render,
-    sidecar,
-)
-from tests.test_deploy import kubectl as kubectl  # the session fixture ops() renders with
+from tests.support import deploy
+from tests.support.deploy import Doc
+from tests.support.processes import probe_command, serve_command
+from tests.support.scrape import figures
 
-Doc = dict[str, Any]
 COMPONENTS = ("prometheus-operator", "network-policy")
 # Metrics the rules may read that other exporters of kube-prometheus-stack provide.
 KUBE_STATE_METRICS = {"kube_pod_container_status_restarts_total"}
@@ -46,24 +33,24 @@ KUBE_STATE_METRICS = {"kube_pod_container_status_restarts_total"}
 def ops(kubectl: str, tmp_path_factory: pytest.TempPathFactory) -> list[Doc]:
     user = tmp_path_factory.mktemp("ops")
     kustomization = {
-        "resources": [os.path.relpath(DEPLOY / "overlays" / "clickhouse", user)],
-        "components": [os.path.relpath(DEPLOY / "components" / c, user) for c in COMPONENTS],
+        "resources": [os.path.relpath(deploy.DEPLOY / "overlays" / "clickhouse", user)],
+        "components": [os.path.relpath(deploy.DEPLOY / "components" / c, user) for c in COMPONENTS],
     }
     (user / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
-    return render(kubectl, user)
+    return deploy.render(kubectl, user)
 
 
 def test_core_objects_validate_and_crds_have_their_required_fields(ops: list[Doc]) -> None:
     for doc in ops:
         if doc["apiVersion"] == "monitoring.coreos.com/v1":
             continue
-        for version in (KUBERNETES, NEWEST):
+        for version in (deploy.KUBERNETES, deploy.NEWEST):
             kubernetes_validate.validate(doc, version, strict=True)
-    monitor = one(ops, "PodMonitor", "fathom")
+    monitor = deploy.one(ops, "PodMonitor", "fathom")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert set(endpoint) <= {"port", "path", "interval"} and endpoint["path"] == "/metrics"
-    rule = one(ops, "PrometheusRule", "fathom")
+    rule = deploy.one(ops, "PrometheusRule", "fathom")
     for group in rule["spec"]["groups"]:
         assert set(group) == {"name", "rules"}
         for item in group["rules"]:
@@ -75,10 +62,10 @@ def test_core_objects_validate_and_crds_have_their_required_fields(ops: list[Doc
 
 
 def test_pod_monitor_scrapes_every_admin_port(ops: list[Doc]) -> None:
-    expression = one(ops, "PodMonitor", "fathom")["spec"]["selector"]["matchExpressions"][0]
-    port_name = one(ops, "PodMonitor", "fathom")["spec"]["podMetricsEndpoints"][0]["port"]
+    expression = deploy.one(ops, "PodMonitor", "fathom")["spec"]["selector"]["matchExpressions"][0]
+    port_name = deploy.one(ops, "PodMonitor", "fathom")["spec"]["podMetricsEndpoints"][0]["port"]
     scraped = set()
-    for name, pod in pod_specs(ops):
+    for name, pod in deploy.pod_specs(ops):
         every = [*pod.get("initContainers", []), *pod["containers"]]
         admin = [c for c in every if any(p["name"] == port_name for p in c.get("ports", []))]
         if admin:
@@ -88,27 +75,21 @@ def test_pod_monitor_scrapes_every_admin_port(ops: list[Doc]) -> None:
 
 
 def rule_items(ops: list[Doc]) -> Iterator[Doc]:
-    for group in one(ops, "PrometheusRule", "fathom")["spec"]["groups"]:
+    for group in deploy.one(ops, "PrometheusRule", "fathom")["spec"]["groups"]:
         yield from group["rules"]
 
 
 def exported(url: str) -> set[str]:
     """Metric names in a real /metrics page."""
     with urllib.request.urlopen(url, timeout=30) as resp:
-        text = resp.read().decode()
-    return {m.group(1) for m in re.finditer(r"^([a-z_]+)(?:\{|\s)", text, re.M)}
+        return set(figures(resp.read().decode()))
 
 
 def test_rules_read_metrics_fathom_really_exports(
     ops: list[Doc], simulator: str, tmp_path: Path
 ) -> None:
-    serve = spawn.fathom_command(
-        "serve", "--upstream", simulator, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-        "--store", f"chdb://{tmp_path / 'store'}",
-    )  # fmt: skip
-    probe = spawn.fathom_command(
-        "probe", "--store", f"chdb://{tmp_path / 'empty'}", "--upstream", simulator
-    )
+    serve = serve_command(simulator, tmp_path / "store")
+    probe = probe_command(tmp_path / "empty", simulator)
     env = {"FATHOM_SPOOL_DIR": str(tmp_path / "spool"), "FATHOM_PROBE_ADMIN": "127.0.0.1:0"}
     with (
         spawn.running(serve, ["proxy", "admin"], env) as sidecar_process,
@@ -132,7 +113,7 @@ def test_rules_read_metrics_fathom_really_exports(
 
 
 def policies(ops: list[Doc]) -> list[Doc]:
-    return find(ops, "NetworkPolicy")
+    return deploy.find(ops, "NetworkPolicy")
 
 
 def selects(selector: Doc, labels: dict[str, str]) -> bool:
@@ -159,9 +140,9 @@ def template_labels(ops: list[Doc]) -> dict[str, dict[str, str]]:
 def test_only_fathom_reaches_the_model_port_and_only_monitoring_the_admin_port(
     ops: list[Doc],
 ) -> None:
-    pod = model_pod(ops)
-    model_port = port(containers(pod)["vllm"], "vllm")
-    admin_port = port(sidecar(pod), "admin")
+    pod = deploy.model_pod(ops)
+    model_port = deploy.port(deploy.containers(pod)["vllm"], "vllm")
+    admin_port = deploy.port(deploy.sidecar(pod), "admin")
     labels = template_labels(ops)["model-server"]
     ingress = [p for p in policies(ops) if "Ingress" in p["spec"]["policyTypes"]]
     rules = [r for p in ingress if selects(p["spec"]["podSelector"], labels)
@@ -178,7 +159,7 @@ def test_every_fathom_pod_may_reach_dns_and_the_store_and_nothing_else_of_fathom
     ops: list[Doc],
 ) -> None:
     (egress,) = [p for p in policies(ops) if p["metadata"]["name"] == "fathom-egress"]
-    store = urlsplit(example_secrets()["FATHOM_STORE"])
+    store = urlsplit(deploy.example_secrets()["FATHOM_STORE"])
     namespace = (store.hostname or "").split(".")[1]  # service.namespace.svc
     for name, labels in template_labels(ops).items():
         if name == "fathom-reports":
@@ -196,7 +177,7 @@ def test_every_fathom_pod_may_reach_dns_and_the_store_and_nothing_else_of_fathom
 def test_disruption_budgets_let_one_pod_go_at_a_time(ops: list[Doc]) -> None:
     labels = template_labels(ops)
     for name in ("model-server", "fathom-probe-worker"):
-        budget = one(ops, "PodDisruptionBudget", name)["spec"]
+        budget = deploy.one(ops, "PodDisruptionBudget", name)["spec"]
         assert budget["maxUnavailable"] == 1 and "minAvailable" not in budget
         assert budget["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
         assert selects(budget["selector"], labels[name])

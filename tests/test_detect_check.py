@@ -17,7 +17,8 @@ from fathom.commands.common import parse_duration
 from fathom.spawn import fathom_command
 from probes.detect import REGRESSION_COLUMNS, DetectionSettings
 from sidecar.store.client import open_store
-from tests.test_dashboards_data import NOW, open_seeded
+from tests.support.seeded import NOW, open_seeded
+from tests.support.store import url
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def store_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A seeded store on disk, closed so that other processes can open it."""
     path = tmp_path_factory.mktemp("check") / "db"
     open_seeded(path).close()
-    yield f"chdb://{path}"
+    yield url(path)
 
 
 def fathom_check(*argv: str) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,9 @@ import aiohttp
 import pytest
 
 from fathom import spawn
-from sidecar.store.client import open_store
+from tests.support.polling import until
+from tests.support.processes import serve, simulate_command
+from tests.support.store import opened
 
 CHAT = "/v1/chat/completions"
 PHASES = ("", "draining", "drained", "upstream gone")
@@ -25,25 +27,18 @@ PHASES = ("", "draining", "drained", "upstream gone")
 
 def simulator(port: int = 0) -> spawn.Child:
     """A `fathom simulate` process standing in for vLLM."""
-    argv = spawn.fathom_command(
-        "simulate", "--listen", f"127.0.0.1:{port}", "--model", "sim", "--ttft-ms", "20",
-        "--itl-ms", "10", "--tokens", "8", "--log-level", "WARNING",
-    )  # fmt: skip
+    argv = simulate_command(
+        "--model", "sim", "--ttft-ms", "20", "--itl-ms", "10", "--tokens", "8", port=port
+    )
     return spawn.start(argv, ["server"])
 
 
 def fathom(upstream: str, tmp_path: Path, settle_s: str) -> spawn.Child:
     """`fathom serve` in front of it, on the embedded store."""
-    argv = spawn.fathom_command(
-        "serve", "--upstream", upstream, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-        "--store", f"chdb://{tmp_path / 'store'}",
+    return serve(
+        upstream, tmp_path / "store", tmp_path / "spool",
+        FATHOM_GRACE_S="20", FATHOM_DRAIN_SETTLE_S=settle_s,
     )  # fmt: skip
-    env = {
-        "FATHOM_SPOOL_DIR": str(tmp_path / "spool"),
-        "FATHOM_GRACE_S": "20",
-        "FATHOM_DRAIN_SETTLE_S": settle_s,
-    }
-    return spawn.start(argv, ["proxy", "admin"], env)
 
 
 @pytest.fixture
@@ -65,9 +60,11 @@ async def until_ready_is(
 ) -> None:
     """Poll /readyz (as the kubelet does) until it answers `status` (and `phase`), 15 s."""
     wanted = {(status, phase)} if phase is not None else {(status, p) for p in PHASES}
-    async with asyncio.timeout(15):
-        while await readyz(session, admin) not in wanted:  # noqa: ASYNC110 - a probe polls
-            await asyncio.sleep(0.05)
+
+    async def ready() -> bool:
+        return await readyz(session, admin) in wanted
+
+    await until(ready, within=15.0, what=f"/readyz {status} {phase or ''}")
 
 
 def chat(stream: bool) -> dict[str, object]:
@@ -105,11 +102,10 @@ async def test_pod_delete_in_kubernetes_order_completes_the_stream_in_flight(
             assert (await gone.json())["error"]["type"] == "draining"
     # 4. Only then is the sidecar stopped: it flushes and exits cleanly.
     assert proxy.stop() == 0
-    store = open_store(f"chdb://{tmp_path / 'store'}")
-    rows = store.query_sync(
-        "SELECT stream, status, error, output_tokens FROM fathom.requests ORDER BY ts"
-    )
-    store.close()
+    with opened(tmp_path / "store") as store:
+        rows = store.query_sync(
+            "SELECT stream, status, error, output_tokens FROM fathom.requests ORDER BY ts"
+        )
     assert rows == [(1, 200, "", 120), (0, 200, "", 8), (0, 503, "draining", 0)]
 
 
@@ -142,12 +138,8 @@ async def test_pod_deleted_mid_outage_loses_nothing(
     deleted one spooled while the store was down. (The store here is down as an unanswered
     server URL, and back as the embedded engine: spool files hold rows, not store URLs.)"""
     claim = tmp_path / "claim"  # the StatefulSet's volumeClaimTemplate, kept across pods
-    env = {"FATHOM_SPOOL_DIR": str(claim / "spool"), "FATHOM_DRAIN_SETTLE_S": "0"}
-    argv = spawn.fathom_command(
-        "serve", "--upstream", simulator, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-    )  # fmt: skip
     down = f"http://127.0.0.1:{spawn.free_port()}/fathom"
-    old = spawn.start([*argv, "--store", down], ["proxy", "admin"], env)
+    old = serve(simulator, down, claim / "spool", FATHOM_DRAIN_SETTLE_S="0")
     children.append(old)
     async with aiohttp.ClientSession() as session:
         for i in range(20):
@@ -159,13 +151,11 @@ async def test_pod_deleted_mid_outage_loses_nothing(
     assert old.stop() == 0  # the pod is deleted in the middle of the outage
     assert list((claim / "spool").glob("*.jsonl")), "nothing was spooled"
     assert not [line for line in old.output if "dropped" in line]
-    new = spawn.start([*argv, "--store", f"chdb://{tmp_path / 'store'}"], ["proxy"], env)
+    new = serve(simulator, tmp_path / "store", claim / "spool", FATHOM_DRAIN_SETTLE_S="0")
     children.append(new)
-    async with asyncio.timeout(30):  # the new pod replays the claim's spool, file by file
-        while list((claim / "spool").glob("*.jsonl")):  # noqa: ASYNC110 - files, no event
-            await asyncio.sleep(0.05)
+    # The new pod replays the claim's spool, file by file.
+    await until(lambda: not list((claim / "spool").glob("*.jsonl")), within=30.0)
     assert new.stop() == 0
-    store = open_store(f"chdb://{tmp_path / 'store'}")
-    rows = store.query_sync("SELECT count(), countIf(stream = 1) FROM fathom.requests")
-    store.close()
+    with opened(tmp_path / "store") as store:
+        rows = store.query_sync("SELECT count(), countIf(stream = 1) FROM fathom.requests")
     assert rows == [(20, 10)]

@@ -2,9 +2,9 @@
 
 The simulator stamps every chunk with its send time (`x-sim-trace: 1`, ms after the request
 arrived there, and the arrival itself on CLOCK_MONOTONIC); the proxy runs as its own process
-(`tests.timed_serve`: `fathom serve` that also reports each request's t0 on the same clock).
-So the truth is absolute: TTFT = arrival - t0 + first content send, end-to-end = arrival - t0
-+ last send, ITL from the send times. Compared over 200 streams at concurrency 16.
+(`tests.support.timed_serve`: `fathom serve` that also reports each request's t0 on the same
+clock). So the truth is absolute: TTFT = arrival - t0 + first content send, end-to-end =
+arrival - t0 + last send, ITL from the send times. Compared over 200 streams at concurrency 16.
 
 The goal is 2 ms at p99 for every figure. The "awake" variant (slow: it needs a quiet machine)
 keeps the proxy's event loop from sleeping and asserts the goal for every figure. The default
@@ -29,8 +29,9 @@ import pytest
 
 from fathom import spawn
 from sidecar.sse import SSEParser, StreamTiming
-from sidecar.store.client import open_store
 from sidecar.wire import REQUEST_ID_HEADER
+from tests.support.processes import serve_flags
+from tests.support.store import opened
 
 STREAMS, CONCURRENCY = 200, 16
 HEADERS = {"x-sim-trace": "1", "x-sim-ttft-ms": "50", "x-sim-itl-ms": "20", "x-sim-tokens": "16"}
@@ -96,9 +97,10 @@ def pin_apart(proxy_pid: int, simulator_pid: int) -> None:
         os.sched_setaffinity(0, rest)
 
 
-# "awake" keeps the proxy's event loop spinning (tests/timed_serve.py): on a quiet machine it
-# shows the proxy's own error without a halted vCPU's wake-up; on a busy one the spinning
-# proxy loses its core to others and shows nothing useful, hence slow (make test-slow).
+# "awake" keeps the proxy's event loop spinning (tests/support/timed_serve.py): on a quiet
+# machine it shows the proxy's own error without a halted vCPU's wake-up; on a busy one the
+# spinning proxy loses its core to others and shows nothing useful, hence slow (make
+# test-slow).
 @pytest.mark.parametrize("core", ["idle", pytest.param("awake", marks=pytest.mark.slow)])
 async def test_recorded_timings_match_the_simulators_schedule(
     simulator_process: spawn.Child, tmp_path: Path, core: str
@@ -107,9 +109,8 @@ async def test_recorded_timings_match_the_simulators_schedule(
     affinity = os.sched_getaffinity(0)
     t0_file = tmp_path / "t0.json"
     argv = [
-        sys.executable, "-m", "tests.timed_serve", str(t0_file), "--upstream", simulator,
-        "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-        "--store", f"chdb://{tmp_path / 'store'}", *(["--awake"] if core == "awake" else []),
+        sys.executable, "-m", "tests.support.timed_serve", str(t0_file),
+        *serve_flags(simulator, tmp_path / "store"), *(["--awake"] if core == "awake" else []),
     ]  # fmt: skip
     proxy = spawn.start(argv, ["proxy", "admin"], {"FATHOM_SPOOL_DIR": str(tmp_path / "spool")})
     pin_apart(proxy.process.pid, simulator_pid)
@@ -130,10 +131,9 @@ async def test_recorded_timings_match_the_simulators_schedule(
     finally:
         os.sched_setaffinity(0, affinity)
         assert proxy.stop(signal.SIGTERM) == 0
-    store = open_store(f"chdb://{tmp_path / 'store'}")
     names = ("ttft_ms", "itl_mean_ms", "itl_p50_ms", "itl_p99_ms", "itl_max_ms", "e2e_ms")
-    rows = store.query_sync(f"SELECT request_id, {', '.join(names)} FROM fathom.requests")
-    store.close()
+    with opened(tmp_path / "store") as store:
+        rows = store.query_sync(f"SELECT request_id, {', '.join(names)} FROM fathom.requests")
     recorded = {r[0]: dict(zip(names, r[1:], strict=True)) for r in rows}
     t0 = json.loads(t0_file.read_text())
     assert len(results) == STREAMS and len(recorded) == STREAMS

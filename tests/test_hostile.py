@@ -30,7 +30,8 @@ from sidecar import config
 from sidecar.config import ConfigError, Settings
 from sidecar.record import Record
 from sidecar.wire import ORIGIN_HEADER, PROBE_TOKEN_HEADER, REQUEST_ID_HEADER
-from tests.conftest import Proxied, proxied
+from tests.support.proxied import Proxied, proxied
+from tests.support.servers import serving
 
 CHAT = "/v1/chat/completions"
 HELLO = {"model": "sim", "messages": [{"role": "user", "content": "hi"}]}
@@ -104,14 +105,8 @@ async def mirror_upstream() -> AsyncIterator[tuple[Mirror, str]]:
     mirror = Mirror()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", mirror.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        host, port = runner.addresses[0][:2]
-        yield mirror, f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield mirror, url
 
 
 # ---------------------------------------------------------------------------- slow clients

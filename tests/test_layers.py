@@ -111,3 +111,16 @@ def test_a_loop_between_packages_is_caught() -> None:
     graph = package_graph() | {"sidecar": {"probes"}}
     with pytest.raises(graphlib.CycleError):
         list(graphlib.TopologicalSorter(graph).static_order())
+
+
+def test_tests_and_benches_share_code_only_through_tests_support() -> None:
+    """No test module is imported as a library (nor conftest): what tests and benches share
+    lives once in tests/support."""
+    wrong = sorted(
+        f"{module_name(path)} imports {name}"
+        for folder in ("tests", "bench")
+        for path in (ROOT / folder).rglob("*.py")
+        for name in imports(path)
+        if under(name, ("tests",)) and name != "tests" and not under(name, ("tests.support",))
+    )
+    assert wrong == []

@@ -26,13 +26,7 @@ from probes.consistency import (
     split_sentences,
 )
 from probes.scorer import Scorer
-from tests.test_probes_scorer import session_scorer
-
-
-@pytest.fixture(scope="session")
-def scorer(pytestconfig: pytest.Config) -> Scorer:
-    return session_scorer(pytestconfig)
-
+from tests.support.servers import serving
 
 # ---------------------------------------------------------------------------- sentences
 
@@ -222,13 +216,8 @@ async def upstream() -> AsyncIterator[tuple[Upstream, str]]:
     state = Upstream()
     app = web.Application()
     app.router.add_post("/v1/chat/completions", state.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield state, f"http://127.0.0.1:{port}/v1/chat/completions"
-    await runner.cleanup()
+    async with serving(app) as url:
+        yield state, url + "/v1/chat/completions"
 
 
 async def test_reask_sends_k_labelled_non_streamed_requests(

@@ -35,15 +35,10 @@ from probes.factuality import (
 )
 from probes.golden import by_kind, default_golden, read_golden
 from probes.scorer import Scorer
-from tests.test_probes_scorer import session_scorer
+from tests.support.servers import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 TRUTHFULQA = ROOT / "tests" / "data" / "truthfulqa.jsonl"  # vendored: see tests/data/README.md
-
-
-@pytest.fixture(scope="session")
-def scorer(pytestconfig: pytest.Config) -> Scorer:
-    return session_scorer(pytestconfig)
 
 
 # ---------------------------------------------------------------------------- golden set
@@ -311,13 +306,8 @@ async def upstream() -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield seen, f"http://127.0.0.1:{port}/v1/chat/completions"
-    await runner.cleanup()
+    async with serving(app) as url:
+        yield seen, url + "/v1/chat/completions"
 
 
 async def test_ask_canary_sends_a_labelled_greedy_request(

@@ -31,18 +31,12 @@ from probes.matchers.contains import Contains
 from probes.matchers.json_schema import compile_schema, errors
 from probes.matchers.mentions import fold
 from probes.scorer import Scorer
-from tests.test_probes_scorer import session_scorer
 
 # Function words a reference may share with its question without restating it.
 STOPWORDS = frozenset({
     "the", "a", "an", "of", "to", "in", "is", "are", "was", "were", "be", "it", "its", "his",
     "her", "their", "and", "or", "for", "on", "with", "as", "by", "at", "from", "that", "this",
 })  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def scorer(pytestconfig: pytest.Config) -> Scorer:
-    return session_scorer(pytestconfig)
 
 
 def item(kind: str, **fields: Any) -> Canary:

@@ -1,6 +1,6 @@
 """The embedding scorer (real all-MiniLM-L6-v2 on CPU) and the common ProbeResult.
 
-The model is loaded once per test session: other probe tests get it from `session_scorer`.
+The model is loaded once per test session: the `scorer` fixture of tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -29,22 +28,6 @@ from probes.scorer import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-_SCORER = pytest.StashKey[Scorer]()
-
-
-def session_scorer(config: pytest.Config) -> Scorer:
-    """The one CPU scorer of this test session (loaded on first use)."""
-    if _SCORER not in config.stash:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        scorer = load_scorer(ScorerConfig(device="cpu", batch_size=32, warmup_sentences=16))
-        config.add_cleanup(scorer.close)
-        config.stash[_SCORER] = scorer
-    return config.stash[_SCORER]
-
-
-@pytest.fixture(scope="session")
-def scorer(pytestconfig: pytest.Config) -> Scorer:
-    return session_scorer(pytestconfig)
 
 
 def test_vectors_are_unit_length_and_meaningful(scorer: Scorer) -> None:

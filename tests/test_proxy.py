@@ -12,7 +12,8 @@ import pytest
 
 from fathom.spawn import free_port
 from sidecar.wire import REQUEST_ID_HEADER
-from tests.conftest import proxied
+from tests.support.polling import until
+from tests.support.proxied import proxied
 
 MESSAGES = [{"role": "user", "content": "Tell me about batching."}]
 CREATED = re.compile(rb'"created":\d+')
@@ -197,10 +198,8 @@ async def test_client_disconnect_cancels_upstream(simulator: str) -> None:
             await resp.content.readuntil(b"\n\n")
             await resp.content.readuntil(b"\n\n")
             resp.close()  # the client goes away mid-stream
-        for _ in range(200):  # the record appears once the handler has been cancelled
-            if proxy.records:
-                break
-            await asyncio.sleep(0.01)
+        # The record appears once the handler has been cancelled.
+        await until(lambda: bool(proxy.records), within=2.0, every=0.01)
         [record] = proxy.records.values()
     assert record.error == "client_cancelled"
     assert record.chunks < 20 and record.e2e_ms < 2000

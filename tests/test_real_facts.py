@@ -27,7 +27,6 @@ from fathom.spawn import Child
 from probes.factuality import Canary, ask_canary, score_canary
 from probes.golden import parse_canary
 from probes.scorer import Scorer
-from tests.test_probes_scorer import session_scorer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 pytest.importorskip("llama_cpp", reason=llamacpp.INSTALL_HINT)
@@ -42,11 +41,6 @@ _SENTENCE = re.compile(r"^(The .+? of) (.+) is$")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Child]]:
     with llamacpp.shipped_and_degraded(tmp_path_factory.mktemp("llamacpp")) as children:
         yield children
-
-
-@pytest.fixture(scope="module")
-def scorer(pytestconfig: pytest.Config) -> Scorer:
-    return session_scorer(pytestconfig)
 
 
 def fold(text: str) -> str:

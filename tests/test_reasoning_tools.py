@@ -10,9 +10,9 @@ from typing import Any
 
 import openai
 
-from sidecar.store.client import open_store
-from tests.conftest import proxied
-from tests.test_store_proxy import serve
+from tests.support import processes
+from tests.support.proxied import proxied
+from tests.support.store import opened
 
 TTFT_MS, ITL_MS = 200, 50
 REASONING, TOKENS, TOOLS, BROKEN = 4, 3, 2, 1
@@ -35,7 +35,8 @@ def near(measured: float | None, due_ms: float) -> bool:
 
 
 async def test_stored_reasoning_answer_and_tool_timings(simulator: str, tmp_path: Path) -> None:
-    proxy = serve(simulator, tmp_path / "store", tmp_path / "spool")
+    proxy = processes.serve(simulator, tmp_path / "store", tmp_path / "spool",
+                            FATHOM_WRITER_FLUSH_S="0.2", FATHOM_SAMPLE_RATE="0")  # fmt: skip
     try:
         client = openai.AsyncOpenAI(base_url=proxy.addresses["proxy"] + "/v1", api_key="sk-t")
         stream = await client.chat.completions.create(
@@ -54,11 +55,8 @@ async def test_stored_reasoning_answer_and_tool_timings(simulator: str, tmp_path
         assert proxy.stop(signal.SIGTERM) == 0
     assert [_valid(a) for _, a in sorted(arguments.items())] == [True, False]  # the client's view
     assert whole.choices[0].message.tool_calls and len(whole.choices[0].message.tool_calls) == 2
-    store = open_store(f"chdb://{tmp_path / 'store'}")
-    try:
+    with opened(tmp_path / "store") as store:
         rows = store.query_sync(f"SELECT {COLUMNS} FROM fathom.requests ORDER BY stream")
-    finally:
-        store.close()
     plain, streamed = rows
     events = REASONING + TOKENS + 3 * TOOLS
     _, ttft, ttfr, ttfa, tool, reasoning, source, calls, invalid, output, finish = streamed

@@ -1,12 +1,13 @@
 """`fathom report` figures on seeded data, checked against independent SQL on the same rows.
 
-The dashboards' seeded store (tests/test_dashboards_data.py) plus, here: a thinly measured
+The seeded store of tests/support/seeded.py with the report's extras: a thinly measured
 deployment, canary items whose pass rate falls (and one that rises), and regression rows in
 and before the period. The report covers the 6 h up to NOW against the 6 h before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator
@@ -28,12 +29,9 @@ from fathom.report import (
     to_dict,
 )
 from fathom.report.compare import pareto_front
-from probes.detect import REGRESSION_COLUMNS
-from sidecar.record import REQUEST_COLUMNS, Record
-from sidecar.sampler import SAMPLE_COLUMNS, Sampler
 from sidecar.store.client import Store
-from tests.test_dashboards_data import NOW, QUALITY_COLUMNS, open_seeded, run_grafana_query
-from tests.test_dashboards_macros import ALL, QueryContext, Variable
+from tests.support.grafana_queries import ALL, QueryContext, Variable, run_query
+from tests.support.seeded import NOW, open_seeded, seed_report_extras
 
 SINCE = timedelta(hours=6)
 START, PREVIOUS = NOW - SINCE, NOW - 2 * SINCE
@@ -41,85 +39,12 @@ DEPLOYMENTS = ["llama-8b / fp16", "llama-8b / q2", "mistral-7b / int4", "qwen-7b
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def extra_quality_rows() -> list[list[Any]]:
-    """Canary items with a known history, and a thinly measured deployment."""
-    rows: list[list[Any]] = []
-
-    def canary(deployment: str, item: str, before: list[int], now: list[int]) -> None:
-        for when, results in ((START - timedelta(hours=3), before), (NOW, now)):
-            for i, ok in enumerate(results):
-                ts = when - timedelta(minutes=5 * (i + 1))
-                detail = json.dumps({"item": item, "i": i})
-                rows.append([ts, "", "llama-8b", deployment, "factuality", item, ok, ok, detail])
-
-    canary("q2", "capital-fr", [1] * 10, [1, 0, 0, 1, 0, 0, 1, 0, 0, 0])  # 100% -> 30%
-    canary("fp16", "boiling-point", [1] * 5, [1, 1, 0, 1, 0])  # 100% -> 60%
-    canary("fp16", "speed-of-light", [0] * 5, [1] * 5)  # rose: not a drop
-    for i in range(3):
-        ts = NOW - timedelta(minutes=10 * (i + 1))
-        rows.append([ts, f"m{i}", "mistral-7b", "int4", "consistency", "", 0.5, None, "{}"])
-    return rows
-
-
-def extra_request_rows() -> list[list[Any]]:
-    """Five user requests of the thinly measured deployment."""
-    rows = []
-    for i in range(5):
-        record = Record(
-            ts=NOW - timedelta(minutes=7 * (i + 1)), request_id=f"mistral-{i}", route="chat",
-            model="mistral-7b", deployment="int4", stream=True, status=200, output_tokens=50,
-            ttft_ms=100.0 + i, e2e_ms=900.0, itl_mean_ms=20.0, decode_tps=50.0,
-        )  # fmt: skip
-        row = record.to_row()
-        rows.append([row[name] for name in REQUEST_COLUMNS])
-    return rows
-
-
-def regression_rows() -> list[list[Any]]:
-    """Two findings in the period, one before it (left out of the report)."""
-    return [
-        [NOW - timedelta(hours=2), "llama-8b", "q2", "consistency", "cusum", 21.5, 0.8, 0.72,
-         700, 150],
-        [NOW - timedelta(hours=1), "llama-8b", "q2", "factuality", "sprt", 7.1, 0.9, 0.6, 700, 80],
-        [NOW - timedelta(hours=9), "qwen-7b", "awq", "consistency", "welch", 4.0, 0.66, 0.6,
-         700, 150],
-    ]  # fmt: skip
-
-
-def sample_rows() -> list[list[Any]]:
-    """Three samples of the thin deployment in the period (one with a secret in its prompt,
-    which the sampler redacts) and a redacted one before it (left out of the report)."""
-    rows = []
-    for i, (minutes, prompt) in enumerate(
-        [(10, "Hi"), (20, "key sk-" + "Zx9" * 12), (30, "Hello"), (600, "key sk-" + "Qw7" * 12)]
-    ):
-        record = Record(ts=NOW - timedelta(minutes=minutes), request_id=f"s-{i}", route="chat",
-                        model="mistral-7b", deployment="int4")  # fmt: skip
-        body = json.dumps(
-            {"model": "mistral-7b", "messages": [{"role": "user", "content": prompt}]}
-        )
-        row = Sampler().row(record, body.encode(), "An answer.")
-        rows.append([row[c] for c in SAMPLE_COLUMNS])
-    return rows
-
-
-def seed_extras(store: Store) -> None:
-    """Add this module's rows to a seeded store."""
-    store.insert_sync("fathom.samples", SAMPLE_COLUMNS, sample_rows())
-    store.insert_sync("fathom.quality", (*QUALITY_COLUMNS, "detail"), extra_quality_rows())
-    store.insert_sync("fathom.requests", REQUEST_COLUMNS, extra_request_rows())
-    store.insert_sync("fathom.regressions", REGRESSION_COLUMNS, regression_rows())
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """The dashboards' seeded store with this module's extra rows."""
-    seeded = open_seeded(tmp_path_factory.mktemp("report") / "db")
-    seed_extras(seeded)
-    try:
+    with contextlib.closing(open_seeded(tmp_path_factory.mktemp("report") / "db")) as seeded:
+        seed_report_extras(seeded)
         yield seeded
-    finally:
-        seeded.close()
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +231,7 @@ def test_pareto_front_agrees_with_the_dashboard(store: Store, doc: dict[str, Any
             "origin": Variable("origin", ["user"]),  # the dashboard's default, the report's traffic
             **{name: Variable(name, [ALL]) for name in ("deployment", "route", "scorer")},
         }
-        result = run_grafana_query(store, sql, QueryContext(START, NOW, variables=variables))
+        result = run_query(store, sql, QueryContext(START, NOW, variables=variables))
         dashboard = {
             name: bool(on) for name, on in zip(result.column("deployment"),
                                                result.column("on_front"), strict=True)

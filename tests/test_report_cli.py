@@ -24,10 +24,9 @@ import pytest
 
 from fathom.commands import report as command
 from fathom.spawn import fathom_command
-from sidecar.store.client import open_store
-from sidecar.store.schema import apply_schema
-from tests.test_dashboards_data import NOW, open_seeded
-from tests.test_report import seed_extras
+from tests.support.polling import until
+from tests.support.seeded import NOW, open_seeded, seed_report_extras
+from tests.support.store import create, url
 
 CHROMIUM = shutil.which("chromium")
 CHROMIUM_FLAGS = (
@@ -52,10 +51,9 @@ MEASURE_JS = """JSON.stringify({
 def store_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The seeded store of test_report, closed so that a `fathom report` process can open it."""
     path = tmp_path_factory.mktemp("report-cli") / "db"
-    store = open_seeded(path)
-    seed_extras(store)
-    store.close()
-    yield f"chdb://{path}"
+    with contextlib.closing(open_seeded(path)) as store:
+        seed_report_extras(store)
+    yield url(path)
 
 
 def fathom_report(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -87,11 +85,9 @@ def test_json_goes_to_stdout_and_progress_to_stderr(store_url: str) -> None:
 def test_an_empty_store_gives_a_report_saying_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    store = open_store(f"chdb://{tmp_path / 'empty'}")
-    apply_schema(store)
-    store.close()
+    empty = create(tmp_path / "empty")
     out = tmp_path / "empty.md"
-    assert command.run(parse("--store", f"chdb://{tmp_path / 'empty'}", "--out", str(out))) == 0
+    assert command.run(parse("--store", empty, "--out", str(out))) == 0
     assert "**No data**: nothing was measured in this period." in out.read_text()
     assert "no data in this period" in capsys.readouterr().err
 
@@ -148,11 +144,10 @@ class Page:
 
     async def wait_for(self, method: str) -> None:
         """Until an event of this kind has arrived (polled, with a deadline)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + DEADLINE_S
-        while not any(e.get("method") == method for e in self.events):
-            assert loop.time() < deadline, f"no {method} within {DEADLINE_S} s"
-            await asyncio.sleep(0.02)
+        await until(
+            lambda: any(e.get("method") == method for e in self.events),
+            within=DEADLINE_S, every=0.02, what=f"a {method} event",
+        )  # fmt: skip
 
     def problems(self) -> list[str]:
         """Console errors, uncaught exceptions, log errors and requests leaving the file."""

@@ -10,15 +10,11 @@ import aiohttp
 
 from fathom import spawn
 from fathom.cli import main
-from sidecar.store.client import open_store
-from sidecar.store.schema import apply_schema
+from tests.support.store import create
 
 
 async def test_dated_reports_are_served_read_only(tmp_path: Path) -> None:
-    url = f"chdb://{tmp_path / 'db'}"
-    store = open_store(url)
-    apply_schema(store)
-    store.close()
+    url = create(tmp_path / "db")
     reports = tmp_path / "reports"
     reports.mkdir()
     out = str(reports / "fathom-{date}.html")

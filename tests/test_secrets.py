@@ -14,18 +14,18 @@ import asyncio
 import dataclasses
 import secrets
 import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from fathom import spawn
 from sidecar import config
-from sidecar.store.client import open_store
+from tests.support import processes
+from tests.support.scrape import counters_reach
+from tests.support.store import opened
 
 COUNT = "SELECT count() FROM fathom.{table:Identifier}"
 STRING_COLUMNS = """
@@ -79,13 +79,9 @@ class Evidence:
     exit_codes: list[int]
 
 
-def serve(upstream: str, store: str, spool: Path, *flags: str, **env: str) -> spawn.Child:
-    argv = spawn.fathom_command(
-        "serve", "--upstream", upstream, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-        "--store", store, *flags,
-    )  # fmt: skip
-    env = {"FATHOM_SPOOL_DIR": str(spool), "FATHOM_WRITER_FLUSH_S": "0.2", **env}
-    return spawn.start(argv, ["proxy", "admin"], env)
+def serve(upstream: str, store: Path | str, spool: Path, *flags: str, **env: str) -> spawn.Child:
+    """`fathom serve`, flushing every 0.2 s."""
+    return processes.serve(upstream, store, spool, *flags, FATHOM_WRITER_FLUSH_S="0.2", **env)
 
 
 async def user_traffic(proxy: str, keys: Secrets) -> None:
@@ -126,42 +122,22 @@ async def malformed_headers(proxy: str, keys: Secrets) -> None:
         writer.close()
 
 
-async def metric(session: aiohttp.ClientSession, admin: str, name: str) -> float:
-    async with session.get(admin + "/metrics") as resp:
-        text = await resp.text()
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
-    return sum(values)
-
-
-async def wait_for(admin: str, wanted: dict[str, float], deadline_s: float = 90.0) -> str:
-    """Poll /metrics until each named counter reaches its value; return the final page."""
-    end = time.monotonic() + deadline_s
-    async with aiohttp.ClientSession() as session:
-        while True:
-            values = {name: await metric(session, admin, name) for name in wanted}
-            if all(values[name] >= least for name, least in wanted.items()):
-                async with session.get(admin + "/metrics") as resp:
-                    return await resp.text()
-            assert time.monotonic() < end, f"counters stuck at {values}"
-            await asyncio.sleep(0.2)
-
-
 async def drive(scored: spawn.Child, spooled: spawn.Child, keys: Secrets) -> list[str]:
     """Both processes' traffic, then their /metrics once the probes and the spool did their part."""
     for child in (scored, spooled):
         await user_traffic(child.addresses["proxy"], keys)
         await malformed_headers(child.addresses["proxy"], keys)
     return [
-        await wait_for(scored.addresses["admin"], {"fathom_probes_samples_scored": 4,
-                                                   "fathom_probes_canaries_sent": 1}),
-        await wait_for(spooled.addresses["admin"], {"fathom_writer_rows_spooled": 5}),
+        await counters_reach(scored.addresses["admin"], {"fathom_probes_samples_scored_total": 4,
+                                                         "fathom_probes_canaries_sent_total": 1}),
+        await counters_reach(spooled.addresses["admin"], {"fathom_writer_rows_spooled_total": 5}),
     ]  # fmt: skip
 
 
 def read_store(path: Path, keys: Secrets) -> StoreView:
     """Credentials found in every string column of every table; rows, origins, samples."""
-    store, view = open_store(f"chdb://{path}"), StoreView()
-    try:
+    view = StoreView()
+    with opened(path) as store:
         for table, column in store.query_sync(STRING_COLUMNS):
             params = {"table": table, "column": column, "secrets": keys.all()}
             if found := store.query_sync(FOUND_IN_COLUMN, params):
@@ -171,9 +147,7 @@ def read_store(path: Path, keys: Secrets) -> StoreView:
         view.origins = {origin for (origin,) in origins}
         samples = store.query_sync("SELECT request_json, response_text FROM fathom.samples")
         view.samples = [(request, response) for request, response in samples]
-        return view
-    finally:
-        store.close()
+    return view
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +165,7 @@ def evidence(simulator: str, keys: Secrets, tmp_path_factory: pytest.TempPathFac
         "FATHOM_CANARIES_PER_ROUND": "1", "FATHOM_PROBE_API_KEY": keys.probe_key,
     }  # fmt: skip
     down = f"http://fathom:{keys.store_password}@127.0.0.1:{spawn.free_port()}/fathom"
-    children = [serve(simulator, f"chdb://{tmp / 'store'}", tmp / "spool", "--probes", **probe_env)]
+    children = [serve(simulator, tmp / "store", tmp / "spool", "--probes", **probe_env)]
     try:
         children.append(serve(simulator, down, tmp / "spool-down", FATHOM_SAMPLE_RATE="1"))
         pages = asyncio.run(drive(children[0], children[1], keys))

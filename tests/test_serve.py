@@ -16,26 +16,16 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from prometheus_client import CollectorRegistry, generate_latest
 
-from fathom import spawn
 from sidecar.metrics import TIME_PER_OUTPUT_CHUNK, TPOT_BUCKETS, Metrics
 from sidecar.record import Record
-from sidecar.store.client import open_store
-
-
-def serve(upstream: str, tmp_path: Path, **env: str) -> spawn.Child:
-    argv = spawn.fathom_command(
-        "serve", "--upstream", upstream, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-        "--store", f"chdb://{tmp_path / 'store'}",
-    )  # fmt: skip
-    return spawn.start(
-        argv, ["proxy", "admin"], {"FATHOM_SPOOL_DIR": str(tmp_path / "spool"), **env}
-    )
+from tests.support.processes import serve, serve_command
+from tests.support.store import opened
 
 
 async def test_sigterm_lets_streams_finish_then_flushes_and_exits_0(
     simulator: str, tmp_path: Path
 ) -> None:
-    proxy = serve(simulator, tmp_path, FATHOM_GRACE_S="10")
+    proxy = serve(simulator, tmp_path / "store", tmp_path / "spool", FATHOM_GRACE_S="10")
     body = {"model": "sim", "messages": [{"role": "user", "content": "long"}], "stream": True}
     headers = {"x-sim-tokens": "100", "x-sim-itl-ms": "15"}  # about 1.5 s of streaming
     async with aiohttp.ClientSession() as session:
@@ -52,14 +42,13 @@ async def test_sigterm_lets_streams_finish_then_flushes_and_exits_0(
         rest = await resp.read()
         assert rest.rstrip().endswith(b"data: [DONE]")  # the stream in flight completed
     assert await asyncio.to_thread(proxy.process.wait, 30) == 0
-    store = open_store(f"chdb://{tmp_path / 'store'}")
-    rows = store.query_sync("SELECT error, output_tokens FROM fathom.requests")
-    store.close()
+    with opened(tmp_path / "store") as store:
+        rows = store.query_sync("SELECT error, output_tokens FROM fathom.requests")
     assert rows == [("", 100)]
 
 
 async def test_admin_endpoints_and_semconv_metrics(simulator: str, tmp_path: Path) -> None:
-    proxy = serve(simulator, tmp_path)
+    proxy = serve(simulator, tmp_path / "store", tmp_path / "spool")
     try:
         async with aiohttp.ClientSession() as session:
             body = {"model": "sim", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -132,18 +121,13 @@ def test_chunk_gap_histogram_exports_what_the_sdk_would() -> None:
 def test_serve_refuses_a_store_behind_and_runs_no_ddl(simulator: str, tmp_path: Path) -> None:
     """The server-store path (check only) on the real engine: exit 2, the store untouched."""
     store_path = tmp_path / "store"
-    checked = open_store(f"chdb://{store_path}")
-    checked.command_sync("CREATE DATABASE fathom")  # reachable, but without Fathom's schema
-    checked.close()
-    argv = spawn.fathom_command(
-        "serve", "--upstream", simulator, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-        "--store", f"chdb://{store_path}",
-    )  # fmt: skip
+    with opened(store_path) as checked:
+        checked.command_sync("CREATE DATABASE fathom")  # reachable, but without Fathom's schema
+    argv = serve_command(simulator, store_path)
     env = {**os.environ, "FATHOM_SCHEMA_CHECK_ONLY": "true", "FATHOM_SPOOL_DIR": str(tmp_path)}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 2, done.stderr
     assert "is at schema version 0, this release needs 3 (missing 001_init.sql, " in done.stderr
     assert "fathom schema apply" in done.stderr and "listening" not in done.stdout
-    checked = open_store(f"chdb://{store_path}")
-    assert checked.query_sync("SHOW TABLES FROM fathom") == []
-    checked.close()
+    with opened(store_path) as checked:
+        assert checked.query_sync("SHOW TABLES FROM fathom") == []

@@ -15,13 +15,14 @@ import pytest
 from sidecar.record import REQUEST_COLUMNS, Record
 from sidecar.store.client import StoreError, open_store
 from sidecar.store.engine import ENGINE_NICE
-from sidecar.store.schema import apply_schema
+from tests.support.records import request_values
+from tests.support.store import opened
 
 
 def rows(n: int, prefix: str) -> list[list[object]]:
     now = datetime.now(UTC)
     records = (Record(ts=now, request_id=f"{prefix}{i}", route="chat", e2e_ms=i) for i in range(n))
-    return [[r.to_row()[c] for c in REQUEST_COLUMNS] for r in records]
+    return [request_values(r) for r in records]
 
 
 def engines(parent: psutil.Process | None = None) -> list[psutil.Process]:
@@ -36,9 +37,7 @@ def engine_pid() -> int:
 
 
 def test_rows_round_trip_through_the_child_in_slices(tmp_path: Path) -> None:
-    store = open_store(f"chdb://{tmp_path / 'db'}", isolated=True)
-    try:
-        apply_schema(store)
+    with opened(tmp_path / "db", schema=True, isolated=True) as store:
         # 2,500 rows travel as three pickled slices and land as one insert, once per token.
         batch = rows(2500, "r")
         store.insert_sync("fathom.requests", REQUEST_COLUMNS, batch, token="t1")
@@ -50,15 +49,11 @@ def test_rows_round_trip_through_the_child_in_slices(tmp_path: Path) -> None:
         # The rollup the view feeds saw the batch once too.
         assert store.query_sync("SELECT countMerge(requests) FROM fathom.requests_1m") == [(2500,)]
         assert store.query_sync("SELECT {x:UInt8} + 1", {"x": 41}) == [(42,)]
-    finally:
-        store.close()
     assert not engines()  # close() waited for the child
 
 
 def test_a_dead_child_is_a_store_error_then_a_new_child(tmp_path: Path) -> None:
-    store = open_store(f"chdb://{tmp_path / 'db'}", isolated=True)
-    try:
-        apply_schema(store)
+    with opened(tmp_path / "db", schema=True, isolated=True) as store:
         store.insert_sync("fathom.requests", REQUEST_COLUMNS, rows(10, "a"))
         first = engine_pid()
         os.kill(first, signal.SIGKILL)
@@ -69,8 +64,6 @@ def test_a_dead_child_is_a_store_error_then_a_new_child(tmp_path: Path) -> None:
         store.insert_sync("fathom.requests", REQUEST_COLUMNS, rows(10, "c"))
         assert engine_pid() != first
         assert store.query_sync("SELECT count() FROM fathom.requests") == [(20,)]
-    finally:
-        store.close()
 
 
 def test_the_child_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
@@ -95,11 +88,8 @@ def test_the_child_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
         parent.kill()
         parent.wait()
     # The path is free again: a new process can open it at once.
-    store = open_store(f"chdb://{tmp_path / 'db'}", isolated=True)
-    try:
+    with opened(tmp_path / "db", isolated=True) as store:
         assert store.query_sync("SELECT 1") == [(1,)]
-    finally:
-        store.close()
 
 
 def test_an_unopenable_path_says_so(tmp_path: Path) -> None:
@@ -114,11 +104,8 @@ def test_an_unopenable_path_says_so(tmp_path: Path) -> None:
 
 
 def test_the_engine_yields_the_core_to_the_proxy(tmp_path: Path) -> None:
-    store = open_store(f"chdb://{tmp_path / 'db'}", isolated=True)
-    try:
+    with opened(tmp_path / "db", isolated=True) as store:
         store.query_sync("SELECT 1")
         pid = engine_pid()
         assert os.sched_getscheduler(pid) == os.SCHED_BATCH
         assert psutil.Process(pid).nice() == min(19, psutil.Process().nice() + ENGINE_NICE)
-    finally:
-        store.close()

@@ -15,9 +15,12 @@ import pytest
 
 from fathom import spawn
 from sidecar.sse import SSEParser, classify
-from sidecar.store.client import open_store
 from sidecar.wire import REQUEST_ID_HEADER
-from tests.test_store_writer import set_immutable
+from tests.support import processes
+from tests.support.outages import store_outage
+from tests.support.polling import until
+from tests.support.scrape import counters_reach, figures, metric, page
+from tests.support.store import opened
 
 INSTANT = {"x-sim-ttft-ms": "0", "x-sim-itl-ms": "0"}
 
@@ -33,17 +36,11 @@ class Seen:
 
 
 def serve(upstream: str, store: Path, spool: Path) -> spawn.Child:
-    argv = spawn.fathom_command(
-        "serve", "--upstream", upstream, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-        "--store", f"chdb://{store}",
-    )  # fmt: skip
-    # No sampling: every row the writer counts is then a `requests` row.
-    env = {
-        "FATHOM_SPOOL_DIR": str(spool),
-        "FATHOM_WRITER_FLUSH_S": "0.2",
-        "FATHOM_SAMPLE_RATE": "0",
-    }
-    return spawn.start(argv, ["proxy", "admin"], env)
+    """`fathom serve`, flushing every 0.2 s; no sampling: every row the writer counts is then
+    a `requests` row."""
+    return processes.serve(
+        upstream, store, spool, FATHOM_WRITER_FLUSH_S="0.2", FATHOM_SAMPLE_RATE="0"
+    )
 
 
 @pytest.fixture
@@ -84,24 +81,24 @@ async def drive(base: str, count: int, seen: dict[str, Seen], start: int = 0) ->
 
 
 def stored(store: Path) -> dict[str, tuple[int, int, int, str]]:
-    opened = open_store(f"chdb://{store}")
-    try:
-        rows = opened.query_sync(
+    with opened(store) as reading:
+        rows = reading.query_sync(
             "SELECT request_id, status, stream, output_tokens, tokens_source FROM fathom.requests"
         )
-        assert len(rows) == len({r[0] for r in rows}), "a request was stored twice"
-        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
-    finally:
-        opened.close()
+    assert len(rows) == len({r[0] for r in rows}), "a request was stored twice"
+    return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
 
 
-async def metric(admin: str, name: str) -> float:
-    async with aiohttp.ClientSession() as session, session.get(admin + "/metrics") as resp:
-        text = await resp.text()
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+async def spool_empty(admin: str) -> bool:
+    """Whether the proxy at `admin` has nothing left in its spool."""
+    return await metric(admin, "fathom_writer_spool_bytes") == 0
+
+
+async def rows_kept(admin: str, rows: int) -> bool:
+    """Whether the proxy at `admin` has all of `rows` rows in the store or in its spool."""
+    seen = figures(await page(admin))
+    kept = [seen.get(f"fathom_writer_rows_{how}_total", 0.0) for how in ("written", "spooled")]
+    return sum(kept) == rows
 
 
 async def test_ten_thousand_requests_ten_thousand_rows(
@@ -123,11 +120,6 @@ async def test_ten_thousand_requests_ten_thousand_rows(
         )  # fmt: skip
 
 
-def table_dirs(store: Path) -> list[str]:
-    """Every table's data directory of an embedded store (Atomic databases keep them here)."""
-    return [str(p) for p in (store / "store").glob("*/*") if p.is_dir()]
-
-
 async def test_store_outage_loses_nothing_and_costs_no_latency(
     simulator: str, paths: tuple[Path, Path]
 ) -> None:
@@ -137,22 +129,12 @@ async def test_store_outage_loses_nothing_and_costs_no_latency(
     phases: dict[str, dict[str, Seen]] = {"before": {}, "outage": {}, "after": {}}
     try:
         await drive(proxy.addresses["proxy"], 1500, phases["before"])
-        dirs = table_dirs(store)
-        set_immutable(dirs, True)
-        try:
+        with store_outage(store):
             await drive(proxy.addresses["proxy"], 1500, phases["outage"], start=1500)
-            for _ in range(200):
-                if await metric(admin, "fathom_writer_rows_spooled_total") > 0:
-                    break
-                await asyncio.sleep(0.05)
-            assert await metric(admin, "fathom_writer_rows_spooled_total") > 0
-        finally:
-            set_immutable(dirs, False)
+            await counters_reach(admin, {"fathom_writer_rows_spooled_total": 1}, within=10.0)
         await drive(proxy.addresses["proxy"], 1500, phases["after"], start=3000)
-        for _ in range(400):  # the writer retries every 5 s
-            if await metric(admin, "fathom_writer_spool_bytes") == 0:
-                break
-            await asyncio.sleep(0.05)
+        # The writer's retries back off to one every 30 s.
+        await until(lambda: spool_empty(admin), within=45.0, what="spool replayed")
     finally:
         assert proxy.stop(signal.SIGTERM) == 0
     rows = stored(store)
@@ -170,26 +152,18 @@ async def test_kill_9_mid_outage_then_restart_replays(
     first = serve(simulator, store, spool)
     seen: dict[str, Seen] = {}
     await drive(first.addresses["proxy"], 500, seen)
-    dirs = table_dirs(store)
-    set_immutable(dirs, True)
-    try:
-        await drive(first.addresses["proxy"], 700, seen, start=500)
-        admin = first.addresses["admin"]
-        for _ in range(400):  # kill only once every record is in the store or the spool
-            written = await metric(admin, "fathom_writer_rows_written_total")
-            if written + await metric(admin, "fathom_writer_rows_spooled_total") == 1200:
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        first.stop(signal.SIGKILL)
-        set_immutable(dirs, False)
+    with store_outage(store):
+        try:
+            await drive(first.addresses["proxy"], 700, seen, start=500)
+            # Kill only once every record is in the store or the spool.
+            admin = first.addresses["admin"]
+            await until(lambda: rows_kept(admin, 1200), within=20.0, what="1200 rows kept")
+        finally:
+            first.stop(signal.SIGKILL)
     assert any(spool.glob("*.jsonl"))
     second = serve(simulator, store, spool)
     try:
-        for _ in range(400):
-            if not any(spool.glob("*.jsonl")):
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: not any(spool.glob("*.jsonl")), within=45.0, what="spool replayed")
     finally:
         assert second.stop(signal.SIGTERM) == 0
     assert set(stored(store)) == set(seen)

@@ -13,7 +13,7 @@ import pytest
 from fathom.cli import main
 from sidecar.record import REQUEST_COLUMNS, Record
 from sidecar.store import schema, schema_lock
-from sidecar.store.client import Store, open_store
+from sidecar.store.client import Store
 from sidecar.store.schema import (
     SchemaBehind,
     Target,
@@ -27,6 +27,8 @@ from sidecar.store.schema import (
     verify_cluster,
 )
 from sidecar.store.schema_lock import LockHeld, LockSettings
+from tests.support.records import request_values
+from tests.support.store import opened
 
 TABLES = {
     "requests", "samples", "quality", "regressions", "requests_1m", "speed_1m", "speed_1h",
@@ -37,9 +39,9 @@ ROLLUPS = {"requests_1m", "speed_1m", "speed_1h"}
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(f"chdb://{tmp_path / 'db'}")
-    yield opened
-    opened.close()
+    """An embedded store without the schema: the tests apply it."""
+    with opened(tmp_path / "db") as empty:
+        yield empty
 
 
 def ttl_days(store: Store) -> dict[str, int]:
@@ -141,7 +143,7 @@ async def test_rollup_view_keeps_per_minute_speed(store: Store) -> None:
             deployment="d", origin=origin, stream=True, ttft_ms=float(i), itl_mean_ms=10.0,
             decode_tps=50.0, output_tokens=5, error="upstream_http" if i % 50 == 0 else "",
         )  # fmt: skip
-        rows.append([record.to_row()[c] for c in REQUEST_COLUMNS])
+        rows.append(request_values(record))
     await store.insert("fathom.requests", REQUEST_COLUMNS, rows)
     got = store.query_sync(
         "SELECT origin, countMerge(requests), countIfMerge(errors), sumMerge(output_tokens), "
@@ -283,7 +285,7 @@ async def test_speed_rollup_keeps_breakdowns_and_answered_latency(store: Store) 
             finish_reason="" if failed else ("length" if i % 3 == 0 else "stop"),
             e2e_ms=60_000.0 if failed else 100.0 + i, output_tokens=4,
         )  # fmt: skip
-        rows.append([record.to_row()[c] for c in REQUEST_COLUMNS])
+        rows.append(request_values(record))
     await store.insert("fathom.requests", REQUEST_COLUMNS, rows)
     query = (
         "SELECT route, sum(requests), sumMap(statuses), sumMap(errors), sumMap(finish_reasons), "

@@ -6,13 +6,11 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fathom.spawn import free_port
-from sidecar.record import Record
 from sidecar.store.client import Store, StoreError, open_store
-from sidecar.store.schema import apply_schema
 from sidecar.store.spool import Batch, Spool, SpoolError
 from sidecar.store.writer import Writer, WriterSettings
+from tests.support.outages import can_make_immutable, directories, set_immutable
+from tests.support.polling import until
+from tests.support.records import request_row
+from tests.support.store import opened
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,12 +37,6 @@ def fast(tmp_path: Path, **overrides: Any) -> WriterSettings:
         "retry_max_s": 0.2, "batch_rows": 500,
     }  # fmt: skip
     return WriterSettings(**(base | overrides))
-
-
-def request_row(i: int, prefix: str = "r") -> dict[str, Any]:
-    ts = datetime.now(UTC) - timedelta(milliseconds=i)
-    record = Record(ts=ts, request_id=f"{prefix}{i:06d}", route="chat", model="m", ttft_ms=i / 8)
-    return record.to_row()
 
 
 def request_ids(store: Store) -> list[str]:
@@ -60,14 +54,6 @@ def rollup_count(store: Store) -> int:
         )
     }
     return count
-
-
-async def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> None:
-    """Poll `condition()` until true: the writer works on its own schedule."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager
@@ -89,30 +75,6 @@ async def loop_lag() -> AsyncIterator[list[float]]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def table_dirs(store: Store) -> list[str]:
-    """Data directories of every fathom table."""
-    rows = store.query_sync("SELECT data_paths FROM system.tables WHERE database = 'fathom'")
-    return [p for (paths,) in rows for p in paths]
-
-
-def set_immutable(paths: list[str], on: bool) -> None:
-    """Make directories unwritable (even for root, whom chmod does not stop) or writable again."""
-    subprocess.run(["chattr", "+i" if on else "-i", *paths], check=True)
-
-
-def can_make_immutable(tmp_path: Path) -> bool:
-    probe = tmp_path / "chattr-probe"
-    probe.mkdir()
-    if os.geteuid() != 0 or shutil.which("chattr") is None:
-        return False
-    try:
-        set_immutable([str(probe)], True)
-    except subprocess.CalledProcessError:
-        return False
-    set_immutable([str(probe)], False)
-    return True
 
 
 async def test_writes_each_row_exactly_once(store: Store, tmp_path: Path) -> None:
@@ -147,7 +109,7 @@ async def test_a_backlog_goes_in_fewer_larger_inserts(store: Store, tmp_path: Pa
     # the backlog joins.
     for i in range(2_250):
         writer.submit("fathom.requests", request_row(i))
-    await wait_for(lambda: writer.rows_written == 2_000)
+    await until(lambda: writer.rows_written == 2_000)
     await writer.stop(10.0)
     assert sizes == [500, 500, 1000, 250]
     assert sorted(request_ids(store)) == [f"r{i:06d}" for i in range(2_250)]
@@ -180,8 +142,8 @@ async def test_outage_spools_then_replays_every_row_once(
     await writer.start()
     for i in range(1000):
         writer.submit("fathom.requests", request_row(i))
-    await wait_for(lambda: writer.rows_written == 1000)
-    dirs = table_dirs(store)
+    await until(lambda: writer.rows_written == 1000)
+    dirs = directories(tmp_path / "db")  # the `store` fixture's
     if outage == "table detached":
         await store.command("DETACH TABLE fathom.requests")
     else:
@@ -192,7 +154,7 @@ async def test_outage_spools_then_replays_every_row_once(
                 assert writer.submit("fathom.requests", request_row(i))  # never refuses
                 if i % 250 == 0:
                     await asyncio.sleep(0)  # let the writer run between bursts
-            await wait_for(lambda: writer.rows_spooled == 2000)
+            await until(lambda: writer.rows_spooled == 2000)
         # Four 500-row batches; the first failed insert may have joined two of them.
         assert not writer.store_up and len(writer.spool) >= 3 and writer.spool_bytes > 0
         assert lag[0] < 1.0
@@ -201,7 +163,7 @@ async def test_outage_spools_then_replays_every_row_once(
             await store.command("ATTACH TABLE fathom.requests")
         else:
             set_immutable(dirs, False)
-    await wait_for(lambda: len(writer.spool) == 0)
+    await until(lambda: len(writer.spool) == 0)
     await writer.stop(10.0)
     ids = request_ids(store)
     assert len(ids) == 3000 and set(ids) == {f"r{i:06d}" for i in range(3000)}
@@ -222,7 +184,7 @@ async def test_a_server_refusing_connections_loses_nothing(store: Store, tmp_pat
                 assert writer.submit("fathom.requests", request_row(i))
                 if i % 400 == 0:
                     await asyncio.sleep(0)
-            await wait_for(lambda: writer.rows_spooled == 1_600)
+            await until(lambda: writer.rows_spooled == 1_600)
         await writer.stop(10.0)
     finally:
         refused.close()
@@ -230,7 +192,7 @@ async def test_a_server_refusing_connections_loses_nothing(store: Store, tmp_pat
     # The spool holds no trace of where it was bound: the next writer replays it into chDB.
     replayer = Writer(store, fast(tmp_path))
     await replayer.start()
-    await wait_for(lambda: len(replayer.spool) == 0)
+    await until(lambda: len(replayer.spool) == 0)
     await replayer.stop(10.0)
     assert sorted(request_ids(store)) == [f"r{i:06d}" for i in range(1_600)]
 
@@ -247,7 +209,7 @@ async def test_batch_inserted_just_before_a_crash_is_not_stored_twice(
     spool.close()
     writer = Writer(store, fast(tmp_path))
     await writer.start()
-    await wait_for(lambda: len(writer.spool) == 0)
+    await until(lambda: len(writer.spool) == 0)
     await writer.stop(10.0)
     assert writer.rows_replayed == 700  # sent again, and deduplicated by its token
     assert sorted(request_ids(store)) == [f"r{i:06d}" for i in range(700)]
@@ -273,7 +235,7 @@ async def test_store_that_hangs_never_blocks_submit_and_stop_spools(
     await hang  # the cancelled insert may still land now: the replay must not double it
     second = Writer(store, fast(tmp_path))
     await second.start()
-    await wait_for(lambda: len(second.spool) == 0)
+    await until(lambda: len(second.spool) == 0)
     await second.stop(10.0)
     assert sorted(request_ids(store)) == [f"r{i:06d}" for i in range(1500)]
 
@@ -304,7 +266,7 @@ async def test_a_factory_is_retried_until_it_gives_a_store(store: Store, tmp_pat
     await writer.start()
     for i in range(1200):
         writer.submit("fathom.requests", request_row(i))
-    await wait_for(lambda: writer.rows_written == 1200)
+    await until(lambda: writer.rows_written == 1200)
     await writer.stop(10.0)
     assert len(calls) == 3 and writer.rows_spooled > 0
     assert sorted(request_ids(store)) == [f"r{i:06d}" for i in range(1200)]
@@ -386,10 +348,9 @@ def test_spool_round_trips_values_exactly(rows: list[Sequence[Any]], tmp_path_fa
 CRASHER = textwrap.dedent(
     """
     import asyncio, sys
-    from datetime import UTC, datetime
-    from sidecar.record import Record
     from sidecar.store.client import open_store
     from sidecar.store.writer import Writer, WriterSettings
+    from tests.support.records import request_row
 
     async def main():
         store = open_store(sys.argv[1])  # schema not applied yet: every insert fails
@@ -397,8 +358,7 @@ CRASHER = textwrap.dedent(
                                               batch_rows=500, retry_s=60))
         await writer.start()
         for i in range(1500):
-            row = Record(ts=datetime.now(UTC), request_id=f"c{i:06d}", route="chat").to_row()
-            writer.submit("fathom.requests", row)
+            writer.submit("fathom.requests", request_row(i, "c"))
         while writer.rows_spooled < 1500:
             await asyncio.sleep(0.01)
         print("spooled", flush=True)
@@ -422,17 +382,14 @@ async def test_kill_9_then_the_next_writer_replays_the_spool(tmp_path: Path) -> 
     finally:
         child.kill()  # SIGKILL: no chance to flush or clean up
         await asyncio.to_thread(child.wait)
-    store = open_store(url)  # the same data directory, as after a restart
-    try:
-        apply_schema(store)
+    # The same data directory, as after a restart.
+    with opened(tmp_path / "db", schema=True) as store:
         writer = Writer(store, fast(tmp_path))
         assert writer.spool_bytes > 0 and len(writer.spool) == 3
         await writer.start()
-        await wait_for(lambda: len(writer.spool) == 0)
+        await until(lambda: len(writer.spool) == 0)
         await writer.stop(10.0)
         assert sorted(request_ids(store)) == [f"c{i:06d}" for i in range(1500)]
-    finally:
-        store.close()
 
 
 async def test_drops_are_logged_at_most_once_per_interval(
@@ -489,7 +446,7 @@ async def test_ephemeral_spool_is_replayed_at_exit_or_counted_as_dropped(
     await store.command("DETACH TABLE fathom.requests")
     for i in range(700):
         writer.submit("fathom.requests", request_row(i))
-    await wait_for(lambda: writer.rows_spooled == 700)
+    await until(lambda: writer.rows_spooled == 700)
     await store.command("ATTACH TABLE fathom.requests")  # back, but no retry due for a minute
     await writer.stop(10.0)
     assert len(request_ids(store)) == 700 and writer.rows_replayed == 700

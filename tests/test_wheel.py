@@ -3,7 +3,7 @@
 The wheel is built from this checkout and installed into a fresh virtualenv; the
 dependencies come from the running interpreter's site-packages (a path file), so nothing is
 downloaded or rebuilt. The command then runs from outside the checkout against the fake
-Grafana of test_dashboards_push, which refuses what Grafana refuses.
+Grafana of tests/support/fake_grafana.py, which refuses what Grafana refuses.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import sysconfig
 import venv
 from pathlib import Path
 
-from tests.test_dashboards_push import CLICKHOUSE, TOKEN, FakeGrafana
-from tests.test_dashboards_push import grafana_server as grafana_server
+from tests.support.fake_grafana import CLICKHOUSE, TOKEN, FakeGrafana
 
 ROOT = Path(__file__).resolve().parent.parent
 LEFT_OUT = (".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis",

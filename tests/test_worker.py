@@ -4,60 +4,32 @@ in-process proxy, the real openai client and the real all-MiniLM-L6-v2 model."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
-import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
-from fathom import spawn
 from probes.probe_settings import ProbeSettings
 from probes.samples import Sample, reaskable
 from probes.scorer import Scorer
 from probes.worker import Worker, WorkerStats, client_session
 from sidecar.record import Record
-from sidecar.sampler import SAMPLE_COLUMNS, Sampler
-from sidecar.store.client import Store, open_store
+from sidecar.sampler import SAMPLE_COLUMNS
+from sidecar.store.client import Store
 from sidecar.store.schema import apply_schema
-from sidecar.wire import parse_answer
-from tests.canaries import multiplications
-from tests.conftest import proxied
-from tests.test_probes_scorer import session_scorer
-
-# Simulated models, knowing no golden file (they compute the canaries of tests.canaries):
-# 'steady' repeats itself and is right, 'flaky' says something new each time, 'wrong'
-# repeats itself but errs.
-MODELS = [
-    {"name": "steady", "consistency": 1.0, "accuracy": 0.95},
-    {"name": "flaky", "consistency": 0.0, "accuracy": 0.95},
-    {"name": "wrong", "consistency": 1.0, "accuracy": 0.2},
-    {"name": "slow", "ttft_ms": 600},
-]
-
-
-@pytest.fixture(scope="session")
-def scorer(pytestconfig: pytest.Config) -> Scorer:
-    return session_scorer(pytestconfig)
-
-
-@contextlib.contextmanager
-def simulated_models(directory: Path) -> Iterator[str]:
-    """A simulator serving the three models, answering at once (12-word answers)."""
-    path = directory / "models.yaml"
-    common = {"ttft_ms": 0, "itl_ms": 0, "tokens": 12}
-    path.write_text(yaml.safe_dump({"seed": 7, "models": [{**common, **m} for m in MODELS]}))
-    argv = spawn.fathom_command("simulate", "--listen", "127.0.0.1:0", "--config", str(path))
-    with spawn.running(argv, ["server"]) as child:
-        yield child.addresses["server"]
+from tests.support.canaries import multiplications
+from tests.support.polling import until
+from tests.support.processes import simulated_models
+from tests.support.proxied import proxied
+from tests.support.records import sample_values, seed_samples
+from tests.support.store import opened
 
 
 @pytest.fixture(scope="module")
@@ -73,42 +45,6 @@ def settings(**overrides: Any) -> ProbeSettings:
         canaries_per_round=0,
     )  # fmt: skip
     return replace(base, **overrides).validate()
-
-
-async def until(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
-    """Poll `check` until it holds (fails the test after `within` seconds)."""
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
-async def real_sample(
-    session: aiohttp.ClientSession, base: str, model: str, prompt: str, request_id: str
-) -> list[Any]:
-    """Ask the simulator a real chat request; its `fathom.samples` row, built by the sampler."""
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 64}
-    raw = json.dumps(body).encode()
-    async with session.post(base + "/v1/chat/completions", data=raw) as resp:
-        answer = parse_answer(await resp.read())
-    record = Record(
-        ts=datetime.now(UTC), request_id=request_id, route="chat", model=model,
-        deployment="d1", finish_reason=answer.finish_reason,
-    )  # fmt: skip
-    row = Sampler().row(record, raw, answer.text)
-    return [row[c] for c in SAMPLE_COLUMNS]
-
-
-async def seed(store: Store, base: str, model: str, count: int, prefix: str = "") -> list[str]:
-    """`count` samples of `model`, one real request each (distinct prompts)."""
-    async with aiohttp.ClientSession() as session:
-        rows = await asyncio.gather(*(
-            real_sample(session, base, model, f"Tell me about topic {i} please.",
-                        f"{prefix}{model}-{i:03d}")
-            for i in range(count)
-        ))  # fmt: skip
-    await store.insert("fathom.samples", SAMPLE_COLUMNS, rows)
-    return [str(row[1]) for row in rows]
 
 
 async def quality(store: Store, where: str = "1") -> list[tuple[Any, ...]]:
@@ -200,8 +136,8 @@ async def test_through_the_proxy_each_sample_scored_once_and_probe_traffic_label
 async def test_consistent_model_scores_higher_than_inconsistent_one(
     sim: str, scorer: Scorer, store: Store
 ) -> None:
-    await seed(store, sim, "steady", 8)
-    await seed(store, sim, "flaky", 8)
+    await seed_samples(store, sim, "steady", 8)
+    await seed_samples(store, sim, "flaky", 8)
     async with client_session(settings()) as session:
         worker = Worker(store, session, sim, scorer, [], settings(k=5))
         assert not await worker.score_batch(asyncio.Event())
@@ -271,11 +207,11 @@ async def test_budget_caps_the_reasks(sim: str, scorer: Scorer, store: Store) ->
     probe = settings(k=5, requests_per_min=10)
     async with proxied(sim) as proxy, client_session(probe) as session:
         worker = Worker(store, session, proxy.url, scorer, [], probe, clock=clock)
-        await seed(store, sim, "steady", 6)
+        await seed_samples(store, sim, "steady", 6)
         await worker.score_batch(asyncio.Event())
         assert (worker.stats.consistency_scored, worker.stats.skipped_budget) == (2, 4)
         clock.now += 60  # a minute later the budget has refilled, once
-        await seed(store, sim, "steady", 3, prefix="later-")
+        await seed_samples(store, sim, "steady", 3, prefix="later-")
         await worker.score_batch(asyncio.Event())
         assert (worker.stats.consistency_scored, worker.stats.skipped_budget) == (4, 5)
         probes = [r for r in proxy.records.values() if r.origin == "probe"]
@@ -291,7 +227,7 @@ async def test_token_budget_is_checked_before_sending(
     probe = settings(k=5, tokens_per_min=100)  # one re-ask of these samples needs ~60
     async with client_session(probe) as session:
         worker = Worker(store, session, sim, scorer, [], probe, clock=FakeClock())
-        await seed(store, sim, "steady", 2)
+        await seed_samples(store, sim, "steady", 2)
         await worker.score_batch(asyncio.Event())
     assert worker.stats.skipped_budget == 2 and worker.stats.probe_requests == 0
     assert worker.stats.samples_scored == 2
@@ -303,7 +239,7 @@ async def test_token_budget_is_checked_before_sending(
 async def test_three_workers_score_every_sample_exactly_once(
     sim: str, scorer: Scorer, store: Store
 ) -> None:
-    ids = await seed(store, sim, "steady", 30)
+    ids = await seed_samples(store, sim, "steady", 30)
     stop = asyncio.Event()
     stats = [WorkerStats() for _ in range(3)]
 
@@ -334,7 +270,7 @@ async def test_three_workers_score_every_sample_exactly_once(
 
 
 async def test_stop_finishes_the_samples_in_hand(sim: str, scorer: Scorer, store: Store) -> None:
-    await seed(store, sim, "slow", 6)
+    await seed_samples(store, sim, "slow", 6)
     oldest = await store.query("SELECT request_id FROM fathom.samples ORDER BY ts, request_id")
     probe = settings(k=2, concurrency=2)
     stop = asyncio.Event()
@@ -361,23 +297,20 @@ async def test_stop_finishes_the_samples_in_hand(sim: str, scorer: Scorer, store
 async def test_overloaded_upstream_backs_off_and_unreachable_store_is_survived(
     sim: str, scorer: Scorer, tmp_path: Path
 ) -> None:
-    store = open_store(f"chdb://{tmp_path / 'db'}")  # no schema: every query fails
-    try:
+    with opened(tmp_path / "db") as store:  # no schema: every query fails
         async with client_session(settings()) as session:
             worker = Worker(store, session, sim, scorer, [], settings())
             # Detection fails first; the round stops there and pauses (backoff: 1 s, 2 s, ...).
             assert await worker.step(asyncio.Event()) == 1.0 and worker.stats.errors == 1
             assert await worker.step(asyncio.Event()) == 2.0 and worker.stats.errors == 2
             apply_schema(store)
-            await seed(store, sim, "steady", 2)
+            await seed_samples(store, sim, "steady", 2)
             # Every re-ask fails to connect: degeneration only, and the worker rests.
             down = Worker(store, session, "http://127.0.0.1:9", scorer, [], settings(batch=1))
             assert await down.step(asyncio.Event()) == 1.0
             assert down.stats.skipped["reask_failed"] == 1 and down.stats.backoffs == 1
             assert (await worker.step(asyncio.Event())) == worker.settings.idle_s
             assert worker.stats.consistency_scored == 1 and worker.stats.errors == 2
-    finally:
-        store.close()
 
 
 def test_unreaskable_samples_say_why() -> None:
@@ -401,8 +334,7 @@ async def test_non_answers_score_zero_unasked_and_redacted_prompts_are_not_reask
         body = {"model": "steady", "messages": [{"role": "user", "content": content}]}
         record = Record(ts=datetime.now(UTC), request_id=request_id, route="chat",
                         model="steady", deployment="d1", finish_reason="stop")  # fmt: skip
-        sampled = Sampler().row(record, json.dumps(body).encode(), answer)
-        return [sampled[c] for c in SAMPLE_COLUMNS]
+        return sample_values(record, json.dumps(body).encode(), answer)
 
     secret = "sk-" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
     rows = [
@@ -436,7 +368,7 @@ async def test_scorer_failure_leaves_samples_for_a_later_round(
     sim: str, scorer: Scorer, store: Store
 ) -> None:
     broken = Scorer(BrokenModel(), name="broken", device="cpu", dtype="float32", batch_size=8)
-    await seed(store, sim, "steady", 3)
+    await seed_samples(store, sim, "steady", 3)
     try:
         async with client_session(settings()) as session:
             failing = Worker(store, session, sim, broken, [], settings())

@@ -22,9 +22,9 @@ from fathom.commands.probe import without_blanks
 from probes.probe_settings import ProbeSettings, worker_index
 from sidecar import config
 from sidecar.config import ConfigError, Settings
-from sidecar.store.client import open_store
-from sidecar.store.schema import apply_schema
-from tests.test_worker import seed, simulated_models
+from tests.support.processes import probe_command, simulated_models
+from tests.support.records import seed_samples
+from tests.support.store import opened
 
 
 class Process:
@@ -92,13 +92,9 @@ def scrape(url: str) -> str:
         return str(resp.read().decode())
 
 
-def probe(store: Path, upstream: str) -> list[str]:
-    return spawn.fathom_command("probe", "--store", f"chdb://{store}", "--upstream", upstream)
-
-
 def test_index_not_below_count_exits_2(tmp_path: Path) -> None:
     env = {**os.environ, "FATHOM_WORKER_INDEX": "3", "FATHOM_WORKER_COUNT": "3"}
-    argv = probe(tmp_path / "db", "http://127.0.0.1:9")
+    argv = probe_command(tmp_path / "db", "http://127.0.0.1:9")
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "probe worker index 3 is not within 0..2" in done.stderr
@@ -115,7 +111,7 @@ def test_missing_schema_is_named_and_sigterm_exits_0(
     tmp_path: Path, processes: list[Process]
 ) -> None:
     env = {"FATHOM_WORKER_INDEX": "", "HOSTNAME": "fathom-probe-worker-0"}
-    process = Process(probe(tmp_path / "db", "http://127.0.0.1:9"), env)
+    process = Process(probe_command(tmp_path / "db", "http://127.0.0.1:9"), env)
     processes.append(process)
     admin = process.wait_for(r"admin listening on (\S+)").group(1)
     match = process.wait_for(r"at schema version 0, this release needs \d+ \(missing (.*?)\)")
@@ -125,9 +121,8 @@ def test_missing_schema_is_named_and_sigterm_exits_0(
     assert "fathom schema apply" in process.lines[-1]
     assert "checking again in" in process.lines[-1]
     assert process.stop() == 0
-    store = open_store(f"chdb://{tmp_path / 'db'}")
-    tables = store.query_sync("SELECT name FROM system.tables WHERE database = 'fathom'")
-    store.close()
+    with opened(tmp_path / "db") as store:
+        tables = store.query_sync("SELECT name FROM system.tables WHERE database = 'fathom'")
     assert tables == []  # the worker checked, and created nothing
 
 
@@ -135,17 +130,14 @@ async def test_scores_samples_then_exits_0_on_sigterm(
     sim: str, tmp_path: Path, processes: list[Process]
 ) -> None:
     path = tmp_path / "db"
-    store = open_store(f"chdb://{path}")
-    try:
-        apply_schema(store)
-        ids = await seed(store, sim, "steady", 3)
-    finally:
-        store.close()  # one process owns an embedded store: the worker's turn
+    with opened(path, schema=True) as store:
+        ids = await seed_samples(store, sim, "steady", 3)
+    # Closed: one process owns an embedded store, and now it is the worker's turn.
     env = {
         "FATHOM_PROBE_K": "2", "FATHOM_CANARIES_PER_ROUND": "0", "FATHOM_PROBE_IDLE_S": "0.2",
         "FATHOM_SCORER_DEVICE": "cpu", "FATHOM_WORKER_COUNT": "1",
     }  # fmt: skip
-    process = Process(probe(path, sim), env)
+    process = Process(probe_command(path, sim), env)
     processes.append(process)
     admin = process.wait_for(r"admin listening on (\S+)").group(1)
     process.wait_for(r"scorer ready: device=cpu .* sentences/s", within=60)
@@ -155,13 +147,10 @@ async def test_scores_samples_then_exits_0_on_sigterm(
     assert re.search(r"^fathom_probes_rounds_total\{.*\} [1-9]", metrics, re.M)
     assert await asyncio.to_thread(process.stop) == 0
     process.wait_for(r"probe worker 0/1 stopped: 3 samples scored \(3 with consistency")
-    store = open_store(f"chdb://{path}")
-    try:
+    with opened(path) as store:
         rows = store.query_sync(
             "SELECT request_id, probe, count() FROM fathom.quality GROUP BY request_id, probe"
         )
-    finally:
-        store.close()
     assert sorted(rows) == sorted(
         (i, p, 1) for i in ids for p in ("abstention", "consistency", "degeneration")
     )

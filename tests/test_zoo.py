@@ -20,17 +20,11 @@ from probes.consistency import score_consistency
 from probes.degeneration import score_degeneration
 from probes.factuality import Canary, load_canaries, score_canary
 from probes.scorer import Scorer
-from tests.test_probes_scorer import session_scorer
 
 SOUND = ModelSpec(name="sound", tokens=24)
 # Members that keep the sound answer's content: other probes catch them (degeneration's
 # repetition for `verbose`, answer shape for `terse`), not the canaries.
 CONTENT_KEPT = {"verbose"}
-
-
-@pytest.fixture(scope="session")
-def scorer(pytestconfig: pytest.Config) -> Scorer:
-    return session_scorer(pytestconfig)
 
 
 def replies(member: str, prompt: str, asks: int = 1, seed: int = 0) -> list[str]:

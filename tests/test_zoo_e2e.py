@@ -28,9 +28,11 @@ import yaml
 from fathom import spawn
 from fathom.sim.zoo import MEMBERS
 from sidecar.store.client import open_store
-from tests.canaries import golden_file
-from tests.test_dashboards_alerts import firing, named, rules
-from tests.test_secrets import metric, wait_for
+from tests.support.canaries import golden_file
+from tests.support.grafana_alerts import firing, named, rules
+from tests.support.processes import serve_command, simulate_command
+from tests.support.scrape import counters_reach, metric
+from tests.support.store import url as store_url
 
 MODEL = "zoo"
 CONTROL = "control"
@@ -109,16 +111,14 @@ async def drive(serve: spawn.Child, sim: str, members: tuple[str, ...]) -> datet
     n = len(deployments)
     await traffic(proxy, deployments, BASELINE, 0)
     # Every sample scored, and every deployment canaried twice (a baseline per item).
-    await wait_for(admin, {"fathom_probes_samples_scored": n * BASELINE,
-                           "fathom_probes_canaries_sent": 2 * ROUND * n}, 240)  # fmt: skip
+    scored, sent = "fathom_probes_samples_scored_total", "fathom_probes_canaries_sent_total"
+    await counters_reach(admin, {scored: n * BASELINE, sent: 2 * ROUND * n}, 240)
     await asyncio.sleep(1.0)  # rows written before the switch are older than it
     switched = datetime.now(UTC)
     await switch(sim, members)
-    async with aiohttp.ClientSession() as session:
-        sent = await metric(session, admin, "fathom_probes_canaries_sent")
+    before = await metric(admin, sent)
     await traffic(proxy, deployments, AFTER, BASELINE)
-    await wait_for(admin, {"fathom_probes_samples_scored": n * (BASELINE + AFTER),
-                           "fathom_probes_canaries_sent": sent + 3 * ROUND * n}, 240)  # fmt: skip
+    await counters_reach(admin, {scored: n * (BASELINE + AFTER), sent: before + 3 * ROUND * n}, 240)
     return switched
 
 
@@ -148,16 +148,12 @@ def zoo_run(tmp: Path, members: tuple[str, ...]) -> Run:
     """Simulator and serve processes for one run; both stopped before judging."""
     sim_config = tmp / "models.yaml"
     sim_config.write_text(yaml.safe_dump({"seed": 11, "models": models(members)}))
-    sim_argv = spawn.fathom_command(
-        "simulate", "--listen", "127.0.0.1:0", "--config", str(sim_config)
-    )
-    store = f"chdb://{tmp / 'db'}"
-    with spawn.running(sim_argv, ["server"]) as sim:
+    store = store_url(tmp / "db")
+    with spawn.running(simulate_command("--config", str(sim_config)), ["server"]) as sim:
         url = sim.addresses["server"]
-        serve_argv = spawn.fathom_command(
-            "serve", "--probes", "--config", str(serve_config(tmp, url, members)),
-            "--upstream", url, "--store", store, "--listen", "127.0.0.1:0",
-            "--admin", "127.0.0.1:0", "--log-level", "WARNING",
+        serve_argv = serve_command(
+            url, store, "--probes", "--config", str(serve_config(tmp, url, members)),
+            "--log-level", "WARNING",
         )  # fmt: skip
         with spawn.running(serve_argv, ["proxy", "admin"]) as serve:
             switched = asyncio.run(drive(serve, url, members))

@@ -1,6 +1,6 @@
 """`fathom serve`, plus each request's t0 on CLOCK_MONOTONIC written to a file at exit.
 
-    python -m tests.timed_serve T0_FILE [--awake] [fathom serve flags]
+    python -m tests.support.timed_serve T0_FILE [--awake] [fathom serve flags]
 
 The fidelity test's anchor: the simulator stamps its events on CLOCK_MONOTONIC too, so the
 true TTFT and end-to-end time of a request are known from t0 without trusting the proxy's

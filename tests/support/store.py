@@ -1,0 +1,45 @@
+"""Embedded chDB stores for tests and benches: opened at a path, with or without the schema."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from sidecar.store.client import Store, open_store
+from sidecar.store.schema import apply_schema
+
+
+def url(path: Path) -> str:
+    """The store URL of the embedded store at `path`."""
+    return f"chdb://{path}"
+
+
+def embedded(path: Path, *, schema: bool = True, isolated: bool = False) -> Store:
+    """The embedded store at `path`, with Fathom's schema applied unless `schema` is False;
+    `isolated` runs the engine in its own process, as `fathom serve` does."""
+    store = open_store(url(path), isolated)
+    if schema:
+        try:
+            apply_schema(store)
+        except BaseException:
+            store.close()
+            raise
+    return store
+
+
+@contextlib.contextmanager
+def opened(path: Path, *, schema: bool = False, isolated: bool = False) -> Iterator[Store]:
+    """`embedded()` for a with-block, closed after it: one process holds an embedded store at
+    a time, so a test reads what a process left only once that process has exited."""
+    store = embedded(path, schema=schema, isolated=isolated)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def create(path: Path) -> str:
+    """An embedded store with the schema at `path`, closed again for another process; its URL."""
+    embedded(path).close()
+    return url(path)
