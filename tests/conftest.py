@@ -5,15 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from fathom import spawn
-from fathom.commands.serve import Service, running
-from sidecar import config
-from sidecar.config import Settings
+from fathom.service import Service, running
+from fathom.settings import build
 from sidecar.record import Record
 from sidecar.store.client import Store, open_store
 from sidecar.store.schema import apply_schema
@@ -65,12 +63,8 @@ class Proxied:
 @contextlib.asynccontextmanager
 async def proxied(upstream: str, **overrides: object) -> AsyncIterator[Proxied]:
     """Run a proxy in front of `upstream` with test settings; keep its records."""
-    settings = config.validate(
-        replace(
-            Settings(upstream=upstream, listen="127.0.0.1:0", admin="127.0.0.1:0", store="none"),
-            **overrides,
-        )
-    )
+    base = {"upstream": upstream, "listen": "127.0.0.1:0", "admin": "127.0.0.1:0", "store": "none"}
+    settings = build(**(base | overrides))
     async with running(settings) as service:
         out = Proxied(service)
         service.listeners.append(lambda record: out.records.__setitem__(record.request_id, record))

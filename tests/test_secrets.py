@@ -23,8 +23,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from fathom import settings as config
 from fathom import spawn
-from sidecar import config
 from sidecar.store.client import open_store
 
 COUNT = "SELECT count() FROM fathom.{table:Identifier}"
@@ -244,4 +244,4 @@ def test_no_credential_in_the_spool(evidence: Evidence, keys: Secrets) -> None:
 def test_admin_and_proxy_bind_loopback_by_default() -> None:
     settings = config.load(None, {})
     assert settings.admin_addr == ("127.0.0.1", 9464)
-    assert settings.listen_addr == ("127.0.0.1", 8080)
+    assert settings.proxy.listen_addr == ("127.0.0.1", 8080)
