@@ -40,12 +40,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from probes.detect import DetectionSettings, canary_drop
+from probes.detect_settings import WindowMethod
 from probes.statistics import (
     BoolArray,
     FloatArray,
     Reference,
     StrArray,
-    WindowMethod,
     baseline_rate,
     cusum_drop,
     sprt_drop,

@@ -48,7 +48,6 @@ from sidecar.wire import DEPLOYMENT_HEADER, NO_SAMPLE_HEADER, ORIGIN_HEADER, par
 
 PROBE = "consistency"
 SCORER = "selfcheck-emb-v3"  # v3: only informative answers agree
-DEFAULT_K = 5
 EIGEN_ALPHA = 1e-3  # the INSIDE paper's regulariser
 MAX_SENTENCES = 48  # per answer: bounds the cost of one very long answer
 
@@ -291,7 +290,7 @@ async def reask(
     url: str,
     request: Mapping[str, Any],
     *,
-    k: int = DEFAULT_K,
+    k: int,  # the worker's probe_k
     deployment: str = "",
     headers: Mapping[str, str] | None = None,
     read_timeout_s: float = 300.0,

@@ -1,81 +1,53 @@
 """The probe worker's settings: what one worker does and how much probe traffic it may send,
-read from the top-level Settings and checked by themselves."""
+checked by themselves, and the scorer it loads. Nested in the top-level settings
+(fathom.settings) as `worker` and `scorer`; no numpy or torch here."""
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from probes.factuality import Canary, load_canaries
-from probes.scorer import ScorerConfig
-from sidecar.config import ConfigError, Settings
+from probes.golden import Canary, load_canaries
+from sidecar.config import ConfigError, require_positive
+from sidecar.routing import Route
 
 _ORDINAL = re.compile(r"-(\d+)$")
 
 
 @dataclass(frozen=True, slots=True)
 class ProbeSettings:
-    """What one worker does and how much probe traffic it may send."""
+    """What one worker does and how much probe traffic it may send; checked when built."""
 
-    k: int = 5
-    requests_per_min: float = 60.0
+    k: int = 5  # re-asks per sample for the consistency probe
+    requests_per_min: float = 60.0  # all probe + canary requests of one worker
     tokens_per_min: float = 60_000.0
-    batch: int = 32
-    concurrency: int = 4
-    lookback_s: float = 6 * 3600.0
-    idle_s: float = 5.0
-    timeout_s: float = 120.0
-    slow_s: float = 60.0
-    api_key: str = field(default="", repr=False)
-    token: str = field(default="", repr=False)  # proves to the proxy that this is probe traffic
-    canary_interval_s: float = 300.0
+    batch: int = 32  # samples read per query
+    concurrency: int = 4  # samples re-asked at once
+    lookback_s: float = 6 * 3600.0  # older unscored samples are left alone
+    idle_s: float = 5.0  # pause when there is nothing to score
+    timeout_s: float = 120.0  # read timeout of one probe request
+    slow_s: float = 60.0  # re-asks slower than this back the worker off
+    api_key: str = field(default="", repr=False)  # sent upstream as a Bearer token
+    canary_interval_s: float = 300.0  # per (model, deployment)
     canaries_per_round: int = 8
     canary_lookback_s: float = 3600.0  # canaries go to what users asked in this window
-    worker_index: int = 0
+    canary_files: tuple[str, ...] = ()  # golden sets beside the default (env: comma-separated)
+    canary_default: bool = True  # include the packaged default golden set
+    worker_index: int = -1  # -1: the trailing -N of HOSTNAME (StatefulSet ordinal), else 0
     worker_count: int = 1
-    detect_interval_s: float = 300.0
-    detect_window_s: float = 6 * 3600.0  # the window judged against the baseline before it
-    detect_baseline_s: float = 7 * 86400.0
+    detect_interval_s: float = 300.0  # regression detection (worker 0 only)
+    # Filled from other parts of the settings (fathom.settings.Settings.probe_worker):
+    token: str = field(default="", repr=False)  # the proxy's probe_token: proves probe traffic
     # (model, deployment) pairs the routes configure: canaried from the start
     routed: tuple[tuple[str, str], ...] = ()
 
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, env: Mapping[str, str] | None = None
-    ) -> ProbeSettings:
-        """The worker's settings; the index from HOSTNAME's ordinal when not configured."""
-        env = os.environ if env is None else env
-        count = settings.worker_count
-        return cls(
-            k=settings.probe_k,
-            requests_per_min=settings.probe_requests_per_min,
-            tokens_per_min=settings.probe_tokens_per_min,
-            batch=settings.probe_batch,
-            concurrency=settings.probe_concurrency,
-            lookback_s=settings.probe_lookback_s,
-            idle_s=settings.probe_idle_s,
-            timeout_s=settings.probe_timeout_s,
-            slow_s=settings.probe_slow_s,
-            api_key=settings.probe_api_key,
-            token=settings.probe_token,
-            canary_interval_s=settings.canary_interval_s,
-            canaries_per_round=settings.canaries_per_round,
-            worker_index=worker_index(settings.worker_index, count, env.get("HOSTNAME", "")),
-            worker_count=count,
-            detect_interval_s=settings.detect_interval_s,
-            detect_window_s=settings.detect_window_s,
-            detect_baseline_s=settings.detect_baseline_s,
-            routed=routed_targets(settings),
-        ).validate()
-
-    def validate(self) -> ProbeSettings:
-        """Check ranges; returns self, or raises ConfigError naming the setting."""
+    def __post_init__(self) -> None:
         if self.worker_count < 1:
             raise ConfigError("worker_count must be at least 1")
-        if not 0 <= self.worker_index < self.worker_count:
+        if not -1 <= self.worker_index < self.worker_count:
             raise ConfigError(
                 f"probe worker index {self.worker_index} is not within 0..{self.worker_count - 1}"
                 ": FATHOM_WORKER_COUNT must equal the number of workers (the StatefulSet's "
@@ -83,14 +55,26 @@ class ProbeSettings:
             )
         positive = ("k", "batch", "concurrency", "requests_per_min", "tokens_per_min",
                     "lookback_s", "idle_s", "timeout_s", "slow_s", "canary_interval_s",
-                    "canary_lookback_s", "detect_interval_s", "detect_window_s",
-                    "detect_baseline_s")  # fmt: skip
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"probe setting {name}={getattr(self, name)!r} must be > 0")
+                    "canary_lookback_s", "detect_interval_s")  # fmt: skip
+        require_positive(self, positive, "probe setting {name}")
         if self.canaries_per_round < 0:
             raise ConfigError("canaries_per_round must be >= 0 (0: no canaries)")
-        return self
+
+    def resolved(self, hostname: str) -> ProbeSettings:
+        """These settings with the worker's index known: from HOSTNAME when not configured."""
+        index = worker_index(self.worker_index, self.worker_count, hostname)
+        return dataclasses.replace(self, worker_index=index)
+
+
+@dataclass(frozen=True, slots=True)
+class ScorerConfig:
+    """Which model the scorer loads, where it runs, and how big its batches are (probes.scorer)."""
+
+    model: str = ""  # a local sentence-transformers directory; "" = packaged all-MiniLM-L6-v2
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    batch_size: int = 0  # 0: CPU_BATCH on CPU, CUDA_BATCH on CUDA
+    max_wait_ms: float = 2.0  # how long a batch waits for concurrent callers to join
+    warmup_sentences: int = 0  # 0: 64 on CPU, 4096 on CUDA
 
 
 def worker_index(configured: int, count: int, hostname: str) -> int:
@@ -109,23 +93,18 @@ def worker_index(configured: int, count: int, hostname: str) -> int:
     return int(match.group(1))
 
 
-def routed_targets(settings: Settings) -> tuple[tuple[str, str], ...]:
+def routed_targets(routes: Sequence[Route]) -> tuple[tuple[str, str], ...]:
     """The (model, deployment) pairs of the configured routes ('*' routes name no model)."""
     pairs = {
         (route.model, upstream.deployment)
-        for route in settings.routes
+        for route in routes
         if route.model != "*"
         for upstream in route.upstreams
     }
     return tuple(sorted(pairs))
 
 
-def scorer_config(settings: Settings) -> ScorerConfig:
-    """The scorer the settings ask for."""
-    return ScorerConfig(model=settings.scorer_model, device=settings.scorer_device)
-
-
-def settings_canaries(settings: Settings) -> list[Canary]:
+def settings_canaries(settings: ProbeSettings) -> list[Canary]:
     """The golden sets the settings name (the default one unless switched off)."""
     files = [Path(name) for name in settings.canary_files]
     return load_canaries(files, include_default=settings.canary_default)

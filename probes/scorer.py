@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from probes.probe_settings import ScorerConfig as ScorerConfig  # beside the worker's settings
+
 Vectors = npt.NDArray[np.float32]
 
 QUALITY_COLUMNS: tuple[str, ...] = (
@@ -74,17 +76,6 @@ class ProbeResult:
 
 class ScorerError(RuntimeError):
     """The embedding model cannot be loaded as configured; the message says what to change."""
-
-
-@dataclass(frozen=True, slots=True)
-class ScorerConfig:
-    """Which model, where it runs, and how big its batches are."""
-
-    model: str = ""  # a local sentence-transformers directory; "" = packaged all-MiniLM-L6-v2
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    batch_size: int = 0  # 0: CPU_BATCH on CPU, CUDA_BATCH on CUDA
-    max_wait_ms: float = 2.0  # how long a batch waits for concurrent callers to join
-    warmup_sentences: int = 0  # 0: 64 on CPU, 4096 on CUDA
 
 
 @dataclass(frozen=True, slots=True)

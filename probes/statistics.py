@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from probes.detect_settings import WindowMethod
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.intp]
 StrArray = npt.NDArray[np.str_]
-WindowMethod = Literal["welch", "mannwhitney"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,14 @@ class LabelCap:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """What the metrics are labelled with, and how many distinct model labels they keep."""
+
+    provider: str = "openai"  # gen_ai.provider.name
+    model_label_cap: int = 64  # models past this many share the label 'other'
+
+
+@dataclass(frozen=True, slots=True)
 class Gauge:
     """A value read at scrape time (queue depths, dropped rows, …)."""
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from sidecar.config import Settings
+from sidecar.proxy_settings import ProxySettings
 from sidecar.record import Record
 from sidecar.routing import Upstream
 from sidecar.sampler import StreamAnswer, storable
@@ -88,7 +88,7 @@ class Proxy:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ProxySettings,
         session: aiohttp.ClientSession,
         pick: Callable[[str, str], Upstream],
         on_record: OnRecord,
@@ -97,8 +97,10 @@ class Proxy:
         should_sample: ShouldSample | None = None,
         on_answer: OnAnswer | None = None,
         refusing: Callable[[], bool] = lambda: False,
+        answer_chars: int = 0,  # characters of a sampled answer kept for on_answer
     ) -> None:
         self._settings = settings
+        self._answer_chars = answer_chars
         self._refusing = refusing
         self._session = session
         self._pick = pick
@@ -112,8 +114,7 @@ class Proxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Relay one request; always leaves exactly one Record behind."""
         t0 = self._clock()
-        # Twice the sampler's cap: it still sees that a longer answer was cut, and marks it.
-        answer = StreamAnswer(2 * self._settings.sample_max_chars)
+        answer = StreamAnswer(self._answer_chars)
         ex = Exchange(record=self._new_record(request), t0=t0, answer=answer)
         try:
             return await self._relay(request, ex)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from yarl import URL
+
+from sidecar.config import PARSE, ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +28,28 @@ class Route:
 
     model: str
     upstreams: tuple[Upstream, ...]
+
+
+def _routes_setting(raw: Any) -> tuple[Route, ...]:
+    """The `routes` setting from YAML (a list) or env (JSON)."""
+    return parse_routes(json.loads(raw) if isinstance(raw, str) else raw)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSettings:
+    """Where requests go: the default upstream and its label, and per-model splits."""
+
+    upstream: str = ""  # OpenAI-compatible base URL; also where `fathom probe` sends probes
+    deployment: str = "default"  # the label of the default upstream's records
+    # Per-model traffic split: [{model, upstreams: [{url, deployment, weight}]}] (YAML or JSON).
+    routes: tuple[Route, ...] = field(default=(), metadata={PARSE: _routes_setting})
+
+    def __post_init__(self) -> None:
+        if self.upstream:
+            try:
+                parse_upstream_url(self.upstream)
+            except ValueError as exc:
+                raise ConfigError(f"upstream: {exc}") from exc
 
 
 class Router:

@@ -18,14 +18,12 @@ import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from sidecar.config import ConfigError
 from sidecar.record import Record
 from sidecar.sse import Chunk, classify
 from sidecar.wire import NO_SAMPLE_HEADER, REDACTION_MARK, TRUNCATION_MARK
-
-if TYPE_CHECKING:
-    from sidecar.config import Settings
 
 SAMPLE_COLUMNS: tuple[str, ...] = (
     "ts", "request_id", "model", "deployment", "route", "origin", "stream", "finish_reason",
@@ -244,8 +242,8 @@ class StreamAnswer:
 
 
 @dataclass(frozen=True, slots=True)
-class Sampler:
-    """Sample rates (global and per model, exact names or globs) and the row builder."""
+class SamplerSettings:
+    """Sample rates (global and per model, exact names or globs) and the stored text's cap."""
 
     rate: float = 0.05
     rates: Mapping[str, float] = field(default_factory=dict)
@@ -254,21 +252,26 @@ class Sampler:
     def __post_init__(self) -> None:
         for name, value in {"rate": self.rate, **self.rates}.items():
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"sample rate for {name!r} is {value}: must be within [0, 1]")
+                raise ConfigError(
+                    f"sample rates must be within [0, 1]: the rate for {name!r} is {value}"
+                )
         if self.max_chars < 64:
-            raise ValueError("sample_max_chars must be at least 64")
+            raise ConfigError("sample_max_chars must be at least 64")
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Sampler:
-        """The sampler `fathom serve` is configured for."""
-        return cls(settings.sample_rate, dict(settings.sample_rates), settings.sample_max_chars)
+
+class Sampler:
+    """Decides which answers are sampled, and builds their redacted, capped rows."""
+
+    def __init__(self, settings: SamplerSettings | None = None) -> None:
+        self.settings = settings or SamplerSettings()
 
     def rate_for(self, model: str) -> float:
         """The model's own rate (exact name, else the longest matching glob), else the global."""
-        if model in self.rates:
-            return self.rates[model]
-        globs = [p for p in self.rates if p != model and fnmatch.fnmatchcase(model, p)]
-        return self.rates[max(globs, key=len)] if globs else self.rate
+        rates = self.settings.rates
+        if model in rates:
+            return rates[model]
+        globs = [p for p in rates if p != model and fnmatch.fnmatchcase(model, p)]
+        return rates[max(globs, key=len)] if globs else self.settings.rate
 
     def should_sample(self, record: Record, headers: Mapping[str, str]) -> bool:
         """Sample user traffic at the model's rate, unless the client opted out."""
@@ -290,6 +293,6 @@ class Sampler:
             "origin": record.origin,
             "stream": int(record.stream),
             "finish_reason": record.finish_reason,
-            "request_json": request_json(request_body, self.max_chars),
-            "response_text": response_text(answer, self.max_chars),
+            "request_json": request_json(request_body, self.settings.max_chars),
+            "response_text": response_text(answer, self.settings.max_chars),
         }

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import config
+from fathom import settings as config
 from sidecar.config import ConfigError
 
 
@@ -22,11 +22,11 @@ def test_precedence(tmp_path: Path) -> None:
     path.write_text("upstream: http://yaml:1\ndeployment: from-yaml\nidle_timeout_s: 7\n")
     env = {"FATHOM_DEPLOYMENT": "from-env", "FATHOM_IDLE_TIMEOUT_S": "9"}
     settings = config.load(flags("--config", str(path), "--deployment", "from-flag"), env)
-    assert settings.upstream == "http://yaml:1"
-    assert settings.deployment == "from-flag"
-    assert settings.idle_timeout_s == 9.0
-    assert config.load(flags("--config", str(path)), {}).deployment == "from-yaml"
-    assert config.load(flags(), {}).deployment == "default"
+    assert settings.routing.upstream == "http://yaml:1"
+    assert settings.routing.deployment == "from-flag"
+    assert settings.proxy.idle_timeout_s == 9.0
+    assert config.load(flags("--config", str(path)), {}).routing.deployment == "from-yaml"
+    assert config.load(flags(), {}).routing.deployment == "default"
 
 
 def test_env_types() -> None:
@@ -36,9 +36,9 @@ def test_env_types() -> None:
         "FATHOM_SAMPLE_RATES": '{"llama": 0.5}',
     }
     settings = config.load(flags(), env)
-    assert settings.inject_usage is False
-    assert settings.pool_limit == 2048
-    assert settings.sample_rates == {"llama": 0.5}
+    assert settings.proxy.inject_usage is False
+    assert settings.proxy.pool_limit == 2048
+    assert settings.sampler.rates == {"llama": 0.5}
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ Fathom config.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import json
 import os
@@ -24,7 +23,9 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from sidecar import config
+from fathom import settings as config
+from fathom.settings import Settings, override
+from sidecar.config import parse_hostport
 from tests.support.deploy import (
     DEPLOY,
     KUBERNETES,
@@ -73,7 +74,7 @@ def renders(kubectl: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     return {layout: render(kubectl, overlay_dir(layout, scratch)) for layout in LAYOUTS}
 
 
-def settings_of(docs: list[Doc], tmp_path: Path) -> config.Settings:
+def settings_of(docs: list[Doc], tmp_path: Path) -> Settings:
     """What the real settings loader makes of the rendered ConfigMap and the sidecar's env."""
     workloads = [d for d in docs if d["kind"] in ("StatefulSet", "Deployment")]
     pod = next(
@@ -238,11 +239,11 @@ def test_settings_ports_and_grace_period_agree(
     settings = settings_of(docs, tmp_path)
     pod = model_pod(docs)
     fathom = sidecar(pod)
-    assert settings.listen_addr == ("0.0.0.0", port(fathom, "proxy"))
+    assert settings.proxy.listen_addr == ("0.0.0.0", port(fathom, "proxy"))
     # The kubelet probes the pod IP: an admin server on loopback would fail every probe.
     assert settings.admin_addr == ("0.0.0.0", port(fathom, "admin"))
-    assert settings.upstream == f"http://127.0.0.1:{port(containers(pod)['vllm'], 'vllm')}"
-    assert settings.spool_dir.startswith(STATE_MOUNT + "/")
+    assert settings.routing.upstream == f"http://127.0.0.1:{port(containers(pod)['vllm'], 'vllm')}"
+    assert settings.writer.spool_dir.startswith(STATE_MOUNT + "/")
 
     # vLLM's preStop waits on Fathom's drain, on the port Fathom's admin server really uses.
     hook = containers(pod)["vllm"]["lifecycle"]["preStop"]["httpGet"]
@@ -318,7 +319,7 @@ def test_probe_workers_run_on_cpu_with_probes_metrics_and_thread_caps(
     assert probe["image"].startswith("fathom:")
     # torch's pools sized to the CPU limit, not to the node.
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == limits["cpu"]
-    admin = config.parse_hostport(env["FATHOM_PROBE_ADMIN"], "probe_admin")
+    admin = parse_hostport(env["FATHOM_PROBE_ADMIN"], "probe_admin")
     assert admin == ("0.0.0.0", port(probe, "admin"))
     for kind in ("startupProbe", "livenessProbe"):
         assert probe[kind]["httpGet"] == {"path": "/healthz", "port": "admin"}
@@ -396,7 +397,8 @@ def test_spool_and_model_cache_outlive_the_pod(
     assert claims >= {"state", "hf-cache"}
     assert not {v["name"] for v in pod["volumes"]} & claims, "an emptyDir shadows a claim"
     settings = settings_of(docs, tmp_path)
-    assert settings.spool_dir.startswith(STATE_MOUNT + "/") and not settings.spool_ephemeral
+    assert settings.writer.spool_dir.startswith(STATE_MOUNT + "/")
+    assert not settings.writer.spool_ephemeral
     vllm_mounts = {m["name"] for m in containers(pod)["vllm"]["volumeMounts"]}
     assert "hf-cache" in vllm_mounts
     # The default retention (Retain) keeps a scaled-down pod's spool for when it comes back.
@@ -627,9 +629,9 @@ def test_add_sidecar_component_adds_the_same_sidecar_to_the_named_deployment_onl
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes["state"]
     settings = settings_of(docs, tmp_path)
-    assert settings.spool_ephemeral is True  # counted as dropped, not silently lost
+    assert settings.writer.spool_ephemeral is True  # counted as dropped, not silently lost
     base_settings = settings_of(base, tmp_path)
-    assert dataclasses.replace(settings, spool_ephemeral=False) == base_settings
+    assert override(settings, spool_ephemeral=False) == base_settings
     # The drain, vLLM's exit, the flush, and one more replay of the ephemeral spool.
     needed = settings.drain_settle_s + 3 * settings.grace_s + VLLM_EXIT_S
     assert pod["terminationGracePeriodSeconds"] >= needed

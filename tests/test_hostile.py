@@ -26,8 +26,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from sidecar import config
-from sidecar.config import ConfigError, Settings
+from fathom import settings as config
+from fathom.settings import Settings
+from sidecar.config import ConfigError
 from sidecar.record import Record
 from sidecar.wire import ORIGIN_HEADER, PROBE_TOKEN_HEADER, REQUEST_ID_HEADER
 from tests.support.proxied import Proxied, proxied
@@ -113,10 +114,10 @@ async def mirror_upstream() -> AsyncIterator[tuple[Mirror, str]]:
 
 
 def test_client_timeouts_default_and_are_configurable() -> None:
-    assert (Settings().body_timeout_s, Settings().header_timeout_s) == (30.0, 60.0)
+    assert (Settings().proxy.body_timeout_s, Settings().proxy.header_timeout_s) == (30.0, 60.0)
     env = {"FATHOM_BODY_TIMEOUT_S": "5", "FATHOM_HEADER_TIMEOUT_S": "7.5"}
     loaded = config.load(None, env)
-    assert (loaded.body_timeout_s, loaded.header_timeout_s) == (5.0, 7.5)
+    assert (loaded.proxy.body_timeout_s, loaded.proxy.header_timeout_s) == (5.0, 7.5)
     with pytest.raises(ConfigError, match="body_timeout_s must be > 0"):
         config.load(None, {"FATHOM_BODY_TIMEOUT_S": "0"})
 

@@ -754,13 +754,13 @@ async def test_the_in_process_worker_says_why_it_did_not_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """`fathom serve --probes`: the proxy keeps serving; the log says what to fix."""
-    from probes.worker import run_in_process
-    from sidecar.config import Settings
+    from fathom.probing import run_in_process
+    from fathom.settings import build
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(GOOD + "\n" + '{"id": "x", "prompt": "p", "kind": "choice", '
                    '"options": ["a", "b"], "answer": "Z"}\n')  # fmt: skip
-    settings = Settings(upstream="http://127.0.0.1:9", canary_files=(str(bad),))
+    settings = build(upstream="http://127.0.0.1:9", canary_files=(str(bad),))
     with caplog.at_level(logging.ERROR, logger="fathom.probe"):
         await run_in_process(None, settings, "http://127.0.0.1:9", asyncio.Event())  # type: ignore[arg-type]
     assert [r.getMessage() for r in caplog.records] == [

@@ -23,9 +23,9 @@ import pytest
 from yarl import URL
 
 from fathom import llamacpp
-from fathom.commands.serve import Service, running
+from fathom.service import Service, running
+from fathom.settings import Settings, build
 from fathom.spawn import Child
-from sidecar.config import Settings, validate
 from sidecar.routing import Route, Upstream
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -59,29 +59,27 @@ def easy_canaries(dest: Path) -> int:
 def settings_for(workdir: Path, servers: dict[str, Child], canaries: Path, n: int) -> Settings:
     """Fathom in front of both servers: every answer sampled, one full canary round each."""
     upstreams = tuple(Upstream(URL(c.addresses["server"]), name) for name, c in servers.items())
-    return validate(
-        Settings(
-            upstream=str(upstreams[0].url),
-            listen="127.0.0.1:0",
-            admin="127.0.0.1:0",
-            store=f"chdb://{workdir / 'store'}",
-            spool_dir=str(workdir / "spool"),
-            sample_rate=1.0,
-            routes=(Route(llamacpp.MODEL_ALIAS, upstreams),),
-            probes=True,
-            probe_k=K,
-            probe_requests_per_min=100_000.0,
-            probe_tokens_per_min=10_000_000.0,
-            probe_concurrency=2,
-            probe_idle_s=1.0,
-            probe_timeout_s=600.0,
-            probe_slow_s=600.0,
-            canary_interval_s=3600.0,  # one round per deployment within the test
-            canaries_per_round=n,
-            canary_files=(str(canaries),),
-            canary_default=False,
-            detect_interval_s=3600.0,
-        )
+    return build(
+        upstream=str(upstreams[0].url),
+        listen="127.0.0.1:0",
+        admin="127.0.0.1:0",
+        store=f"chdb://{workdir / 'store'}",
+        spool_dir=str(workdir / "spool"),
+        sample_rate=1.0,
+        routes=(Route(llamacpp.MODEL_ALIAS, upstreams),),
+        probes=True,
+        probe_k=K,
+        probe_requests_per_min=100_000.0,
+        probe_tokens_per_min=10_000_000.0,
+        probe_concurrency=2,
+        probe_idle_s=1.0,
+        probe_timeout_s=600.0,
+        probe_slow_s=600.0,
+        canary_interval_s=3600.0,  # one round per deployment within the test
+        canaries_per_round=n,
+        canary_files=(str(canaries),),
+        canary_default=False,
+        detect_interval_s=3600.0,
     )
 
 

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from yarl import URL
 
-from sidecar import config
+from fathom import settings as config
 from sidecar.config import ConfigError
 from sidecar.routing import Router, Upstream, parse_routes
 

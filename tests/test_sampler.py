@@ -15,6 +15,7 @@ from sidecar.record import Record
 from sidecar.sampler import (
     SAMPLE_COLUMNS,
     Sampler,
+    SamplerSettings,
     StreamAnswer,
     cap_json,
     cap_text,
@@ -39,7 +40,10 @@ def record(request_id: str = "r1", model: str = "m", origin: str = "user") -> Re
 def test_decision_is_a_pure_function_of_the_request_id() -> None:
     assert sample_point("abc") == sample_point("abc")
     assert 0.0 <= sample_point("abc") < 1.0 and sample_point("abc") != sample_point("abd")
-    one, other = Sampler(rate=0.5), Sampler(rate=0.5)  # e.g. two proxy processes
+    one, other = (
+        Sampler(SamplerSettings(rate=0.5)),
+        Sampler(SamplerSettings(rate=0.5)),
+    )  # e.g. two proxy processes
     ids = [f"req-{i}" for i in range(200)]
     assert [one.should_sample(record(i), {}) for i in ids] == [
         other.should_sample(record(i), {}) for i in ids
@@ -48,7 +52,7 @@ def test_decision_is_a_pure_function_of_the_request_id() -> None:
 
 @pytest.mark.parametrize("rate", [0.01, 0.1, 0.5])
 def test_sampled_share_matches_the_rate(rate: float) -> None:
-    sampler = Sampler(rate=rate)
+    sampler = Sampler(SamplerSettings(rate=rate))
     n = 20_000
     hits = sum(sampler.should_sample(record(f"{i:08x}-req"), {}) for i in range(n))
     sd = (rate * (1 - rate) / n) ** 0.5
@@ -57,21 +61,23 @@ def test_sampled_share_matches_the_rate(rate: float) -> None:
 
 def test_rate_edges_and_per_model_rates() -> None:
     ids = [f"id{i}" for i in range(500)]
-    assert not any(Sampler(rate=0.0).should_sample(record(i), {}) for i in ids)
-    assert all(Sampler(rate=1.0).should_sample(record(i), {}) for i in ids)
-    sampler = Sampler(rate=0.0, rates={"llama-*": 0.5, "llama-3-70b": 1.0, "qwen*": 0.0})
+    assert not any(Sampler(SamplerSettings(rate=0.0)).should_sample(record(i), {}) for i in ids)
+    assert all(Sampler(SamplerSettings(rate=1.0)).should_sample(record(i), {}) for i in ids)
+    sampler = Sampler(
+        SamplerSettings(rate=0.0, rates={"llama-*": 0.5, "llama-3-70b": 1.0, "qwen*": 0.0})
+    )
     assert sampler.rate_for("llama-3-70b") == 1.0  # exact name beats the glob
     assert sampler.rate_for("llama-3-8b") == 0.5
     assert sampler.rate_for("gpt-4o") == 0.0 and sampler.rate_for("qwen2") == 0.0
     assert all(sampler.should_sample(record(i, model="llama-3-70b"), {}) for i in ids)
     with pytest.raises(ValueError, match="within"):
-        Sampler(rate=1.5)
+        Sampler(SamplerSettings(rate=1.5))
     with pytest.raises(ValueError, match="within"):
-        Sampler(rates={"m": -0.1})
+        Sampler(SamplerSettings(rates={"m": -0.1}))
 
 
 def test_opt_out_header_and_probe_traffic_are_never_sampled() -> None:
-    sampler = Sampler(rate=1.0)
+    sampler = Sampler(SamplerSettings(rate=1.0))
     assert not sampler.should_sample(record(), {NO_SAMPLE_HEADER: "1"})
     assert not sampler.should_sample(record(), {NO_SAMPLE_HEADER: "yes"})
     assert sampler.should_sample(record(), {NO_SAMPLE_HEADER: "false"})
@@ -243,7 +249,7 @@ def test_stream_answer_accumulates_content_deltas_up_to_a_cap() -> None:
 
 
 def test_row_has_the_samples_columns() -> None:
-    sampler = Sampler(rate=1.0, max_chars=200)
+    sampler = Sampler(SamplerSettings(rate=1.0, max_chars=200))
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
     row = sampler.row(record(), body, "Call me on +1 415 555 2671. " + "z" * 400)
     assert tuple(row) == SAMPLE_COLUMNS
@@ -256,7 +262,7 @@ def test_row_has_the_samples_columns() -> None:
 def test_lone_surrogates_from_a_client_still_give_a_storable_row() -> None:
     # JSON allows "\ud800"; Python decodes it to a lone surrogate, which UTF-8 cannot encode.
     body = b'{"model": "m", "messages": [{"role": "user", "content": "hi \\ud800 there"}]}'
-    row = Sampler(rate=1.0, max_chars=200).row(record(), body, "answer \udc00 end")
+    row = Sampler(SamplerSettings(rate=1.0, max_chars=200)).row(record(), body, "answer \udc00 end")
     for column in ("request_json", "response_text"):
         row[column].encode("utf-8")  # raises UnicodeEncodeError if a surrogate is left
     assert json.loads(row["request_json"])["messages"][0]["content"] == "hi ? there"

@@ -21,8 +21,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from fathom import settings as config
 from fathom import spawn
-from sidecar import config
 from tests.support import processes
 from tests.support.scrape import counters_reach
 from tests.support.store import opened
@@ -218,4 +218,4 @@ def test_no_credential_in_the_spool(evidence: Evidence, keys: Secrets) -> None:
 def test_admin_and_proxy_bind_loopback_by_default() -> None:
     settings = config.load(None, {})
     assert settings.admin_addr == ("127.0.0.1", 9464)
-    assert settings.listen_addr == ("127.0.0.1", 8080)
+    assert settings.proxy.listen_addr == ("127.0.0.1", 8080)

@@ -44,7 +44,7 @@ def settings(**overrides: Any) -> ProbeSettings:
         k=3, requests_per_min=100_000, tokens_per_min=1e9, idle_s=0.05, timeout_s=30,
         canaries_per_round=0,
     )  # fmt: skip
-    return replace(base, **overrides).validate()
+    return replace(base, **overrides).resolved(hostname="")
 
 
 async def quality(store: Store, where: str = "1") -> list[tuple[Any, ...]]:
@@ -140,7 +140,7 @@ async def test_consistent_model_scores_higher_than_inconsistent_one(
     await seed_samples(store, sim, "flaky", 8)
     async with client_session(settings()) as session:
         worker = Worker(store, session, sim, scorer, [], settings(k=5))
-        assert not await worker.score_batch(asyncio.Event())
+        assert not await worker.samples.score_batch(asyncio.Event())
     means = dict(
         await store.query(
             "SELECT model, avg(score) FROM fathom.quality WHERE probe = 'consistency' "
@@ -172,8 +172,8 @@ async def test_accurate_model_passes_more_canaries(sim: str, scorer: Scorer, sto
     probe = settings(canaries_per_round=len(canaries))
     async with client_session(probe) as session:
         worker = Worker(store, session, sim, scorer, canaries, probe)
-        assert await worker.canary_round("steady", "d1")
-        assert await worker.canary_round("wrong", "d1")
+        assert await worker.canaries.round("steady", "d1")
+        assert await worker.canaries.round("wrong", "d1")
     rows = await store.query(
         "SELECT model, count(), countIf(passed IS NOT NULL), avg(passed), "
         "uniqExact(item_id), any(request_id) FROM fathom.quality WHERE probe = 'factuality' "
@@ -208,11 +208,11 @@ async def test_budget_caps_the_reasks(sim: str, scorer: Scorer, store: Store) ->
     async with proxied(sim) as proxy, client_session(probe) as session:
         worker = Worker(store, session, proxy.url, scorer, [], probe, clock=clock)
         await seed_samples(store, sim, "steady", 6)
-        await worker.score_batch(asyncio.Event())
+        await worker.samples.score_batch(asyncio.Event())
         assert (worker.stats.consistency_scored, worker.stats.skipped_budget) == (2, 4)
         clock.now += 60  # a minute later the budget has refilled, once
         await seed_samples(store, sim, "steady", 3, prefix="later-")
-        await worker.score_batch(asyncio.Event())
+        await worker.samples.score_batch(asyncio.Event())
         assert (worker.stats.consistency_scored, worker.stats.skipped_budget) == (4, 5)
         probes = [r for r in proxy.records.values() if r.origin == "probe"]
         assert len(probes) == 20 == worker.stats.probe_requests
@@ -228,7 +228,7 @@ async def test_token_budget_is_checked_before_sending(
     async with client_session(probe) as session:
         worker = Worker(store, session, sim, scorer, [], probe, clock=FakeClock())
         await seed_samples(store, sim, "steady", 2)
-        await worker.score_batch(asyncio.Event())
+        await worker.samples.score_batch(asyncio.Event())
     assert worker.stats.skipped_budget == 2 and worker.stats.probe_requests == 0
     assert worker.stats.samples_scored == 2
 

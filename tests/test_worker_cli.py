@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from fathom import settings as config
 from fathom import spawn
 from fathom.commands.probe import without_blanks
-from probes.probe_settings import ProbeSettings, worker_index
-from sidecar import config
-from sidecar.config import ConfigError, Settings
+from fathom.settings import build
+from probes.probe_settings import worker_index
+from sidecar.config import ConfigError
 from tests.support.processes import probe_command, simulated_models
 from tests.support.records import seed_samples
 from tests.support.store import opened
@@ -168,10 +169,10 @@ def test_worker_index_from_settings_env_or_hostname() -> None:
     env = without_blanks({"FATHOM_WORKER_INDEX": " ", "FATHOM_WORKER_COUNT": "4", "HOME": ""})
     assert env == {"FATHOM_WORKER_COUNT": "4", "HOME": ""}
     settings = config.load(None, env)
-    probe = ProbeSettings.from_settings(settings, {"HOSTNAME": "fathom-probe-worker-3"})
+    probe = settings.probe_worker("fathom-probe-worker-3")
     assert (probe.worker_index, probe.worker_count) == (3, 4)
     with pytest.raises(ConfigError, match=r"index 4 is not within 0\.\.3"):
-        ProbeSettings.from_settings(settings, {"HOSTNAME": "fathom-probe-worker-4"})
+        settings.probe_worker("fathom-probe-worker-4")
 
 
 def test_probe_settings_from_env_and_yaml(tmp_path: Path) -> None:
@@ -179,12 +180,14 @@ def test_probe_settings_from_env_and_yaml(tmp_path: Path) -> None:
     path.write_text("canary_files: [a.jsonl, b.jsonl]\nprobe_k: 3\nscorer_device: cpu\n")
     env = {"FATHOM_CONFIG": str(path), "FATHOM_PROBE_TOKENS_PER_MIN": "500"}
     settings = config.load(None, env)
-    assert settings.canary_files == ("a.jsonl", "b.jsonl") and settings.probe_k == 3
-    assert settings.probe_tokens_per_min == 500.0 and settings.scorer_device == "cpu"
+    worker = settings.worker
+    assert worker.canary_files == ("a.jsonl", "b.jsonl") and worker.k == 3
+    assert worker.tokens_per_min == 500.0 and settings.scorer.device == "cpu"
     from_env = config.load(None, {"FATHOM_CANARY_FILES": " x.jsonl, ,y.jsonl "})
-    assert from_env.canary_files == ("x.jsonl", "y.jsonl")
-    assert "probe_api_key" not in repr(Settings(probe_api_key="sk-secret"))
+    assert from_env.worker.canary_files == ("x.jsonl", "y.jsonl")
+    shown = repr(build(probe_api_key="sk-secret", probe_token="tok-secret"))
+    assert "api_key" not in shown and "sk-secret" not in shown and "tok-secret" not in shown
     with pytest.raises(ConfigError, match="probe_k"):
         config.load(None, {"FATHOM_PROBE_K": "many"})
     with pytest.raises(ConfigError, match="k=0 must be > 0"):
-        ProbeSettings.from_settings(Settings(probe_k=0), {})
+        config.load(None, {"FATHOM_PROBE_K": "0"})

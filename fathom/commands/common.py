@@ -38,13 +38,14 @@ def parse_time(text: str) -> datetime:
 
 def store_setting(flag: str | None) -> str:
     """The store a command's --store names, else the settings' (FATHOM_STORE, the YAML file)."""
-    from sidecar import config
+    from fathom import settings
+    from sidecar.config import ConfigError
 
     if flag:
         return flag
     try:
-        return config.load(None).store
-    except config.ConfigError as exc:
+        return settings.load(None).store
+    except ConfigError as exc:
         raise CommandError(str(exc)) from exc
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import shutil
 import sys
 import time
@@ -28,8 +27,8 @@ import yaml
 from yarl import URL
 
 from fathom import llamacpp, spawn
-from fathom.commands.serve import Service, running
-from sidecar.config import Settings, validate
+from fathom.service import Service, running
+from fathom.settings import Settings, build
 from sidecar.routing import Route, Upstream
 
 MODEL = "llama-3-8b"
@@ -155,7 +154,7 @@ def _simulator(workdir: Path, name: str, knobs: dict[str, float]) -> spawn.Child
 
 def _settings(workdir: Path, setup: Setup) -> Settings:
     upstreams = tuple(Upstream(URL(url), name) for name, url in setup.urls.items())
-    base = Settings(
+    return build(
         upstream=str(upstreams[0].url),
         listen="127.0.0.1:0",
         admin="127.0.0.1:0",
@@ -167,8 +166,8 @@ def _settings(workdir: Path, setup: Setup) -> Settings:
         probe_tokens_per_min=2_000_000.0,
         probe_idle_s=1.0,
         detect_interval_s=15.0,
+        **setup.probes,
     )
-    return validate(dataclasses.replace(base, **setup.probes))
 
 
 async def _traffic(service: Service, model: str, seconds: float, concurrency: int) -> None:

@@ -12,9 +12,10 @@ import asyncio
 import sys
 from datetime import UTC, datetime
 
+from fathom import settings as fathom_settings
 from fathom.commands.common import CommandError, open_store_setting, parse_time
-from sidecar import config
-from sidecar.config import ConfigError, Settings
+from fathom.settings import Settings
+from sidecar.config import ConfigError
 from sidecar.store.client import Store, StoreError
 from sidecar.store.schema import require
 
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """0 when the round ran (regressions or not: alerts and `fathom check` judge), 2 when not."""
     try:
-        settings = config.load(None)
+        settings = fathom_settings.load(None)
         store = open_store_setting(args.store)
         return asyncio.run(_detect(store, settings, args.at or datetime.now(UTC)))
     except (ConfigError, CommandError, StoreError) as exc:
@@ -42,12 +43,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _detect(store: Store, settings: Settings, at: datetime) -> int:
-    from probes.detect import run_detection, with_windows
+    from probes.detect import run_detection
 
-    windows = with_windows(settings.detect_window_s, settings.detect_baseline_s)
     try:
         await store.call(require)
-        outcomes = await run_detection(store, at, windows)
+        outcomes = await run_detection(store, at, settings.detection)
     finally:
         store.close()
     found = [o for o in outcomes if o.regression]

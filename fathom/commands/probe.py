@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import signal
@@ -26,13 +25,16 @@ from collections.abc import Mapping
 import uvloop
 from aiohttp import web
 
+from fathom import settings as fathom_settings
+from fathom.lifecycle import background, serving
+from fathom.probing import probe_gauges
+from fathom.settings import Settings
 from probes.factuality import Canary, GoldenError
-from probes.probe_settings import ProbeSettings, scorer_config, settings_canaries
-from probes.scorer import ScorerError, load_scorer
-from probes.worker import Worker, WorkerStats, client_session
-from sidecar import config
-from sidecar.config import ConfigError, Settings
-from sidecar.metrics import Gauge, Metrics
+from probes.probe_settings import ProbeSettings, settings_canaries
+from probes.scorer import ScorerError
+from probes.worker import WorkerStats, probe_worker
+from sidecar.config import ConfigError, parse_hostport
+from sidecar.metrics import Metrics
 from sidecar.store.client import Store, StoreError, open_store, parse_store_url
 from sidecar.store.schema import require
 
@@ -63,14 +65,14 @@ def prepare(
     args: argparse.Namespace, env: Mapping[str, str]
 ) -> tuple[Settings, ProbeSettings, list[Canary]]:
     """Settings, worker settings and canaries, or ConfigError/GoldenError/StoreError."""
-    settings = config.load(args, env)
-    if not settings.upstream:
+    settings = fathom_settings.load(args, env)
+    if not settings.routing.upstream:
         raise ConfigError("no upstream: pass --upstream URL (the proxy) or set FATHOM_UPSTREAM")
     if settings.store == "none":
         raise ConfigError("the probe worker needs a store: pass --store URL or set FATHOM_STORE")
     parse_store_url(settings.store)
-    probe = ProbeSettings.from_settings(settings, env)
-    return settings, probe, settings_canaries(settings)
+    probe = settings.probe_worker(env.get("HOSTNAME", ""))
+    return settings, probe, settings_canaries(probe)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,23 +87,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(settings: Settings, probe: ProbeSettings, canaries: list[Canary]) -> int:
+    """The metrics, the worker and its admin server; stopped in reverse on SIGTERM/SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     stats = WorkerStats()
-    metrics = Metrics(settings.provider, settings.model_label_cap)
-    metrics.observe(probe_gauges(stats))
-    working: asyncio.Task[int] = asyncio.create_task(
-        _work(settings, probe, canaries, stats, stop), name="fathom-probe"
-    )
-    admin = await _serve_admin(settings.probe_admin, metrics, working)
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        metrics = Metrics(settings.metrics.provider, settings.metrics.model_label_cap)
+        stack.callback(metrics.shutdown)
+        metrics.observe(probe_gauges(stats))
+        work = _work(settings, probe, canaries, stats, stop)
+        working = await stack.enter_async_context(background(work, stop, None, "fathom-probe"))
+        if settings.probe_admin:
+            address = parse_hostport(settings.probe_admin, "probe_admin")
+            runner = await stack.enter_async_context(
+                serving(_admin_app(metrics, working), address, access_log=None)
+            )
+            bound = runner.addresses[0]
+            print(f"admin listening on http://{bound[0]}:{bound[1]}", flush=True)
         return await working
-    finally:
-        if admin is not None:
-            await admin.cleanup()
-        metrics.shutdown()
 
 
 async def _work(
@@ -111,78 +116,36 @@ async def _work(
     stats: WorkerStats,
     stop: asyncio.Event,
 ) -> int:
-    store = open_store(settings.store)
-    try:
+    """Wait for the schema, then run the worker until `stop`; 2 when the scorer cannot load."""
+    async with contextlib.AsyncExitStack() as stack:
+        store = open_store(settings.store)
+        stack.callback(store.close)
         if not await wait_for_schema(store, stop):
             return 0
+        opened = probe_worker(
+            store, settings.routing.upstream, probe, settings.scorer, canaries,
+            detection=settings.detection, stats=stats,
+        )  # fmt: skip
         try:
-            scorer = await asyncio.to_thread(load_scorer, scorer_config(settings))
+            worker = await stack.enter_async_context(opened)
         except (ScorerError, OSError, ImportError) as exc:
             print(f"fathom probe: cannot load the scorer: {exc}", file=sys.stderr)
             return 2
-        try:
-            async with client_session(probe) as session:
-                worker = Worker(
-                    store, session, settings.upstream, scorer, canaries, probe, stats=stats
-                )
-                await worker.run(stop)
-        finally:
-            await asyncio.to_thread(scorer.close)
-    finally:
-        store.close()
+        await worker.run(stop)
     return 0
-
-
-def probe_gauges(stats: WorkerStats) -> list[Gauge]:
-    """The worker's counters as metrics (`fathom probe`, and `fathom serve --probes`)."""
-    counters = {
-        "rounds": "worker rounds (a stalled worker stops counting)",
-        "samples_scored": "samples scored",
-        "skipped_budget": "samples over the probe budget",
-        "probe_requests": "re-asks sent",
-        "canaries_sent": "canary requests",
-        "detections": "regression detection rounds",
-        "regressions": "regressions found",
-        "errors": "probe rounds that failed",
-    }
-    gauges = [
-        Gauge(f"fathom.probes.{name}", text, functools.partial(_read, stats, name), True)
-        for name, text in counters.items()
-    ]
-    redacted = "samples not re-asked: redaction changed their stored prompt"
-    return [
-        *gauges,
-        Gauge(
-            "fathom.probes.not_reasked_redacted", redacted, lambda: stats.skipped["redacted"], True
-        ),
-    ]
-
-
-def _read(stats: WorkerStats, name: str) -> float:
-    return float(getattr(stats, name))
 
 
 WORKING = web.AppKey("working", asyncio.Task)
 METRICS = web.AppKey("metrics", Metrics)
 
 
-async def _serve_admin(
-    address: str, metrics: Metrics, working: asyncio.Task[int]
-) -> web.AppRunner | None:
-    """/healthz and /metrics at `address` (HOST:PORT); none when it is ''."""
-    if not address:
-        return None
+def _admin_app(metrics: Metrics, working: asyncio.Task[int]) -> web.Application:
+    """/healthz (200 while the worker runs) and /metrics."""
     app = web.Application()
     app[WORKING], app[METRICS] = working, metrics
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    host, port = config.parse_hostport(address, "probe_admin")
-    await web.TCPSite(runner, host, port).start()
-    bound = runner.addresses[0]
-    print(f"admin listening on http://{bound[0]}:{bound[1]}", flush=True)
-    return runner
+    return app
 
 
 async def _healthz(request: web.Request) -> web.Response:

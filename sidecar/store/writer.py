@@ -25,6 +25,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from sidecar.config import ConfigError
 from sidecar.store.client import RowsRejected, StoreError
 from sidecar.store.spool import Batch, Spool
 
@@ -44,7 +45,7 @@ class Inserter(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class WriterSettings:
-    """Bounds and timings; `fathom serve` fills them from its `writer_*`/`spool_*` settings."""
+    """Bounds and timings (settings `writer_*` and `spool_*`); checked when built."""
 
     queue_rows: int = 100_000  # rows in memory, all tables together
     batch_rows: int = 10_000
@@ -58,6 +59,13 @@ class WriterSettings:
     retry_s: float = 1.0  # first retry after a failure; doubles per failure
     retry_max_s: float = 30.0
     log_every_s: float = 10.0  # at most one warning per drop reason per interval
+
+    def __post_init__(self) -> None:
+        if self.flush_s <= 0:
+            raise ConfigError("writer_flush_s must be > 0 seconds")
+        for name in ("queue_rows", "batch_rows", "insert_max_rows"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"writer_{name} must be positive")
 
 
 class Writer:

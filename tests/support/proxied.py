@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
-from fathom.commands.serve import Service, running
-from sidecar import config
-from sidecar.config import Settings
+from fathom.service import Service, running
+from fathom.settings import build
 from sidecar.record import Record
 
 
@@ -29,12 +27,8 @@ class Proxied:
 @contextlib.asynccontextmanager
 async def proxied(upstream: str, **overrides: Any) -> AsyncIterator[Proxied]:
     """Run a proxy in front of `upstream` with test settings; keep its records."""
-    settings = config.validate(
-        replace(
-            Settings(upstream=upstream, listen="127.0.0.1:0", admin="127.0.0.1:0", store="none"),
-            **overrides,
-        )
-    )
+    base = {"upstream": upstream, "listen": "127.0.0.1:0", "admin": "127.0.0.1:0", "store": "none"}
+    settings = build(**(base | overrides))
     async with running(settings) as service:
         out = Proxied(service)
         service.listeners.append(lambda record: out.records.__setitem__(record.request_id, record))

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import uvloop
 
+from fathom import settings as config
 from fathom.commands import serve as app
-from sidecar import config
+from fathom.service import Listener
 from sidecar.record import Record
 
 
@@ -46,7 +47,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-async def serve(settings: config.Settings, listen: app.Listener, awake: bool) -> None:
+async def serve(settings: config.Settings, listen: Listener, awake: bool) -> None:
     """`fathom serve` until signalled, with the loop kept busy if `awake`."""
     spinner = asyncio.create_task(_spin()) if awake else None
     await app.serve_until_signalled(settings, listen)
