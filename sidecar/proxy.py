@@ -10,7 +10,6 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -22,7 +21,7 @@ from sidecar.record import Record
 from sidecar.routing import Upstream
 from sidecar.sampler import StreamAnswer, storable
 from sidecar.sse import Chunk, PartTiming, SSEParser, StreamTiming, classify
-from sidecar.toolcalls import ToolCalls, message_tool_calls
+from sidecar.toolcalls import message_tool_calls
 from sidecar.wire import (
     DEPLOYMENT_HEADER,
     ORIGIN_HEADER,
@@ -287,7 +286,7 @@ class Proxy:
         if chunk.finish_reason:
             rec.finish_reason = chunk.finish_reason[:32]
         if chunk.usage:
-            _apply_usage(rec, chunk.usage)
+            rec.apply_usage(chunk.usage)
         if chunk.error:
             rec.error, rec.error_detail = "stream_error", chunk.error
         rec.chunks += 1 if chunk.content else 0
@@ -362,7 +361,7 @@ class Proxy:
         if itl is not None:
             rec.itl_mean_ms, rec.itl_p50_ms, rec.itl_p99_ms, rec.itl_max_ms = itl
         rec.decode_tps = timing.decode_tps(rec.output_tokens) if rec.stream else None
-        _fold_parts(rec, ex.parts, ex.t0)
+        rec.fold_parts(ex.parts, ex.t0)
         rec.sampled = ex.sample and not rec.error and self._on_answer is not None
         self._on_record(rec, timing.gaps)
         if rec.sampled and self._on_answer is not None:
@@ -418,35 +417,6 @@ def _identity(resp: aiohttp.ClientResponse) -> bool:
     return resp.headers.get("Content-Encoding", "identity").lower() == "identity"
 
 
-def _apply_usage(rec: Record, usage: dict[str, Any]) -> None:
-    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
-    if isinstance(prompt, int) and isinstance(completion, int):
-        rec.input_tokens, rec.output_tokens, rec.tokens_source = prompt, completion, "usage"
-    details = usage.get("completion_tokens_details", usage.get("output_tokens_details"))
-    reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
-    if isinstance(reasoning, int) and not isinstance(reasoning, bool) and reasoning >= 0:
-        rec.reasoning_tokens, rec.reasoning_source = reasoning, "usage"
-
-
-def _fold_parts(rec: Record, parts: PartTiming, t0: float) -> None:
-    """Reasoning and tool-call figures of a stream (DESIGN.md: time to first answer token)."""
-    if parts.reasoning_at is not None:
-        rec.ttfr_ms = (parts.reasoning_at - t0) * 1e3
-    if parts.answer_at is not None:
-        rec.ttfa_ms = (parts.answer_at - t0) * 1e3
-    if parts.tool_at is not None:
-        rec.ttft_tool_ms = (parts.tool_at - t0) * 1e3
-    if rec.reasoning_source == "none" and rec.stream:
-        rec.reasoning_tokens, rec.reasoning_source = parts.reasoning_events, "counted"
-    if parts.tools is not None:
-        _count_tools(rec, parts.tools)
-
-
-def _count_tools(rec: Record, tools: ToolCalls) -> None:
-    rec.tool_calls, rec.tool_calls_invalid = tools.count(), tools.invalid()
-
-
 def _read_answer(ex: Exchange, body: bytes) -> None:
     """Usage, model, finish reason and answer text of a non-streamed response."""
     try:
@@ -456,13 +426,13 @@ def _read_answer(ex: Exchange, body: bytes) -> None:
     if not isinstance(obj, dict):
         return
     if isinstance(obj.get("usage"), dict):
-        _apply_usage(ex.record, obj["usage"])
+        ex.record.apply_usage(obj["usage"])
     answer = parse_answer(obj)  # the sampler's reading of a response: one reading for both
     ex.record.finish_reason = answer.finish_reason[:32]
     choices = obj.get("choices")
     first = choices[0] if isinstance(choices, list) and choices else None
     if isinstance(first, dict) and isinstance(first.get("message"), dict):
-        _count_tools(ex.record, message_tool_calls(first["message"]))
+        ex.record.count_tools(message_tool_calls(first["message"]))
     if ex.sample:
         ex.answer.add(Chunk(text=answer.text))
 

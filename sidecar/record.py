@@ -5,7 +5,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sidecar.sse import PartTiming
+    from sidecar.toolcalls import ToolCalls
 
 ROUTES = ("chat", "completion", "embedding", "other")
 ORIGINS = ("user", "probe", "canary")
@@ -54,6 +58,34 @@ class Record:
     tool_calls: int = 0
     tool_calls_invalid: int = 0  # calls whose arguments do not parse as a JSON object
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def apply_usage(self, usage: dict[str, Any]) -> None:
+        """Token counts from an OpenAI `usage` object (chat, completions or responses names)."""
+        prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+        completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
+        if isinstance(prompt, int) and isinstance(completion, int):
+            self.input_tokens, self.output_tokens, self.tokens_source = prompt, completion, "usage"
+        details = usage.get("completion_tokens_details", usage.get("output_tokens_details"))
+        reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+        if isinstance(reasoning, int) and not isinstance(reasoning, bool) and reasoning >= 0:
+            self.reasoning_tokens, self.reasoning_source = reasoning, "usage"
+
+    def fold_parts(self, parts: PartTiming, t0: float) -> None:
+        """Reasoning and tool-call figures of a stream (DESIGN.md: time to first answer token)."""
+        if parts.reasoning_at is not None:
+            self.ttfr_ms = (parts.reasoning_at - t0) * 1e3
+        if parts.answer_at is not None:
+            self.ttfa_ms = (parts.answer_at - t0) * 1e3
+        if parts.tool_at is not None:
+            self.ttft_tool_ms = (parts.tool_at - t0) * 1e3
+        if self.reasoning_source == "none" and self.stream:
+            self.reasoning_tokens, self.reasoning_source = parts.reasoning_events, "counted"
+        if parts.tools is not None:
+            self.count_tools(parts.tools)
+
+    def count_tools(self, tools: ToolCalls) -> None:
+        """How many tool calls the answer made, and how many have arguments that do not parse."""
+        self.tool_calls, self.tool_calls_invalid = tools.count(), tools.invalid()
 
     def to_row(self) -> dict[str, Any]:
         """The `fathom.requests` row (column name -> value); `extra` is not stored."""
