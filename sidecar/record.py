@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sidecar.wire import LABELLED_ORIGINS
+
 ROUTES = ("chat", "completion", "embedding", "other")
-ORIGINS = ("user", "probe", "canary")
+ORIGINS = ("user", *LABELLED_ORIGINS)
 TOKENS_SOURCES = ("usage", "counted", "none")
 
 
