@@ -33,7 +33,7 @@ from probes.audit_client import Caller
 from probes.audit_logprobs import PromptScores, Scored, mean_abs_difference
 from probes.audit_report import PROBES, AuditPrompt, AuditReport, AuditSettings, Comparison
 from probes.audit_report import not_run as not_run
-from probes.audit_stats import mcnemar, mmd_test, sign_flip_test
+from probes.audit_stats import McNemar, MmdResult, SignFlip, mcnemar, mmd_test, sign_flip_test
 from probes.consistency import Reply
 from probes.factuality import canary_request, score_canary
 from probes.golden import Canary
@@ -100,6 +100,29 @@ async def each(
     return list(await asyncio.gather(*(counted(item) for item in items)))
 
 
+# ---------------------------------------------------------------------------- verdicts
+
+
+def canary_verdict(test: McNemar, alpha: float) -> str:
+    """'diverges' when the candidate loses significantly more canaries than it gains."""
+    return "diverges" if test.p_value < alpha else "same"
+
+
+def mmd_verdict(test: MmdResult, floor: MmdResult, alpha: float) -> str:
+    """'diverges' when the candidate is significantly further from the reference than the
+    reference from itself; 'inconclusive' when the reference also differs from itself."""
+    measured = floor.prompts > 0  # else too few answers to split: no floor beyond 0
+    above = test.p_value < alpha and test.mmd2 > max(floor.mmd2 if measured else 0.0, 0.0)
+    if not above:
+        return "same"
+    return "inconclusive" if measured and floor.p_value < alpha else "diverges"
+
+
+def logprob_verdict(test: SignFlip, floor: float, alpha: float) -> str:
+    """'diverges' when the gap is significantly above 0 and above the scoring noise floor."""
+    return "diverges" if test.p_value < alpha and test.mean > floor else "same"
+
+
 # ---------------------------------------------------------------------------- canaries
 
 
@@ -137,7 +160,7 @@ async def compare_canaries(sides: Sides, canaries: Sequence[Canary], scorer: Sco
               "reference_passed": int(passed[:, 0].sum()),
               "candidate_passed": int(passed[:, 1].sum()),
               "unanswered": len(canaries) - len(paired)}  # fmt: skip
-    verdict = "diverges" if test.p_value < s.alpha else "same"
+    verdict = canary_verdict(test, s.alpha)
     return Comparison(PROBES["canary"], verdict, float(test.lost - test.gained), test.p_value,
                       test.n, summary, "mcnemar-exact/v1", detail)  # fmt: skip
 
@@ -186,16 +209,13 @@ async def compare_mmd(sides: Sides, prompts: Sequence[AuditPrompt], scorer: Scor
     base = mmd_test(floor, s.permutations, sides.permutation_rng(2))
     if test.prompts == 0:
         return not_run("mmd", "no prompt got two answers from each side")
-    measured = base.prompts > 0  # else too few answers to split: no floor beyond 0
-    above = test.p_value < s.alpha and test.mmd2 > max(base.mmd2 if measured else 0.0, 0.0)
-    unstable = measured and base.p_value < s.alpha
-    verdict = ("inconclusive" if unstable else "diverges") if above else "same"
+    verdict = mmd_verdict(test, base, s.alpha)
     summary = (
         f"MMD² {test.mmd2:.4f} against the reference's own floor {base.mmd2:.4f} "
         f"(floor p={base.p_value:.3g}); permutation p={test.p_value:.3g}, "
         f"{test.prompts} prompts x {s.k} answers"
     )
-    if unstable:
+    if verdict == "inconclusive":
         summary += "; the reference differs from itself, so the floor is no floor"
     detail = {"floor_mmd2": base.mmd2, "floor_p_value": base.p_value, "k": s.k,
               "bandwidth": test.bandwidth, "temperature": s.temperature,
@@ -265,7 +285,7 @@ async def compare_logprobs(sides: Sides, prompts: Sequence[AuditPrompt]) -> Comp
     floor = max(s.min_gap, 2.0 * noise)
     agree, positions = map(sum, zip(*(p.top1_agreement() for p in scored), strict=True))
     agreement = agree / positions if positions else math.nan
-    verdict = "diverges" if test.p_value < s.alpha and test.mean > floor else "same"
+    verdict = logprob_verdict(test, floor, s.alpha)
     summary = (
         f"gap {test.mean:+.4f} nats/token (floor {floor:.4f}), top-1 agreement "
         f"{agreement:.1%} of {positions} tokens; sign-flip p={test.p_value:.3g}, "
