@@ -165,7 +165,7 @@ async def _texts(
     pairs = SETTINGS.logprob_pairs
     out: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in CANDIDATES}
     for canary in canaries:
-        text = SETTINGS.template.format(prompt=canary.prompt)
+        text = SETTINGS.as_text(canary.prompt)
         written = await asyncio.gather(*(
             _write(caller, text, [int(s) for s in rng.integers(0, 2**31 - 1, size=pairs)])
             for caller in callers.values()

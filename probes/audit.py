@@ -232,7 +232,7 @@ async def scoring_floor(sides: Sides) -> tuple[float, str]:
     the logprob comparison cannot run)."""
     s = sides.settings
     pairs: list[tuple[Scored, Scored]] = []
-    prompt = s.template.format(prompt=CHECK_PROMPT)
+    prompt = s.as_text(CHECK_PROMPT)
     for role, side in (("reference", sides.reference), ("candidate", sides.candidate)):
         text, generated, error = await side.complete(prompt, 0.0, 16, 0, s.top_logprobs)
         if error or generated is None:
@@ -274,7 +274,7 @@ async def compare_logprobs(sides: Sides, prompts: Sequence[AuditPrompt]) -> Comp
 
     async def one(unit: tuple[AuditPrompt, int, int]) -> PromptScores | None:
         prompt, ref_seed, cand_seed = unit
-        text = s.template.format(prompt=prompt.text)
+        text = s.as_text(prompt.text)
         return await score_prompt(sides, text, ref_seed, cand_seed)
 
     scored = [p for p in await each(units, one, sides.progress, "logprob pairs") if p]

@@ -43,6 +43,10 @@ class AuditSettings:
     read_timeout_s: float = 300.0
     comparisons: tuple[str, ...] = COMPARISONS
 
+    def as_text(self, prompt: str) -> str:
+        """A prompt as the text the logprob comparison sends (`template`, {prompt} filled)."""
+        return self.template.replace("{prompt}", prompt)
+
 
 @dataclass(frozen=True, slots=True)
 class AuditPrompt:

@@ -59,8 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--only", default=",".join(COMPARISONS), help="comparisons to run (canary,mmd,logprob)")
     add("--temperature", type=float, default=d.temperature, help="of the MMD's answers")
     add("--max-tokens", type=int, default=d.max_tokens, help=f"per answer ({d.max_tokens})")
-    add("--template", default=d.template, help="a prompt as text for the logprob comparison "
-        "(default '{prompt}\\n'; e.g. the model's chat template)")  # fmt: skip
+    add("--template", default=d.template, help="a prompt as text for the logprob comparison, "
+        "'\\n' written as backslash-n (default '{prompt}\\n'; e.g. the model's chat "
+        "template)")  # fmt: skip
+    add("--logprob-pairs", type=int, default=d.logprob_pairs,
+        help=f"answer pairs a prompt for the logprob comparison ({d.logprob_pairs})")  # fmt: skip
     add("--permutations", type=int, default=d.permutations, help="of the permutation tests")
     add("--seed", type=int, default=d.seed, help="seed of the request seeds and permutations")
     add("--concurrency", type=int, default=d.concurrency, help="requests in flight per side")
@@ -81,6 +84,7 @@ def settings_from(args: argparse.Namespace) -> AuditSettings:
               (0 < args.alpha < 1, "--alpha must be in (0, 1)"),
               (args.canaries >= 0, "--canaries must be >= 0"),
               (args.permutations >= 100, "--permutations must be >= 100"),
+              (args.logprob_pairs >= 1, "--logprob-pairs must be >= 1"),
               (args.concurrency >= 1, "--concurrency must be >= 1"),
               ("{prompt}" in args.template, "--template must contain {prompt}")]  # fmt: skip
     for ok, message in checks:
@@ -88,7 +92,8 @@ def settings_from(args: argparse.Namespace) -> AuditSettings:
             raise CommandError(message)
     return AuditSettings(
         k=args.k, alpha=args.alpha, temperature=args.temperature, max_tokens=args.max_tokens,
-        template=args.template, permutations=args.permutations, seed=args.seed,
+        template=args.template.replace("\\n", "\n"), logprob_pairs=args.logprob_pairs,
+        permutations=args.permutations, seed=args.seed,
         concurrency=args.concurrency, read_timeout_s=args.timeout, comparisons=only,
     )  # fmt: skip
 
