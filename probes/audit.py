@@ -31,8 +31,14 @@ import numpy as np
 
 from probes.audit_client import Caller
 from probes.audit_logprobs import PromptScores, Scored, mean_abs_difference
-from probes.audit_report import PROBES, AuditPrompt, AuditReport, AuditSettings, Comparison
-from probes.audit_report import not_run as not_run
+from probes.audit_report import (
+    PROBES,
+    AuditPrompt,
+    AuditReport,
+    AuditSettings,
+    Comparison,
+    not_run,
+)
 from probes.audit_stats import McNemar, MmdResult, SignFlip, mcnemar, mmd_test, sign_flip_test
 from probes.consistency import Reply
 from probes.factuality import canary_request, score_canary
@@ -205,8 +211,11 @@ async def compare_mmd(sides: Sides, prompts: Sequence[AuditPrompt], scorer: Scor
         main.append((x, y))
         half = len(x) // 2
         floor.append((x[:half], x[half:]))
-    test = mmd_test(main, s.permutations, sides.permutation_rng(1))
-    base = mmd_test(floor, s.permutations, sides.permutation_rng(2))
+    # Off the loop: thousands of permutations per prompt take a moment.
+    test, base = await asyncio.gather(
+        asyncio.to_thread(mmd_test, main, s.permutations, sides.permutation_rng(1)),
+        asyncio.to_thread(mmd_test, floor, s.permutations, sides.permutation_rng(2)),
+    )
     if test.prompts == 0:
         return not_run("mmd", "no prompt got two answers from each side")
     verdict = mmd_verdict(test, base, s.alpha)
@@ -281,7 +290,7 @@ async def compare_logprobs(sides: Sides, prompts: Sequence[AuditPrompt]) -> Comp
     if not scored:
         return not_run("logprob", "no prompt was answered and scored by both sides")
     d = np.array([p.divergence for p in scored])
-    test = sign_flip_test(d, s.permutations, sides.permutation_rng(3))
+    test = await asyncio.to_thread(sign_flip_test, d, s.permutations, sides.permutation_rng(3))
     floor = max(s.min_gap, 2.0 * noise)
     agree, positions = map(sum, zip(*(p.top1_agreement() for p in scored), strict=True))
     agreement = agree / positions if positions else math.nan
