@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "reports": "serve a directory of reports over HTTP, read-only",
     "probe": "run a probe worker: score sampled answers, send canaries",
     "detect": "run one round of regression detection and record it",
+    "audit": "compare a candidate deployment with its reference; exit 1 if it diverges",
 }
 
 

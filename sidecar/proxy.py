@@ -24,6 +24,7 @@ from sidecar.sse import Chunk, PartTiming, SSEParser, StreamTiming, classify
 from sidecar.toolcalls import message_tool_calls
 from sidecar.wire import (
     DEPLOYMENT_HEADER,
+    LABELLED_ORIGINS,
     ORIGIN_HEADER,
     PROBE_TOKEN_HEADER,
     REQUEST_ID_HEADER,
@@ -141,7 +142,7 @@ class Proxy:
             ts=datetime.now(UTC),
             request_id=f"{self._rng.getrandbits(128):032x}",
             route=route_of(request.path),
-            origin=origin if origin in ("probe", "canary") and self._prober(request) else "user",
+            origin=origin if origin in LABELLED_ORIGINS and self._prober(request) else "user",
             path=request.path[:256],
             client=_client_hash(self._salt, auth),
         )

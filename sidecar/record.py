@@ -11,8 +11,10 @@ if TYPE_CHECKING:
     from sidecar.sse import PartTiming
     from sidecar.toolcalls import ToolCalls
 
+from sidecar.wire import LABELLED_ORIGINS
+
 ROUTES = ("chat", "completion", "embedding", "other")
-ORIGINS = ("user", "probe", "canary")
+ORIGINS = ("user", *LABELLED_ORIGINS)
 TOKENS_SOURCES = ("usage", "counted", "none")
 
 

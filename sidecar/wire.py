@@ -16,6 +16,9 @@ DEPLOYMENT_HEADER = "x-fathom-deployment"  # probes re-ask the deployment that a
 REQUEST_ID_HEADER = "x-fathom-request-id"
 PROBE_TOKEN_HEADER = "x-fathom-probe-token"  # like every x-fathom-* header, never forwarded
 NO_SAMPLE_HEADER = "x-fathom-no-sample"
+# Origins a trusted caller may give its traffic (ORIGIN_HEADER); anything else is 'user'.
+# 'audit': a reference audit's mirrored prompts (probes.audit), kept out of user figures.
+LABELLED_ORIGINS = ("probe", "canary", "audit")
 
 # A stored text that lost part of itself carries one of these marks: re-asking it would ask
 # another question.

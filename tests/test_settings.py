@@ -208,7 +208,10 @@ SETTING_LIKE = re.compile(
     r"[a-z0-9_]+_s|(probe|writer|spool|sample|canary|canaries|detect|max|worker|scorer|pool"
     r"|inject|model_label|schema_check)_[a-z0-9_]+"
 )
-NOT_SETTING_WORDS = {"zoo_after_s": "a knob of `fathom simulate`"}  # ...but are not
+NOT_SETTING_WORDS = {  # ...but are not
+    "zoo_after_s": "a knob of `fathom simulate`",
+    "max_tokens": "a parameter of an OpenAI API request (docs/audit.md)",
+}
 
 
 def documented_yaml_keys() -> set[str]:
