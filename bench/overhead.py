@@ -183,13 +183,16 @@ def table(results: dict[int, dict[str, Cell]]) -> list[str]:
         direct = cells["direct"]
         for target, cell in cells.items():
             gaps = [g * 1e3 for s in cell.streams.values() for g in s.gaps]
-            added = paired(cell, direct, "ttft") if target != "direct" else []
-            e2e = paired(cell, direct, "e2e") if target != "direct" else []
-            cpu = cell.cpu_s / len(cell.streams) * 1e3 if target != "direct" else float("nan")
+            if target == "direct":
+                added = "| — | — | — |"  # the baseline itself
+                cpu = "—"
+            else:
+                ttft, e2e = paired(cell, direct, "ttft"), paired(cell, direct, "e2e")
+                added = f"| {q(ttft, 0.5):+.2f} | {q(ttft, 0.99):+.2f} | {q(e2e, 0.5):+.2f} |"
+                cpu = f"{cell.cpu_s / len(cell.streams) * 1e3:.2f}"
             lines.append(
-                f"| {concurrency} | {target} | {q(added, 0.5):+.2f} | {q(added, 0.99):+.2f} "
-                f"| {q(e2e, 0.5):+.2f} | {q(gaps, 0.5):.2f} / {q(gaps, 0.99):.2f} | {cpu:.2f} "
-                f"| {len(cell.streams)} ({cell.failed}) |"
+                f"| {concurrency} | {target} {added} {q(gaps, 0.5):.2f} / {q(gaps, 0.99):.2f} "
+                f"| {cpu} | {len(cell.streams)} ({cell.failed}) |"
             )
     return lines
 

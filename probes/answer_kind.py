@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from probes.degeneration import score_degeneration
-from probes.scorer import ProbeResult
+from probes.result import ProbeResult
 
 PROBE = "abstention"
 SCORER = "answer-kind/v1"

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from probes.audit_client import Endpoint
-from probes.scorer import QUALITY_COLUMNS, ProbeResult
+from probes.result import QUALITY_COLUMNS, ProbeResult
 
 if TYPE_CHECKING:
     from sidecar.store.client import Store

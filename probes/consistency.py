@@ -43,7 +43,8 @@ import aiohttp
 import numpy as np
 
 from probes.answer_kind import informative
-from probes.scorer import ProbeResult, Scorer, Vectors, similarity
+from probes.result import ProbeResult
+from probes.scorer import Scorer, Vectors, similarity
 from sidecar.wire import DEPLOYMENT_HEADER, NO_SAMPLE_HEADER, ORIGIN_HEADER, parse_answer
 
 PROBE = "consistency"

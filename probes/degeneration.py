@@ -22,7 +22,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 
-from probes.scorer import ProbeResult
+from probes.result import ProbeResult
 
 PROBE = "degeneration"
 SCORER = "rules/v1"

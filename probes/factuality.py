@@ -43,7 +43,8 @@ from probes.golden import Canary as Canary  # the golden-set API, as the worker 
 from probes.golden import GoldenError as GoldenError
 from probes.golden import load_canaries as load_canaries
 from probes.matchers.mentions import Phrase, fold, mentions
-from probes.scorer import ProbeResult, Scorer, Vectors, similarity
+from probes.result import ProbeResult
+from probes.scorer import Scorer, Vectors, similarity
 
 PROBE = "factuality"
 NUMERIC_SCORER = "exact-number/v1"

@@ -14,8 +14,9 @@ from probes import worker_sql
 from probes.consistency import Reply
 from probes.factuality import SYSTEM_PROMPT, Canary, ask_canary, score_canary
 from probes.probe_settings import ProbeSettings
+from probes.result import QUALITY_COLUMNS
 from probes.samples import overloaded
-from probes.scorer import QUALITY_COLUMNS, Scorer
+from probes.scorer import Scorer
 from probes.traffic import ProbeTraffic
 from probes.worker_stats import WorkerStats
 from sidecar.store.client import Store

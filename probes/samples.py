@@ -24,7 +24,8 @@ from probes.budget import TokenBucket
 from probes.consistency import Reasked, non_answer, reask, score_consistency
 from probes.degeneration import score_degeneration
 from probes.probe_settings import ProbeSettings
-from probes.scorer import QUALITY_COLUMNS, ProbeResult, Scorer
+from probes.result import QUALITY_COLUMNS, ProbeResult
+from probes.scorer import Scorer
 from probes.traffic import ProbeTraffic
 from probes.worker_stats import WorkerStats
 from sidecar.store.client import RowsRejected, Store

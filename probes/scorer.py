@@ -9,14 +9,11 @@ a model is loaded, so command modules that import this stay cheap.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,51 +24,10 @@ from probes.probe_settings import ScorerConfig as ScorerConfig  # beside the wor
 
 Vectors = npt.NDArray[np.float32]
 
-QUALITY_COLUMNS: tuple[str, ...] = (
-    "ts", "request_id", "model", "deployment", "probe", "item_id", "score", "passed", "detail",
-    "scorer",
-)  # fmt: skip
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 CPU_BATCH = 64
 CUDA_BATCH = 512
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    """One probe's verdict on one item: a `fathom.quality` row without its request context."""
-
-    probe: str
-    item_id: str
-    score: float  # [0, 1], higher is better
-    passed: bool | None  # None: the probe abstains (no verdict, only a score)
-    detail: dict[str, Any]  # JSON-able
-    scorer: str
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.score) and 0.0 <= self.score <= 1.0):
-            raise ValueError(f"{self.probe} score {self.score!r} is not within [0, 1]")
-
-    def detail_json(self) -> str:
-        """`detail` as compact JSON (NaN and infinities refused: ClickHouse JSON readers choke)."""
-        return json.dumps(
-            self.detail, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False
-        )
-
-    def to_row(self, ts: datetime, request_id: str, model: str, deployment: str) -> dict[str, Any]:
-        """The `fathom.quality` row (column -> value); request_id is '' for canaries."""
-        return {
-            "ts": ts,
-            "request_id": request_id,
-            "model": model,
-            "deployment": deployment,
-            "probe": self.probe,
-            "item_id": self.item_id,
-            "score": float(self.score),
-            "passed": None if self.passed is None else int(self.passed),
-            "detail": self.detail_json(),
-            "scorer": self.scorer,
-        }
 
 
 class ScorerError(RuntimeError):

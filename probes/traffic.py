@@ -58,3 +58,13 @@ class ProbeTraffic:
         """A part of the round failed: back off as if the upstream had asked for a rest."""
         self._stats.errors += 1
         self.pause = max(self.pause, self.backoff.failed())
+
+
+def client_session(settings: ProbeSettings) -> aiohttp.ClientSession:
+    """A session sized for the worker's concurrent probe requests (no total timeout)."""
+    limit = settings.concurrency * settings.k + settings.canaries_per_round + 4
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30.0),
+        trust_env=False,
+    )

@@ -29,7 +29,7 @@ from probes.probe_settings import ProbeSettings, ScorerConfig
 from probes.rounds import CanaryRounds
 from probes.samples import SampleScoring
 from probes.scorer import Scorer, load_scorer
-from probes.traffic import ProbeTraffic
+from probes.traffic import ProbeTraffic, client_session
 from probes.worker_stats import WorkerStats as WorkerStats
 from sidecar.store.client import Store, StoreError
 
@@ -174,13 +174,3 @@ async def probe_worker(
         yield Worker(
             store, session, target, loaded, canaries, settings, detection=detection, stats=stats
         )
-
-
-def client_session(settings: ProbeSettings) -> aiohttp.ClientSession:
-    """A session sized for the worker's concurrent probe requests (no total timeout)."""
-    limit = settings.concurrency * settings.k + settings.canaries_per_round + 4
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30.0),
-        trust_env=False,
-    )

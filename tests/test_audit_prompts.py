@@ -12,7 +12,7 @@ import pytest
 from probes.audit_client import Endpoint, base_url
 from probes.audit_prompts import PromptsError, read_prompts, stored_prompt
 from probes.audit_report import AuditReport, Comparison, not_run
-from probes.scorer import QUALITY_COLUMNS
+from probes.result import QUALITY_COLUMNS
 from sidecar.wire import REDACTION_MARK, TRUNCATION_MARK
 
 

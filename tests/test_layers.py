@@ -124,3 +124,12 @@ def test_tests_and_benches_share_code_only_through_tests_support() -> None:
         if under(name, ("tests",)) and name != "tests" and not under(name, ("tests.support",))
     )
     assert wrong == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for package in PACKAGES for p in (ROOT / package).rglob("*.py")),
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_every_module_opens_with_what_it_is_for(path: Path) -> None:
+    assert ast.get_docstring(ast.parse(path.read_text())), f"{path} has no module docstring"

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from probes.result import QUALITY_COLUMNS, ProbeResult
 from probes.scorer import (
-    QUALITY_COLUMNS,
-    ProbeResult,
     Scorer,
     ScorerConfig,
     ScorerError,

@@ -19,7 +19,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from probes.probe_settings import ProbeSettings
 from probes.samples import Sample, reaskable
 from probes.scorer import Scorer
-from probes.worker import Worker, WorkerStats, client_session
+from probes.traffic import client_session
+from probes.worker import Worker, WorkerStats
 from sidecar.record import Record
 from sidecar.sampler import SAMPLE_COLUMNS
 from sidecar.store.client import Store
