@@ -8,7 +8,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-# The most recent `max_rows` quality rows of each series in [start, end); canary rows bring
+# The most recent `max_rows` quality rows of each series in [start, end), audits left out
+# (their rows are verdicts of a test already, read by AUDITS); canary rows bring
 # their golden item (`item_id`) for the per-item test. Per item (samples share item_id ''), only
 # the rows of the scorer that scored it last in [span_start, span_end): scores of another scorer
 # version are another scale. Per item, not per series: one factuality series mixes canary kinds
@@ -22,6 +23,7 @@ WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64})
   AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
   AND ({deployment:String} = '' OR deployment = {deployment:String})
   AND isFinite(score)
+  AND NOT startsWith(probe, 'audit-')
   AND (model, deployment, probe, item_id, scorer) GLOBAL IN (
     SELECT model, deployment, probe, item_id, argMax(scorer, ts)
     FROM fathom.quality
@@ -89,6 +91,20 @@ def window_parameters(
     }
 
 
+# The latest reference-audit verdict per (model, deployment, probe, reference) in
+# [since, until]: score is the comparison's p-value, passed = 0 when the candidate diverged.
+AUDITS = """
+SELECT model, deployment, probe, item_id, count() AS audits,
+       argMax(toFloat64(score), ts) AS p_value, argMax(passed, ts) AS passed
+FROM fathom.quality
+WHERE ts >= fromUnixTimestamp64Milli({since_ms:Int64})
+  AND ts <= fromUnixTimestamp64Milli({until_ms:Int64})
+  AND ({deployment:String} = '' OR deployment = {deployment:String})
+  AND startsWith(probe, 'audit-')
+GROUP BY model, deployment, probe, item_id
+"""
+
+
 def findings_parameters(since: datetime, until: datetime, deployment: str = "") -> dict[str, Any]:
-    """Parameters of RECENT_FINDINGS and FINDINGS."""
+    """Parameters of RECENT_FINDINGS, FINDINGS and AUDITS."""
     return {"since_ms": epoch_ms(since), "until_ms": epoch_ms(until), "deployment": deployment}

@@ -15,7 +15,8 @@ import pytest
 from fathom.commands import check
 from fathom.commands.common import parse_duration
 from fathom.spawn import fathom_command
-from probes.detect import REGRESSION_COLUMNS, DetectionSettings
+from probes.detect import REGRESSION_COLUMNS, DetectionSettings, load_series
+from probes.result import QUALITY_COLUMNS, ProbeResult
 from sidecar.store.client import open_store
 from tests.support.seeded import NOW, open_seeded
 from tests.support.store import url
@@ -142,3 +143,39 @@ def test_durations() -> None:
     for bad in ("", "0h", "1y", "h"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_duration(bad)
+
+
+def test_an_audit_that_diverged_fails_the_gate_and_is_not_a_detection_series(
+    store_url: str,
+) -> None:
+    def verdict(probe: str, p_value: float, minutes_ago: int) -> list[object]:
+        result = ProbeResult(probe, "vs:bf16", p_value, p_value >= 0.01, {}, "audit-v1")
+        row = result.to_row(NOW - timedelta(minutes=minutes_ago), "", "qwen-7b", "int4")
+        return [row[c] for c in QUALITY_COLUMNS]
+
+    store = open_store(store_url)
+    try:  # mmd diverged at the latest audit; logprob diverged once, then passed
+        rows = [verdict("audit-mmd", 0.002, 20), verdict("audit-logprob", 0.001, 50)]
+        rows += [verdict("audit-logprob", 0.4, 10)]
+        store.insert_sync("fathom.quality", QUALITY_COLUMNS, rows)
+    finally:
+        store.close()
+    out = io.StringIO()
+    assert asyncio.run(check._check(args(store_url, deployment="int4"), out)) == 1
+    lines = out.getvalue().splitlines()
+    (mmd,) = [line for line in lines if " audit-mmd " in line]
+    assert "vs bf16 p=0.002" in mmd and mmd.endswith("REGRESSION (audit)")
+    (logprob,) = [line for line in lines if " audit-logprob " in line]
+    assert "vs bf16 p=0.4" in logprob and logprob.endswith(" ok")
+    assert lines[-1] == "regression in: int4"
+    # No CUSUM or SPRT runs on p-values: the detector never sees the audits' rows.
+    series = asyncio.run(load_series_of(store_url, "int4"))
+    assert series == []
+
+
+async def load_series_of(store_url: str, deployment: str) -> list[object]:
+    store = open_store(store_url)
+    try:
+        return list(await load_series(store, NOW, DetectionSettings(), deployment))
+    finally:
+        store.close()

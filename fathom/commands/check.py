@@ -158,7 +158,21 @@ async def judge(
     judged = [(one, evaluate(one, settings)) for one in series]
     parameters = detect_sql.findings_parameters(now - settings.window, now, deployment)
     recorded = await store.query(detect_sql.FINDINGS, parameters)
-    return summarise(judged, recorded)
+    audits = await store.query(detect_sql.AUDITS, parameters)
+    return sorted(
+        [*summarise(judged, recorded), *map(_audit_line, audits)],
+        key=lambda line: (line.deployment, line.model, line.probe),
+    )
+
+
+def _audit_line(row: Sequence[Any]) -> Line:
+    """The latest verdict of a reference audit (`fathom audit --record`) in the window."""
+    model, deployment, probe, item_id, audits, p_value, passed = row
+    reference = item_id.removeprefix("vs:")
+    diverged = ("audit",) if passed == 0 else ()
+    nan = float("nan")
+    tests = f"vs {reference} p={p_value:.3g}"
+    return Line(deployment, model, probe, 0, int(audits), nan, p_value, tests, diverged)
 
 
 def run(args: argparse.Namespace) -> int:
