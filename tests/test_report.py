@@ -295,7 +295,7 @@ async def test_build_report_runs_off_the_event_loop(store: Store, report: Report
 def test_json_structure_is_the_documented_one(doc: dict[str, Any]) -> None:
     assert list(doc) == [
         "schema", "generated_at", "window", "settings", "has_data", "deployments", "pareto",
-        "regressions", "canary_drops", "not_measured", "verdicts", "not_reasked",
+        "regressions", "canary_drops", "not_measured", "verdicts", "not_reasked", "audits",
     ]  # fmt: skip
     dep = deployment(doc, "llama-8b / q2")
     assert set(dep) == {"model", "deployment", "speed", "quality"}

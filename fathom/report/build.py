@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from fathom.report import queries
 from fathom.report.compare import find_verdicts, pareto_charts
 from fathom.report.model import (
+    AuditVerdict,
     CanaryChange,
     DeploymentReport,
     Estimate,
@@ -58,8 +60,9 @@ def build_report_sync(
     params = queries.window_parameters(window)
     step("reading speed of user traffic (TTFT, ITL, decode tokens/s percentiles)")
     speed = store.query_sync(queries.SPEED, params)
-    step("reading quality scores and pass rates per probe")
+    step("reading quality scores and pass rates per probe, and reference audits")
     quality = store.query_sync(queries.QUALITY, params)
+    audits = tuple(audit_verdict(row) for row in store.query_sync(queries.AUDITS, params))
     step("ranking canaries whose pass rate fell most")
     canary_params = queries.canary_parameters(
         window, settings.canary_min_results, settings.canary_limit
@@ -73,7 +76,12 @@ def build_report_sync(
     not_reasked = store.query_sync(queries.NOT_REASKED, queries.not_reasked_parameters(window))
     step("computing intervals, week-over-week changes and the Pareto front")
     report = assemble(now, window, settings, speed, quality, canaries, findings)
-    return dataclasses.replace(report, not_reasked=tuple(NotReasked(*r) for r in not_reasked))
+    return dataclasses.replace(
+        report,
+        has_data=report.has_data or bool(audits),
+        not_reasked=tuple(NotReasked(*r) for r in not_reasked),
+        audits=audits,
+    )
 
 
 async def build_report(
@@ -219,6 +227,19 @@ def _probe(
         (rate(now) or zero) if has_rates else None,
         (rate(before) or zero) if has_rates else None,
     )
+
+
+def audit_verdict(row: tuple[Any, ...]) -> AuditVerdict:
+    """An AUDITS row as the latest verdict of its (model, deployment, reference, comparison)."""
+    model, deployment, reference, comparison, audits, latest_ms, p_value, passed = row
+    # Scores are Float32: 6 significant digits give back the p-value written (0.8, not
+    # 0.800000011920929).
+    p = float(f"{float(p_value):.6g}")
+    return AuditVerdict(
+        model, deployment, reference, comparison, int(audits),
+        datetime.fromtimestamp(int(latest_ms) / 1000, UTC), p if math.isfinite(p) else None,
+        "diverged" if passed == 0 else "same",
+    )  # fmt: skip
 
 
 def _canary(row: tuple[Any, ...]) -> CanaryChange:

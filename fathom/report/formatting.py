@@ -28,6 +28,11 @@ def signed_pct(x: float | None) -> str:
     return MISSING if x is None else f"{x:+.1f}%"
 
 
+def p_value(x: float | None) -> str:
+    """A p-value to three significant digits (small ones stay readable: 0.000123)."""
+    return MISSING if x is None else f"{x:.3g}"
+
+
 def signed(x: float | None) -> str:
     """An absolute change of a score: '-0.081'."""
     return MISSING if x is None else f"{x:+.3f}"

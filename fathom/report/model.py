@@ -228,6 +228,20 @@ class NotReasked:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditVerdict:
+    """The latest reference audit in the period of one deployment, reference and comparison."""
+
+    model: str
+    deployment: str
+    reference: str  # the reference deployment's name
+    comparison: str  # 'canary', 'mmd' or 'logprob'
+    audits: int  # audits recorded in the period
+    latest: datetime
+    p_value: float | None  # of the latest audit; higher: less evidence of a difference
+    verdict: str  # of the latest audit: 'diverged' or 'same'
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     """Everything `fathom report` shows."""
 
@@ -242,3 +256,9 @@ class Report:
     not_measured: tuple[Gap, ...]
     verdicts: tuple[Verdict, ...]
     not_reasked: tuple[NotReasked, ...] = ()
+    audits: tuple[AuditVerdict, ...] = ()  # a deployment absent here had no audit: not measured
+
+    def unaudited(self) -> tuple[DeploymentReport, ...]:
+        """Deployments reported on with no reference audit in the period."""
+        audited = {(a.model, a.deployment) for a in self.audits}
+        return tuple(d for d in self.deployments if (d.model, d.deployment) not in audited)

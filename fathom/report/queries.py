@@ -82,6 +82,7 @@ ORDER BY model, deployment, current
 SPEED = _speed_sql()
 
 # Per (model, deployment, probe, current): score count, mean, sd and pass/fail counts.
+# Reference audits (probes audit-*) score a p-value, not quality: AUDITS reads them instead.
 QUALITY = """
 SELECT model, deployment, probe, ts >= fromUnixTimestamp64Milli({split_ms:Int64}) AS current,
   count() AS n,
@@ -93,6 +94,7 @@ FROM fathom.quality
 WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64})
   AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
   AND isFinite(score)
+  AND NOT startsWith(probe, 'audit-')
 GROUP BY model, deployment, probe, current
 ORDER BY model, deployment, probe, current
 """
@@ -109,12 +111,30 @@ FROM fathom.quality
 WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64})
   AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
   AND passed IS NOT NULL AND item_id != ''
+  AND NOT startsWith(probe, 'audit-')
 GROUP BY model, deployment, probe, item_id
 HAVING n >= {min_results:UInt32} AND n_previous >= {min_results:UInt32} AND rate < previous_rate
 ORDER BY rate - previous_rate, n DESC, model, deployment, probe, item_id
 LIMIT {limit:UInt32}
 """
 
+
+# Reference audits in the period (`fathom audit --record`: probes audit-<comparison>, item_id
+# 'vs:<reference>'), per (model, deployment, reference, comparison): how many, and the latest
+# one's time, p-value (its score) and verdict (passed = 1: no divergence).
+AUDITS = """
+SELECT model, deployment, substring(item_id, 4) AS reference, substring(probe, 7) AS comparison,
+  count() AS audits,
+  toUnixTimestamp64Milli(max(ts)) AS latest_ms,
+  argMax(toFloat64(score), ts) AS p_value,
+  argMax(passed, ts) AS passed
+FROM fathom.quality
+WHERE ts >= fromUnixTimestamp64Milli({split_ms:Int64})
+  AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
+  AND startsWith(probe, 'audit-') AND startsWith(item_id, 'vs:')
+GROUP BY model, deployment, reference, comparison
+ORDER BY model, deployment, reference, comparison
+"""
 
 # Per (model, deployment): samples stored in the period, and those whose stored request lost
 # part of itself to redaction: the consistency probe does not re-ask those (it needs the exact
@@ -132,7 +152,7 @@ ORDER BY model, deployment
 
 
 def window_parameters(window: Window) -> dict[str, Any]:
-    """Parameters of SPEED and QUALITY."""
+    """Parameters of SPEED, QUALITY and AUDITS."""
     return {
         "start_ms": epoch_ms(window.previous_start),
         "split_ms": epoch_ms(window.start),

@@ -45,6 +45,7 @@ def render_html(report: Report) -> str:
             *(_deployment(dep) for dep in report.deployments),
             _regressions(report),
             _canaries(report),
+            _audits(report),
             _not_measured(report),
         ]
     else:
@@ -286,6 +287,28 @@ def _canaries(report: Report) -> str:
     return head + _table(headers, rows, text_columns=3)
 
 
+def _audits(report: Report) -> str:
+    head = (
+        "<h2>Divergence from reference</h2><p>The latest `fathom audit --record` verdict in "
+        "the period per reference deployment and comparison, with its p-value.</p>"
+    )
+    rows: list[list[Cell]] = [
+        [
+            f"{a.model} / {a.deployment}", a.reference, a.comparison,
+            (a.verdict, "worse" if a.verdict == "diverged" else ""),
+            fmt.p_value(a.p_value), str(a.audits), fmt.when(a.latest),
+        ]
+        for a in report.audits
+    ]  # fmt: skip
+    headers = ["deployment", "reference", "comparison", "verdict", "p-value", "audits", "latest"]
+    table = _table(headers, rows, text_columns=4) if rows else ""
+    unaudited = "".join(
+        f"<li>{escape(dep.name)}: not measured (no reference audit in the period)</li>"
+        for dep in report.unaudited()
+    )
+    return head + table + (f"<ul class='muted'>{unaudited}</ul>" if unaudited else "")
+
+
 def _not_measured(report: Report) -> str:
     head = "<h2>Not measured</h2>"
     if not report.not_measured:
@@ -328,6 +351,9 @@ def _definitions(report: Report) -> str:
         "are coloured.",
         "mean [CI]": f"mean score in [0, 1] with its {conf} normal-approximation interval.",
         "pass rate": f"share of pass/fail results that passed, {conf} Wilson score interval.",
+        "p-value": "of the latest reference audit's comparison (higher: less evidence of a "
+        "difference from the reference); diverged: that audit found the deployment different "
+        "(docs/audit.md says how each comparison decides).",
         "degraded": "faster (median tokens/s) than another deployment of the same model but "
         f"scoring lower on a probe, significant at {conf}.",
     }

@@ -43,8 +43,14 @@ their name and meaning within a schema version.
                         "missing": "figures"|"change"}],
       "verdicts": [{"model", "degraded", "reference", "speedup",
                     "worse_on": [{"probe", "score", "reference_score"}]}],
-      "not_reasked": [{"model", "deployment", "samples", "redacted"}]
+      "not_reasked": [{"model", "deployment", "samples", "redacted"}],
+      "audits": [{"model", "deployment", "reference", "comparison": "canary"|"mmd"|"logprob",
+                  "audits", "latest", "p_value",      # latest: that of the latest audit
+                  "verdict": "diverged"|"same"}]     # a deployment absent: not audited
     }
+
+Reference-audit rows (probes audit-*) score a p-value: they are in "audits", never in
+"quality", "pareto" or "canary_drops".
 """
 
 from __future__ import annotations

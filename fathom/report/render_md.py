@@ -18,7 +18,8 @@ def _not_reasked(report: Report) -> list[str]:
 
 
 def render_markdown(report: Report) -> str:
-    """Headline, verdicts, speed and quality tables, regressions, canaries, gaps."""
+    """Headline, verdicts, speed and quality tables, regressions, canaries, reference audits,
+    gaps."""
     w = report.window
     lines = [
         f"# Fathom report: {fmt.when(w.start)} to {fmt.when(w.end)} ({fmt.span(w.span)})",
@@ -35,6 +36,7 @@ def render_markdown(report: Report) -> str:
     lines += ["", "## Quality", "", *_quality(report)]
     lines += ["", f"## Regressions ({len(report.regressions)})", "", *_regressions(report)]
     lines += ["", "## Canaries that fell most", "", *_canaries(report)]
+    lines += ["", "## Divergence from reference", "", *_audits(report)]
     lines += ["", "## Not measured", "", *_gaps(report), *_not_reasked(report), ""]
     return "\n".join(lines)
 
@@ -115,6 +117,21 @@ def _canaries(report: Report) -> list[str]:
         for c in report.canary_drops
     ]  # fmt: skip
     return _table(["deployment", "probe", "item", "pass rate", "previous"], rows, 3)
+
+
+def _audits(report: Report) -> list[str]:
+    rows = [
+        [f"{a.model} / {a.deployment}", a.reference, a.comparison, a.verdict,
+         fmt.p_value(a.p_value), str(a.audits), fmt.when(a.latest)]
+        for a in report.audits
+    ]  # fmt: skip
+    headers = ["deployment", "reference", "comparison", "verdict", "p-value", "audits", "latest"]
+    table = _table(headers, rows, text_columns=4) if rows else []
+    unaudited = [
+        f"- {dep.name}: not measured (no `fathom audit --record` in the period)"
+        for dep in report.unaudited()
+    ]
+    return [*table, *([""] if table and unaudited else []), *unaudited]
 
 
 def _gaps(report: Report) -> list[str]:
