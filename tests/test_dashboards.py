@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from probes.audit_report import Comparison
+from probes.result import QUALITY_COLUMNS
 from sidecar.record import REQUEST_COLUMNS, Record
 from sidecar.store.client import Store
 from tests.support.grafana_queries import (
@@ -42,10 +44,25 @@ def dashboards() -> list[dict[str, Any]]:
     return [load(path.name) for path in sorted(DASHBOARDS.glob("*.json"))]
 
 
+# Reference audits of llama-8b / q2 against fp16, as `fathom audit --record` writes them: the
+# mmd comparison twice in the range (the latest diverged), the canary once, logprob before it.
+AUDITS = [
+    (timedelta(hours=-3), Comparison("audit-mmd", "same", p_value=0.3)),
+    (timedelta(hours=-1), Comparison("audit-mmd", "diverges", p_value=0.001)),
+    (timedelta(hours=-2), Comparison("audit-canary", "same", p_value=0.9)),
+    (timedelta(hours=-7), Comparison("audit-logprob", "diverges", p_value=0.0)),
+]
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    """The seeded store, with the detector's findings written (for annotations and tables)."""
+    """The seeded store, with the detector's findings written (for annotations and tables) and
+    reference audits, which only the 'Reference audit' panel shows."""
     with detected(tmp_path_factory.mktemp("dashboards") / "db") as seeded:
+        rows = [c.result("fp16").to_row(NOW + at, "", "llama-8b", "q2") for at, c in AUDITS]
+        seeded.insert_sync(
+            "fathom.quality", QUALITY_COLUMNS, [[r[c] for c in QUALITY_COLUMNS] for r in rows]
+        )
         yield seeded
 
 
@@ -322,6 +339,44 @@ def test_canary_items_and_the_answers_behind_low_scores(store: Store) -> None:
     # the regressed deployment's answers score lower than its sound twin's
     shown = lowest.column("deployment")
     assert shown.count("q2") > shown.count("fp16")
+
+
+def test_reference_audit_shows_the_latest_verdicts_and_nothing_else_shows_audits(
+    store: Store,
+) -> None:
+    audits = panel_result(store, "fathom-quality.json", "Reference audit")
+    assert audits.names == (
+        "model", "deployment", "reference", "comparison", "verdict", "p_value", "audits",
+        "last_audit",
+    )  # fmt: skip
+    shown = [(*row[:5], round(row[5], 6), *row[6:7]) for row in audits.rows]
+    assert shown == [
+        ("llama-8b", "q2", "fp16", "mmd", "diverged", 0.001, 2),
+        ("llama-8b", "q2", "fp16", "canary", "same", 0.9, 1),
+    ]
+    assert [t.replace(tzinfo=None) for t in audits.column("last_audit")] == [
+        (NOW - timedelta(hours=h)).replace(tzinfo=None) for h in (1, 2)
+    ]
+    doc = load("fathom-quality.json")
+    assert all(not p.startswith("audit-") for p in variables_for(doc, store, None)["probe"].options)
+    for panel in doc["panels"]:
+        if panel["title"] == "Reference audit" or not panel.get("targets"):
+            continue
+        result = panel_result(store, "fathom-quality.json", panel["title"])
+        labels = [c for c in ("probe", "series") if c in result.names]
+        cells = [str(v) for name in labels for v in result.column(name)]
+        assert cells or panel["type"] == "stat", panel["title"]
+        assert not any("audit-" in c for c in cells), panel["title"]
+    # Without the exclusion the audits' passes and fails would count among the canaries'.
+    passed = panel_result(store, "fathom-quality.json", "Canaries passed").rows[0][0]
+    expected = store.query_sync(
+        "SELECT avg(passed) FROM fathom.quality "
+        "WHERE ts BETWEEN fromUnixTimestamp64Milli({start:Int64}) "
+        "AND fromUnixTimestamp64Milli({end:Int64}) AND request_id = '' AND passed IS NOT NULL "
+        "AND NOT startsWith(probe, 'audit-')",
+        {"start": round(RANGE[0].timestamp() * 1000), "end": round(RANGE[1].timestamp() * 1000)},
+    )[0][0]
+    assert passed == pytest.approx(expected)
 
 
 def test_quality_vs_speed_chart_has_units_labels_and_sizes() -> None:
