@@ -186,6 +186,23 @@ def test_canary_rule_and_panel_leave_degeneration_results_out(store: Store) -> N
     assert firing(store, rule, at) == set()
 
 
+def test_quality_rules_leave_reference_audits_out(store: Store) -> None:
+    """An audit row's score is a p-value and its `passed` a test's verdict: neither is a
+    quality score for CUSUM nor a canary for the pass-rate test."""
+    at = NOW + timedelta(days=15)
+    audit = ("mistral-7b", "fp8", "audit-canary")
+    cut = at - timedelta(hours=6)
+    rows = [quality_row(ts, audit, 1, item_id="vs:bf16", score=0.9)
+            for ts in spread(cut, timedelta(days=7), 300)]  # fmt: skip
+    rows += [quality_row(ts, audit, 0, item_id="vs:bf16", score=0.001)
+             for ts in spread(at, timedelta(hours=6), 30)]  # fmt: skip
+    insert_quality(store, rows)
+    for uid in ("fathom-quality-regression", "fathom-canary-pass-rate"):
+        rule = rules()[uid]
+        assert not query_instances(store, rule["data"][0], at), uid
+        assert firing(store, rule, at) == set(), uid
+
+
 def test_cusum_panel_is_per_scorer_like_its_rule(store: Store) -> None:
     at = NOW + timedelta(days=20)
     series = ("phi-3", "fp8", "consistency")
