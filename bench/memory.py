@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 import tempfile
 import time
@@ -26,28 +25,12 @@ import uvloop
 
 from fathom import spawn
 from tests.support.processes import serve_command, simulate_command
+from tests.support.scrape import counters_reach
 
 BODY = {"model": "sim", "messages": [{"role": "user", "content": "Say something."}]}
 PLAIN = {"x-sim-ttft-ms": "0", "x-sim-itl-ms": "0", "x-sim-tokens": "16"}
 STREAM = {"x-sim-ttft-ms": "0", "x-sim-itl-ms": "1", "x-sim-tokens": "8"}
 MIB = 1024 * 1024
-
-
-async def scored(admin: str) -> float:
-    """Samples the probe worker has scored, from /metrics."""
-    async with aiohttp.ClientSession() as session, session.get(admin + "/metrics") as resp:
-        text = await resp.text()
-    found = re.search(r"^fathom_probes_samples_scored\S*\s+(\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
-
-
-async def until_scoring(admin: str, limit_s: float = 300.0) -> None:
-    """Warm-up ends once the worker has loaded its scorer and scored a sample."""
-    deadline = time.perf_counter() + limit_s
-    while await scored(admin) == 0:
-        if time.perf_counter() > deadline:
-            raise SystemExit("the probe worker scored nothing in the warm-up")
-        await asyncio.sleep(1.0)
 
 
 async def load(url: str, count: int, concurrency: int, offset: int) -> int:
@@ -102,7 +85,9 @@ def main() -> int:
                 failed += uvloop.run(load(url, args.every, args.concurrency, sent))
                 rate = args.every / (time.perf_counter() - start)
                 if sent == 0:
-                    uvloop.run(until_scoring(serve.addresses["admin"]))
+                    # warm-up ends once the worker has loaded its scorer and scored a sample
+                    scored = {"fathom_probes_samples_scored_total": 1.0}
+                    uvloop.run(counters_reach(serve.addresses["admin"], scored, within=300))
                 sent += args.every
                 [engine] = proxy.children()
                 now = (rss(proxy), rss(engine))

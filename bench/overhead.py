@@ -45,7 +45,6 @@ from tests.support.processes import serve_command, simulate_command
 
 TOKENS = 24
 BODY = {"model": "sim", "messages": [{"role": "user", "content": "Say something."}], "stream": True}
-TARGETS = ("direct", "floor", "default", "probes", "store-none")
 GOAL_P50_MS, GOAL_P99_MS = 0.3, 2.0
 
 

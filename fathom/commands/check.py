@@ -85,9 +85,12 @@ class Line:
 
 
 def summarise(
-    judged: Sequence[tuple[Series, list[Outcome]]], recorded: Sequence[Sequence[Any]]
+    judged: Sequence[tuple[Series, list[Outcome]]],
+    recorded: Sequence[Sequence[Any]],
+    audits: Sequence[Sequence[Any]] = (),
 ) -> list[Line]:
-    """One line per series: live outcomes merged with the findings recorded in the window."""
+    """One line per series: live outcomes merged with the findings recorded in the window;
+    then one per reference-audit comparison, its latest verdict."""
     stored: dict[tuple[str, str, str], set[str]] = {}
     for _, model, deployment, probe, test, *_ in recorded:
         stored.setdefault((model, deployment, probe), set()).add(f"{test}, recorded")
@@ -95,6 +98,7 @@ def summarise(
     for (model, deployment, probe), tests in stored.items():  # recorded, no data now
         nan = float("nan")
         lines.append(Line(deployment, model, probe, 0, 0, nan, nan, "-", tuple(sorted(tests))))
+    lines += map(_audit_line, audits)
     return sorted(lines, key=lambda line: (line.deployment, line.model, line.probe))
 
 
@@ -159,10 +163,7 @@ async def judge(
     parameters = detect_sql.findings_parameters(now - settings.window, now, deployment)
     recorded = await store.query(detect_sql.FINDINGS, parameters)
     audits = await store.query(detect_sql.AUDITS, parameters)
-    return sorted(
-        [*summarise(judged, recorded), *map(_audit_line, audits)],
-        key=lambda line: (line.deployment, line.model, line.probe),
-    )
+    return summarise(judged, recorded, audits)
 
 
 def _audit_line(row: Sequence[Any]) -> Line:

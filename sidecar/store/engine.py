@@ -234,9 +234,9 @@ def short(exc: BaseException) -> str:
 
 def yield_to_the_proxy() -> None:
     """Run this process behind the proxy on a busy core: inserts can wait a few milliseconds,
-    token timestamps cannot. SCHED_BATCH (no wake-up preemption) at nice 10 (about a tenth of
-    a nice-0 process's share when both want the core), not SCHED_IDLE: the writer's queue
-    must still drain while the proxy is saturated."""
+    token timestamps cannot. SCHED_BATCH (no wake-up preemption), ENGINE_NICE steps below the
+    proxy (at 10, about a tenth of the proxy's share when both want the core); not SCHED_IDLE:
+    the writer's queue must still drain while the proxy is saturated."""
     with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     with contextlib.suppress(OSError):
