@@ -123,6 +123,7 @@ class Metrics:
             "gen_ai.request.model": self._model(record.model or "unknown"),
             "fathom.deployment": self._deployment(record.deployment),
             "fathom.origin": record.origin,
+            "fathom.tenant": record.tenant,  # capped by the proxy (ProxySettings.tenant_cap)
         }
         if record.error:
             attrs["error.type"] = record.error

@@ -16,6 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from sidecar.metrics import LabelCap
 from sidecar.proxy_settings import ProxySettings
 from sidecar.record import Record
 from sidecar.routing import Upstream
@@ -110,6 +111,7 @@ class Proxy:
         self._on_answer = on_answer
         self._rng = rng  # request ids: unique, not secret (os.urandom would be a syscall each)
         self._salt = settings.client_salt.encode() or rng.randbytes(16)
+        self._tenants = LabelCap(settings.tenant_cap)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Relay one request; always leaves exactly one Record behind."""
@@ -138,14 +140,24 @@ class Proxy:
     def _new_record(self, request: web.Request) -> Record:
         origin = request.headers.get(ORIGIN_HEADER, "user")
         auth = request.headers.get("Authorization") or request.remote or ""
+        client = _client_hash(self._salt, auth)
         return Record(
             ts=datetime.now(UTC),
             request_id=f"{self._rng.getrandbits(128):032x}",
             route=route_of(request.path),
             origin=origin if origin in LABELLED_ORIGINS and self._prober(request) else "user",
             path=request.path[:256],
-            client=_client_hash(self._salt, auth),
+            client=client,
+            tenant=self._tenant_of(request, client),
         )
+
+    def _tenant_of(self, request: web.Request, client: str) -> str:
+        """The tenant a request is for: its tenant header, or its hashed credential, capped."""
+        header = self._settings.tenant_header
+        named = request.headers.get(header, "") if header else ""
+        if not named and self._settings.tenant_credential:
+            named = client
+        return self._tenants(named) if named else ""
 
     def _prober(self, request: web.Request) -> bool:
         """Whether a request may label itself probe traffic (unsampled, routable by header)."""

@@ -28,6 +28,12 @@ class ProxySettings:
     # Shared by the proxy and remote probe workers: only requests carrying it may call
     # themselves probe/canary traffic. Empty: only loopback clients may (in-process workers).
     probe_token: str = field(default="", repr=False)
+    # Who a request is for (the `tenant` column and metric label): this header's value, else,
+    # when tenant_credential, the salted credential hash (`client`; set client_salt so it is
+    # the same on every replica and restart), else ''. Past tenant_cap distinct values: 'other'.
+    tenant_header: str = "x-tenant-id"
+    tenant_credential: bool = False
+    tenant_cap: int = 64
 
     def __post_init__(self) -> None:
         self.listen_addr  # noqa: B018 - parsing is the check
@@ -36,7 +42,7 @@ class ProxySettings:
         for name in timeouts:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0 seconds")
-        for name in ("pool_limit", "max_body_bytes"):
+        for name in ("pool_limit", "max_body_bytes", "tenant_cap"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive")
 

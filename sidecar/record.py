@@ -59,6 +59,7 @@ class Record:
     reasoning_source: str = "none"  # like tokens_source: 'usage', 'counted' or 'none'
     tool_calls: int = 0
     tool_calls_invalid: int = 0  # calls whose arguments do not parse as a JSON object
+    tenant: str = ""  # migration 005; see ProxySettings.tenant_header
     extra: dict[str, Any] = field(default_factory=dict)
 
     def apply_usage(self, usage: dict[str, Any]) -> None:

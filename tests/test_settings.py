@@ -52,7 +52,8 @@ FLAT: dict[str, str] = {
     "scorer_device": "scorer.device", "worker_index": "worker.worker_index",
     "worker_count": "worker.worker_count", "detect_interval_s": "worker.detect_interval_s",
     "detect_window_s": "detection.window", "detect_baseline_s": "detection.baseline",
-    "probe_admin": "probe_admin",
+    "probe_admin": "probe_admin", "tenant_header": "proxy.tenant_header",
+    "tenant_credential": "proxy.tenant_credential", "tenant_cap": "proxy.tenant_cap",
 }  # fmt: skip
 # Fields of the parts that no flat name sets, and why.
 NOT_SETTABLE: dict[str, str] = {
@@ -84,6 +85,7 @@ VALUES: dict[str, Any] = {
     "routes": [{"model": "m", "upstreams": [{"url": "http://a:1", "deployment": "a"}]}],
     "probe_api_key": "sk-probe", "probe_token": "tok", "canary_files": ["a.jsonl", "b.jsonl"],
     "scorer_model": "/models/minilm", "scorer_device": "cpu", "probe_admin": "0.0.0.0:9465",
+    "tenant_header": "x-org",
 }  # fmt: skip
 
 

@@ -44,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--at", type=parse_time, default=None, help="report as of this ISO time (UTC if no zone)"
     )
     parser.add_argument(
+        "--tenant", default=None, help="speed figures of this tenant's traffic only "
+        "(the `tenant` column; '' = traffic no tenant named); default: every tenant",
+    )  # fmt: skip
+    parser.add_argument(
         "--min-samples", type=int, default=20,
         help="fewer samples than this in a period: the series is listed as not measured",
     )  # fmt: skip
@@ -104,7 +108,7 @@ def _build(args: argparse.Namespace, now: datetime, progress: Callable[[str], No
     from fathom.report.model import ReportSettings
     from sidecar.store.client import StoreError
 
-    settings = ReportSettings(min_samples=args.min_samples)
+    settings = ReportSettings(min_samples=args.min_samples, tenant=args.tenant)
     store = open_store_setting(args.store)
     try:
         return build_report_sync(store, now, args.since, settings, progress)

@@ -59,7 +59,7 @@ def build_report_sync(
     check_schema(store)
     params = queries.window_parameters(window)
     step("reading speed of user traffic (TTFT, ITL, decode tokens/s percentiles)")
-    speed = store.query_sync(queries.SPEED, params)
+    speed = store.query_sync(queries.SPEED, queries.speed_parameters(window, settings.tenant))
     step("reading quality scores and pass rates per probe, and reference audits")
     quality = store.query_sync(queries.QUALITY, params)
     audits = tuple(audit_verdict(row) for row in store.query_sync(queries.AUDITS, params))

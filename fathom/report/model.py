@@ -214,6 +214,17 @@ class ReportSettings:
     canary_min_results: int = 3  # per item and period, to rank canary drops
     canary_limit: int = 15
     min_speedup: float = 1.05  # 'faster' in a verdict means at least this p50 tokens/s ratio
+    # Speed of this tenant's traffic only (fathom.requests.tenant; '' is traffic named by no
+    # tenant); None: every tenant. Quality is per deployment, never per tenant.
+    tenant: str | None = None
+
+    def speed_scope(self) -> str:
+        """Whose traffic the speed figures count, in words."""
+        if self.tenant is None:
+            return "user traffic only"
+        if not self.tenant:
+            return "user traffic named by no tenant only"
+        return f"user traffic of tenant {self.tenant!r} only"
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,7 @@ FROM fathom.requests
 WHERE ts >= fromUnixTimestamp64Milli({{start_ms:Int64}})
   AND ts < fromUnixTimestamp64Milli({{end_ms:Int64}})
   AND origin = 'user'
+  AND ({{all_tenants:UInt8}} OR tenant = {{tenant:String}})
 GROUP BY model, deployment, current
 ORDER BY model, deployment, current
 """
@@ -152,12 +153,17 @@ ORDER BY model, deployment
 
 
 def window_parameters(window: Window) -> dict[str, Any]:
-    """Parameters of SPEED, QUALITY and AUDITS."""
+    """Parameters of QUALITY and AUDITS (and, with `speed_parameters`, SPEED)."""
     return {
         "start_ms": epoch_ms(window.previous_start),
         "split_ms": epoch_ms(window.start),
         "end_ms": epoch_ms(window.end),
     }
+
+
+def speed_parameters(window: Window, tenant: str | None) -> dict[str, Any]:
+    """Parameters of SPEED: the window, and one tenant's traffic or (None) every tenant's."""
+    return {**window_parameters(window), "all_tenants": int(tenant is None), "tenant": tenant or ""}
 
 
 def not_reasked_parameters(window: Window) -> dict[str, Any]:

@@ -87,7 +87,7 @@ def _header(report: Report) -> str:
         f'<p class="muted">Period {fmt.when(w.start)} to {fmt.when(w.end)} '
         f"({fmt.span(w.span)}), compared with the {fmt.span(w.span)} before it "
         f"(from {fmt.when(w.previous_start)}). Generated {fmt.when(report.generated_at)}. "
-        "Speed figures count user traffic only.</p>"
+        f"Speed figures count {escape(report.settings.speed_scope())}.</p>"
     )
 
 

@@ -10,7 +10,7 @@ their name and meaning within a schema version.
       "window": {"start", "end", "previous_start", "seconds"},   # period [start, end);
                                        # week over week compares it with [previous_start, start)
       "settings": {"min_samples", "confidence", "canary_min_results", "canary_limit",
-                   "min_speedup"},
+                   "min_speedup", "tenant"},   # tenant: null = every tenant's traffic
       "has_data": true,                # false: the store holds nothing for the period
       "deployments": [{
         "model", "deployment",

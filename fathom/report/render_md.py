@@ -24,7 +24,8 @@ def render_markdown(report: Report) -> str:
     lines = [
         f"# Fathom report: {fmt.when(w.start)} to {fmt.when(w.end)} ({fmt.span(w.span)})",
         "",
-        f"Compared with the {fmt.span(w.span)} before. Speed counts user traffic only.",
+        f"Compared with the {fmt.span(w.span)} before. Speed counts "
+        f"{report.settings.speed_scope()}.",
         "",
     ]
     if not report.has_data:
