@@ -109,3 +109,18 @@ def test_the_engine_yields_the_core_to_the_proxy(tmp_path: Path) -> None:
         pid = engine_pid()
         assert os.sched_getscheduler(pid) == os.SCHED_BATCH
         assert psutil.Process(pid).nice() == min(19, psutil.Process().nice() + ENGINE_NICE)
+
+
+def test_the_engine_caches_are_bounded_for_a_sidecar(tmp_path: Path) -> None:
+    # ClickHouse's own defaults are sized for a server: 5 GiB each for marks and indexes.
+    with opened(tmp_path / "db", isolated=True) as store:
+        got = dict(store.query_sync(
+            "SELECT name, toUInt64(value) FROM system.server_settings WHERE name IN "
+            "('mark_cache_size', 'primary_index_cache_size', 'index_mark_cache_size', "
+            "'uncompressed_cache_size', 'compiled_expression_cache_size', "
+            "'query_condition_cache_size')"
+        ))  # fmt: skip
+    assert got == {"mark_cache_size": 64 << 20, "primary_index_cache_size": 64 << 20,
+                   "index_mark_cache_size": 16 << 20, "uncompressed_cache_size": 0,
+                   "compiled_expression_cache_size": 16 << 20,
+                   "query_condition_cache_size": 16 << 20}  # fmt: skip

@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from sidecar.store.engine import ChildEngine, Engine, InProcess, pack, short
+from sidecar.store.engine import ChildEngine, Engine, InProcess, embedded_client, pack, short
 from sidecar.store.engine import RowsRejected as RowsRejected
 from sidecar.store.engine import StoreError as StoreError
 
@@ -200,7 +200,7 @@ def _engine_for(url: StoreURL, isolated: bool) -> Engine:
             if isolated:
                 return ChildEngine(url.path)
             # Clients on one path share the process's single engine; another path raises.
-            return InProcess(clickhouse_connect.get_client(dsn=f"chdb://{url.path}"))
+            return InProcess(embedded_client(url.path))
         return InProcess(clickhouse_connect.get_client(
             host=url.host, port=url.port, username=url.username, password=url.password,
             secure=url.secure, connect_timeout=5, send_receive_timeout=60,

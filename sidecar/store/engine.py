@@ -24,12 +24,37 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, NoReturn, Protocol
+from urllib.parse import urlencode
 
 from clickhouse_connect.driver.exceptions import ClickHouseError, DataError
 
 PACK_ROWS = 1000
 ENGINE_NICE = 10
 STOP_S = 30.0  # the longest close() waits for the child to finish its call in flight
+# The embedded engine's caches, bounded for a sidecar (bytes). ClickHouse sizes them for a
+# server of its own: 5 GiB each for marks, primary indexes and skip-index marks, which a
+# long-lived store would fill as its parts accumulate. Reads here are dashboards' and the probe
+# worker's small scans; the measured RSS with these bounds is in docs/measurements.md.
+ENGINE_CACHES: Mapping[str, int] = {
+    "mark_cache_size": 64 << 20,
+    "primary_index_cache_size": 64 << 20,
+    "index_mark_cache_size": 16 << 20,
+    "uncompressed_cache_size": 0,
+    "compiled_expression_cache_size": 16 << 20,
+    "query_condition_cache_size": 16 << 20,
+}
+
+
+def embedded_client(path: str) -> Any:
+    """A clickhouse-connect client on the embedded engine at `path`, its caches bounded (the
+    first client of a process starts the engine; later ones share it as it is)."""
+    import clickhouse_connect
+
+    options = {k: str(v) for k, v in ENGINE_CACHES.items()}
+    try:
+        return clickhouse_connect.get_client(dsn=f"chdb://{path}", chdb_options=options)
+    except ClickHouseError as exc:  # its message names the path with the options appended
+        raise StoreError(first_line(str(exc).replace("?" + urlencode(options), ""))) from exc
 
 
 class StoreError(RuntimeError):
@@ -191,11 +216,9 @@ class ChildEngine:
 
 def serve(conn: Connection, path: str) -> None:
     """The child's loop: open the engine, answer operations until told to stop or orphaned."""
-    import clickhouse_connect
-
     try:
-        client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
-    except (ClickHouseError, OSError) as exc:
+        client = embedded_client(path)
+    except (ClickHouseError, OSError, StoreError) as exc:
         conn.send(("error", f"cannot open the embedded store at {path}: {short(exc)}"))
         return
     conn.send(("ok", None))
@@ -228,8 +251,13 @@ def _answer(client: Any, op: str, args: tuple[Any, ...]) -> tuple[str, Any]:
 
 def short(exc: BaseException) -> str:
     """The first line of an error's message, capped."""
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    return first_line(str(exc)) or type(exc).__name__
+
+
+def first_line(text: str) -> str:
+    """The first line of a message, capped."""
+    lines = text.strip().splitlines()
+    return lines[0][:300] if lines else ""
 
 
 def yield_to_the_proxy() -> None:
