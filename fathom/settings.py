@@ -82,7 +82,7 @@ NAMES: dict[str, tuple[str, str]] = {
     **_same("proxy", "listen", "connect_timeout_s", "first_byte_timeout_s", "idle_timeout_s",
             "body_timeout_s", "header_timeout_s", "pool_limit", "max_body_bytes",
             "max_event_bytes", "inject_usage", "client_salt", "probe_token"),
-    **_same("metrics", "provider", "model_label_cap"),
+    **_same("metrics", "provider", "model_label_cap", "otlp"),
     "sample_rate": ("sampler", "rate"),
     "sample_rates": ("sampler", "rates"),
     "sample_max_chars": ("sampler", "max_chars"),
