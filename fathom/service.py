@@ -40,7 +40,7 @@ from sidecar.spans import Spans
 from sidecar.store.client import Store, StoreError, open_store
 from sidecar.store.schema import SchemaBehind, apply_schema, require
 from sidecar.store.writer import Writer
-from sidecar.telemetry import telemetry
+from sidecar.telemetry import shut_down, telemetry
 
 log = logging.getLogger("fathom.serve")
 SAMPLE_BACKLOG = 1000  # sampled answers being redacted at once; past it they are counted, dropped
@@ -145,9 +145,8 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
     """A started service; leaving the block drains and stops it (the SIGTERM path)."""
     async with contextlib.AsyncExitStack() as stack:
         metrics, spans = telemetry(settings.metrics, os.environ)
-        stack.callback(metrics.shutdown)
-        if spans is not None:
-            stack.callback(spans.shutdown)  # after the proxy has stopped: its last spans go too
+        # Last: the proxy has stopped, so its final records' metrics and spans go out too.
+        stack.push_async_callback(shut_down, metrics, spans)
         # The embedded engine in a child process: its inserts never stall the loop's clock.
         store = None if settings.store == "none" else open_store(settings.store, True)
         if store is not None:

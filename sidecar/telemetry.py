@@ -4,6 +4,7 @@ when asked, a GenAI span per request; OTLP destinations come from the OTEL_* var
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 from sidecar import otlp
@@ -17,3 +18,10 @@ def telemetry(settings: MetricsSettings, env: Mapping[str, str]) -> tuple[Metric
     metrics = Metrics(settings.provider, settings.model_label_cap, exporter)
     spans = Spans(otlp.span_exporter(env), settings.provider) if settings.otlp_traces else None
     return metrics, spans
+
+
+async def shut_down(metrics: Metrics, spans: Spans | None) -> None:
+    """Send what is left and stop, both at once and off the loop: with the receiver down,
+    each last export may wait out OTEL_EXPORTER_OTLP_TIMEOUT."""
+    parts = [metrics.shutdown, *([spans.shutdown] if spans is not None else [])]
+    await asyncio.gather(*(asyncio.to_thread(part) for part in parts))

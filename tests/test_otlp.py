@@ -4,6 +4,7 @@ HTTP and gRPC, only when asked."""
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import openai
 import pytest
 from yarl import URL
 
+from fathom import spawn
 from sidecar.config import ConfigError
 from sidecar.metrics import TIME_PER_OUTPUT_CHUNK, TPOT_BUCKETS, ChunkGaps, MetricsSettings
 from sidecar.otlp import protocol
@@ -20,7 +22,9 @@ from tests.support.polling import until
 from tests.support.processes import serve
 from tests.support.store import opened
 
-STREAMS, PLAIN = 3, 1  # the conftest simulator: model 'sim', 30 ms TTFT, 10 ms ITL, 8 tokens
+# The conftest simulator: model 'sim', 30 ms TTFT, 10 ms ITL, 8 tokens; the failed request
+# gets an HTTP 503 from it.
+STREAMS, PLAIN, FAILED = 3, 1, 1
 GAPS_PER_STREAM = 8 - 1  # 8 content events, a gap between each two
 
 
@@ -43,6 +47,11 @@ async def _traffic(proxy_url: str) -> None:
             pass
     for _ in range(PLAIN):
         await client.chat.completions.create(model="sim", messages=messages)
+    for _ in range(FAILED):
+        with pytest.raises(openai.InternalServerError):
+            await client.chat.completions.create(
+                model="sim", messages=messages, extra_headers={"x-sim-fault": "http-503"}
+            )
     await client.close()
 
 
@@ -67,7 +76,7 @@ async def test_serve_exports_metrics_and_genai_spans(
         proxy = serve(simulator, tmp_path / "store", tmp_path / "spool", **env)
         try:
             await _traffic(proxy.addresses["proxy"])
-            total = STREAMS + PLAIN
+            total = STREAMS + PLAIN + FAILED
             labels = {"gen_ai.request.model": "sim", "fathom.deployment": "default"}
             duration = "gen_ai.client.operation.duration"
             await until(
@@ -99,6 +108,7 @@ def _check_metrics(received: Received, labels: dict[str, str]) -> None:
     assert 0.5 * 0.010 * gaps.count < gaps.sum < 2 * 0.010 * gaps.count
     assert list(gaps.explicit_bounds) == list(TPOT_BUCKETS)
     assert "fathom.writer.queue_rows" in received.names()  # gauges go out too
+    assert "fathom.requests.errors" in received.names()
 
 
 def _check_spans(received: Received, rows: dict[str, tuple[Any, ...]], upstream: URL) -> None:
@@ -108,12 +118,18 @@ def _check_spans(received: Received, rows: dict[str, tuple[Any, ...]], upstream:
         assert span.name == "chat sim"
         assert span.kind == span.SPAN_KIND_CLIENT
         assert got["gen_ai.operation.name"] == "chat"
-        assert got["gen_ai.request.model"] == got["gen_ai.response.model"] == "sim"
+        assert got["gen_ai.request.model"] == "sim"
+        assert (got["server.address"], got["server.port"]) == (upstream.host, upstream.port)
+        if got["http.response.status_code"] == 503:
+            assert got["error.type"] == "upstream_http"
+            assert span.status.code == span.status.STATUS_CODE_ERROR
+            assert "gen_ai.usage.output_tokens" not in got
+            continue
+        assert got["gen_ai.response.model"] == "sim"
         assert got["gen_ai.usage.output_tokens"] == output_tokens == 8
         assert got["gen_ai.usage.input_tokens"] > 0
         assert got["gen_ai.response.finish_reasons"] == ["stop"]
-        assert (got["server.address"], got["server.port"]) == (upstream.host, upstream.port)
-        assert "error.type" not in got
+        assert "error.type" not in got and span.status.code == span.status.STATUS_CODE_UNSET
         # The span is the request's own time, not when it was sent: start at ts (stored to
         # the ms), lasting e2e.
         start_ms = span.start_time_unix_nano / 1e6
@@ -126,6 +142,8 @@ def _check_spans(received: Received, rows: dict[str, tuple[Any, ...]], upstream:
             assert 25 < ttft_ms < e2e_ms  # the simulator's 30 ms TTFT
         assert not any("content" in key or "message" in key for key in got)  # no text
     assert len({span.trace_id for span in received.spans()}) == len(received.spans())
+    errors = [attrs(s.attributes).get("error.type") for s in received.spans()]
+    assert errors.count("upstream_http") == FAILED
 
 
 async def test_nothing_is_sent_when_otlp_is_off(simulator: str, tmp_path: Path) -> None:
@@ -138,6 +156,22 @@ async def test_nothing_is_sent_when_otlp_is_off(simulator: str, tmp_path: Path) 
             # A stop exports what an enabled exporter still holds: after it, nothing can come.
             assert await asyncio.to_thread(proxy.stop) == 0
     assert received.metrics == [] and received.traces == []
+
+
+@pytest.mark.parametrize("proto", ["http/protobuf", "grpc"])
+async def test_a_receiver_that_is_down_slows_neither_traffic_nor_stop(
+    simulator: str, tmp_path: Path, proto: str
+) -> None:
+    nobody = f"http://127.0.0.1:{spawn.free_port()}"
+    env = {**_env(nobody, proto), "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}  # s
+    proxy = serve(simulator, "none", tmp_path / "spool", **env)
+    try:
+        await _traffic(proxy.addresses["proxy"])  # answered while the exports fail
+    finally:
+        started = time.monotonic()
+        assert await asyncio.to_thread(proxy.stop) == 0
+    # The last exports give up after OTEL_EXPORTER_OTLP_TIMEOUT, both at once (default: 10 s).
+    assert time.monotonic() - started < 6
 
 
 def test_protocol_follows_the_signal_variable_then_the_general_one() -> None:
