@@ -4,6 +4,8 @@ HTTP and gRPC, only when asked."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import time
 from datetime import UTC
 from pathlib import Path
@@ -19,7 +21,7 @@ from sidecar.metrics import TIME_PER_OUTPUT_CHUNK, TPOT_BUCKETS, ChunkGaps, Metr
 from sidecar.otlp import protocol
 from tests.support.otlp import Received, attrs, grpc_receiver, http_receiver
 from tests.support.polling import until
-from tests.support.processes import serve
+from tests.support.processes import serve, serve_command
 from tests.support.store import opened
 
 # The conftest simulator: model 'sim', 30 ms TTFT, 10 ms ITL, 8 tokens; the failed request
@@ -172,6 +174,14 @@ async def test_a_receiver_that_is_down_slows_neither_traffic_nor_stop(
         assert await asyncio.to_thread(proxy.stop) == 0
     # The last exports give up after OTEL_EXPORTER_OTLP_TIMEOUT, both at once (default: 10 s).
     assert time.monotonic() - started < 6
+
+
+def test_serve_refuses_a_protocol_it_cannot_export(simulator: str, tmp_path: Path) -> None:
+    env = {**os.environ, "FATHOM_OTLP": "metrics", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
+    argv = serve_command(simulator, "none")
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL='http/json'" in done.stderr + done.stdout
 
 
 def test_protocol_follows_the_signal_variable_then_the_general_one() -> None:
