@@ -4,22 +4,28 @@
 
 Times `Metrics.record` for one streamed request with `--gaps` inter-chunk gaps, and, as the
 baseline measured in the same run, the OTel SDK histogram that `ChunkGaps` replaced (the same
-view and attributes) recording those gaps one by one.
+view and attributes) recording those gaps one by one; and what building and queueing the
+request's GenAI span costs (`otlp: traces`; the exporter here discards, as the real one
+exports from the BatchSpanProcessor's thread).
 """
 
 from __future__ import annotations
 
 import argparse
 import timeit
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from prometheus_client import CollectorRegistry
 
 from sidecar.metrics import TIME_PER_OUTPUT_CHUNK, TPOT_BUCKETS, Metrics
 from sidecar.record import Record
+from sidecar.spans import Spans
 
 ATTRS = {
     "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
@@ -58,8 +64,17 @@ def main() -> None:
     print(f"per gap: {per_gap_ours * 1e6:.2f} µs in ChunkGaps vs {per_gap_sdk * 1e6:.2f} µs "
           f"as SDK histogram records ({per_gap_sdk / per_gap_ours:.0f}x)")  # fmt: skip
     print(f"the SDK's gaps alone would hold the loop {theirs * 1e3:.2f} ms per request")
+    spans = Spans(_Discard(), "openai")
+    span = min(timeit.repeat(lambda: spans.emit(record), number=n, repeat=3)) / n
+    print(f"Spans.emit (otlp: traces), one request: {span * 1e6:.0f} µs")
+    spans.shutdown()
     metrics.shutdown()
     provider.shutdown()
+
+
+class _Discard(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -35,9 +36,11 @@ from sidecar.proxy import Proxy
 from sidecar.record import Record
 from sidecar.routing import Router, Upstream
 from sidecar.sampler import Sampler
+from sidecar.spans import Spans
 from sidecar.store.client import Store, StoreError, open_store
 from sidecar.store.schema import SchemaBehind, apply_schema, require
 from sidecar.store.writer import Writer
+from sidecar.telemetry import shut_down, telemetry
 
 log = logging.getLogger("fathom.serve")
 SAMPLE_BACKLOG = 1000  # sampled answers being redacted at once; past it they are counted, dropped
@@ -49,9 +52,15 @@ class Service:
     drives /readyz."""
 
     def __init__(
-        self, settings: Settings, metrics: Metrics, store: Store | None, writer: Writer | None
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        store: Store | None,
+        writer: Writer | None,
+        spans: Spans | None = None,
     ) -> None:
         self.settings, self.metrics, self.store, self.writer = settings, metrics, store, writer
+        self.spans = spans
         proxy = settings.proxy
         connector = aiohttp.TCPConnector(limit=proxy.pool_limit, limit_per_host=0)
         timeout = aiohttp.ClientTimeout(
@@ -93,6 +102,8 @@ class Service:
         """Every finished request: metrics, the store, and any listener (tests, the demo)."""
         self.records += 1
         self.metrics.record(record, gaps)
+        if self.spans is not None:
+            self.spans.emit(record)
         if self.writer is not None:
             self.writer.submit("fathom.requests", record.to_row())
         for listener in self.listeners:
@@ -133,8 +144,9 @@ SERVICE = web.AppKey("service", Service)
 async def running(settings: Settings) -> AsyncIterator[Service]:
     """A started service; leaving the block drains and stops it (the SIGTERM path)."""
     async with contextlib.AsyncExitStack() as stack:
-        metrics = Metrics(settings.metrics.provider, settings.metrics.model_label_cap)
-        stack.callback(metrics.shutdown)
+        metrics, spans = telemetry(settings.metrics, os.environ)
+        # Last: the proxy has stopped, so its final records' metrics and spans go out too.
+        stack.push_async_callback(shut_down, metrics, spans)
         # The embedded engine in a child process: its inserts never stall the loop's clock.
         store = None if settings.store == "none" else open_store(settings.store, True)
         if store is not None:
@@ -142,7 +154,7 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
         writer = None
         if store is not None:
             writer = await stack.enter_async_context(_writing(store, settings, metrics))
-        service = Service(settings, metrics, store, writer)
+        service = Service(settings, metrics, store, writer, spans)
         stack.callback(lambda: log.info("stopped after %d records", service.records))
         stack.push_async_callback(service.sampled_written)
         await stack.enter_async_context(service.session)

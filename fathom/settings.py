@@ -83,7 +83,7 @@ NAMES: dict[str, tuple[str, str]] = {
             "body_timeout_s", "header_timeout_s", "pool_limit", "max_body_bytes",
             "max_event_bytes", "inject_usage", "client_salt", "probe_token", "tenant_header",
             "tenant_credential", "tenant_cap"),
-    **_same("metrics", "provider", "model_label_cap"),
+    **_same("metrics", "provider", "model_label_cap", "otlp"),
     "sample_rate": ("sampler", "rate"),
     "sample_rates": ("sampler", "rates"),
     "sample_max_chars": ("sampler", "max_chars"),

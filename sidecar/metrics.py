@@ -6,12 +6,14 @@ One instrument skips the SDK: `time_per_output_chunk` gets a value per streamed 
 SDK cleans and hashes attributes on every record, which held the loop at the end of each
 stream while other streams' first chunks waited behind. `ChunkGaps` bins the gaps with one
 bisect each and exports the same Prometheus series the SDK would (the cost of both:
-`python bench/metrics_cost.py`; figures in docs/measurements.md).
+`python bench/metrics_cost.py`; figures in docs/measurements.md). For OTLP it hands the same
+bins over as an SDK histogram point, added to each export (sidecar.otlp.WithMetrics).
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -19,12 +21,22 @@ from dataclasses import dataclass
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
-from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from sidecar.config import ConfigError
+from sidecar.otlp import WithMetrics, otel_resource
 from sidecar.record import Record
 
 OPERATION_DURATION = "gen_ai.client.operation.duration"
@@ -70,6 +82,28 @@ class MetricsSettings:
 
     provider: str = "openai"  # gen_ai.provider.name
     model_label_cap: int = 64  # models past this many share the label 'other'
+    # OTLP push beside /metrics: 'metrics', 'traces' (a GenAI span per request), 'all' or
+    # 'off'; where to and how come from the standard OTEL_EXPORTER_OTLP_* variables.
+    otlp: str = "off"
+
+    def __post_init__(self) -> None:
+        if self.otlp not in OTLP_CHOICES:
+            raise ConfigError(
+                f"otlp={self.otlp!r}: expected one of {', '.join(OTLP_CHOICES)} (env FATHOM_OTLP)"
+            )
+
+    @property
+    def otlp_metrics(self) -> bool:
+        """Whether the instruments are also pushed over OTLP."""
+        return self.otlp in ("metrics", "all")
+
+    @property
+    def otlp_traces(self) -> bool:
+        """Whether each measured request is also sent as a GenAI span."""
+        return self.otlp in ("traces", "all")
+
+
+OTLP_CHOICES = ("off", "metrics", "traces", "all")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +117,18 @@ class Gauge:
 
 
 class Metrics:
-    """One MeterProvider with its own Prometheus registry; `record()` is called per request."""
+    """One MeterProvider with its own Prometheus registry, and an OTLP reader when given an
+    exporter (its interval: OTEL_METRIC_EXPORT_INTERVAL); `record()` is called per request."""
 
-    def __init__(self, provider_name: str, model_label_cap: int) -> None:
+    def __init__(
+        self, provider_name: str, model_label_cap: int, otlp: MetricExporter | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
-        self._reader = PrometheusMetricReader(registry=self.registry)
+        self._tpoc = ChunkGaps(TIME_PER_OUTPUT_CHUNK, TPOT_BUCKETS)
+        self.registry.register(self._tpoc)
+        readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
+        if otlp is not None:
+            readers.append(PeriodicExportingMetricReader(WithMetrics(otlp, self._tpoc.points)))
         views = [
             _view(OPERATION_DURATION, DURATION_BUCKETS),
             _view(TOKEN_USAGE, TOKEN_BUCKETS),
@@ -95,9 +136,8 @@ class Metrics:
             _view(SERVER_TIME_TO_FIRST_TOKEN, TTFT_BUCKETS),
             _view(SERVER_TIME_PER_OUTPUT_TOKEN, TPOT_BUCKETS),
         ]
-        resource = Resource.create({"service.name": "fathom"})
         self._provider = MeterProvider(
-            metric_readers=[self._reader], views=views, resource=resource
+            metric_readers=readers, views=views, resource=otel_resource()
         )
         meter = self._provider.get_meter("fathom")
         self._provider_name = provider_name
@@ -106,8 +146,6 @@ class Metrics:
         self._duration = meter.create_histogram(OPERATION_DURATION, unit="s")
         self._tokens = meter.create_histogram(TOKEN_USAGE, unit="{token}")
         self._ttfc = meter.create_histogram(TIME_TO_FIRST_CHUNK, unit="s")
-        self._tpoc = ChunkGaps(TIME_PER_OUTPUT_CHUNK, TPOT_BUCKETS)
-        self.registry.register(self._tpoc)
         self._ttft = meter.create_histogram(SERVER_TIME_TO_FIRST_TOKEN, unit="s")
         self._tpot = meter.create_histogram(SERVER_TIME_PER_OUTPUT_TOKEN, unit="s")
         self._errors = meter.create_counter("fathom.requests.errors", unit="{request}")
@@ -157,25 +195,58 @@ class Metrics:
         return generate_latest(self.registry)
 
     def shutdown(self) -> None:
-        """Release the provider (and unregister the Prometheus collector)."""
+        """Release the provider (and unregister the Prometheus collector); an OTLP reader
+        exports once more first."""
         self._provider.shutdown()
 
 
 class ChunkGaps(Collector):
-    """A seconds histogram aggregated here, exported as the OTel Prometheus exporter names it."""
+    """A seconds histogram aggregated here, exported as the OTel Prometheus exporter names it,
+    and as SDK histogram points (`points()`) for OTLP."""
 
-    def __init__(self, name: str, buckets: tuple[float, ...]) -> None:
+    def __init__(
+        self, name: str, buckets: tuple[float, ...], clock: Callable[[], int] = time.time_ns
+    ) -> None:
+        self._otel_name = name
         self._name = name.replace(".", "_") + "_seconds"
         self._buckets = buckets
         self._les = [repr(float(b)) for b in buckets] + ["+Inf"]  # as the exporter writes them
+        # per attribute set: counts per bucket, and [sum, min, max]
         self._series: dict[tuple[tuple[str, str], ...], tuple[list[int], list[float]]] = {}
+        self._clock = clock
+        self._start_ns = clock()  # cumulative points count from here
 
     def record(self, values: Iterable[float], attrs: dict[str, str]) -> None:
         key = tuple(sorted(attrs.items()))
-        counts, total = self._series.setdefault(key, ([0] * len(self._les), [0.0]))
+        values = values if isinstance(values, list) else list(values)
+        if not values:
+            return
+        counts, stats = self._series.setdefault(
+            key, ([0] * len(self._les), [0.0, float("inf"), float("-inf")])
+        )
         for value in values:
             counts[bisect_left(self._buckets, value)] += 1
-            total[0] += value
+        # The builtins run at C speed: min and max cost next to nothing beside the bisects.
+        stats[0] += sum(values)
+        stats[1], stats[2] = min(stats[1], min(values)), max(stats[2], max(values))
+
+    def points(self) -> list[Metric]:
+        """The histogram so far as one cumulative SDK metric (none before the first gap)."""
+        now = self._clock()
+        points = []
+        # Runs in the OTLP reader's thread: the copy is taken at once (under the GIL); a
+        # stream being recorded meanwhile may show in the counts but not yet in the sum.
+        for key, (counts, stats) in list(self._series.items()):
+            point = HistogramDataPoint(
+                attributes=dict(key), start_time_unix_nano=self._start_ns, time_unix_nano=now,
+                count=sum(counts), sum=stats[0], bucket_counts=list(counts),
+                explicit_bounds=self._buckets, min=stats[1], max=stats[2],
+            )  # fmt: skip
+            points.append(point)
+        if not points:
+            return []
+        data = Histogram(points, AggregationTemporality.CUMULATIVE)
+        return [Metric(self._otel_name, "", "s", data)]
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         series = list(self._series.items())
@@ -185,11 +256,11 @@ class ChunkGaps(Collector):
         keys = sorted({k for key, _ in series for k, _ in key})
         labels = [k.replace(".", "_") for k in keys] + list(_SCOPE)
         family = HistogramMetricFamily(self._name, "", labels=labels)
-        for key, (counts, total) in series:
+        for key, (counts, stats) in series:
             attrs = dict(key)
             values = [attrs.get(k, "") for k in keys] + list(_SCOPE.values())
             cumulative = list(itertools.accumulate(counts))
-            family.add_metric(values, list(zip(self._les, cumulative, strict=True)), total[0])
+            family.add_metric(values, list(zip(self._les, cumulative, strict=True)), stats[0])
         yield family
 
 
@@ -206,6 +277,7 @@ def _view(name: str, buckets: tuple[float, ...]) -> View:
 
 def _callback(read: Callable[[], float]) -> Callable[[CallbackOptions], Iterable[Observation]]:
     def callback(_options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(read())]
+        # float(): some reads are bools (store_up), which OTLP's number points refuse.
+        return [Observation(float(read()))]
 
     return callback

@@ -183,6 +183,7 @@ class Proxy:
         upstream = self._pick(rec.model, pinned)
         rec.deployment = upstream.deployment
         rec.upstream = upstream.url.host or ""
+        rec.extra["upstream_port"] = upstream.url.port  # for the span (sidecar.spans)
         if self._should_sample and rec.route in MEASURED:
             ex.sample = self._should_sample(rec, request.headers)
         # rel_url: an absolute-form target (GET http://host/x) names no upstream, only a path.
@@ -298,6 +299,7 @@ class Proxy:
                 ex.answer.add(chunk)
         if chunk.finish_reason:
             rec.finish_reason = chunk.finish_reason[:32]
+            rec.extra["response_model"] = chunk.model[:200]  # the model that answered
         if chunk.usage:
             rec.apply_usage(chunk.usage)
         if chunk.error:
@@ -442,6 +444,8 @@ def _read_answer(ex: Exchange, body: bytes) -> None:
         ex.record.apply_usage(obj["usage"])
     answer = parse_answer(obj)  # the sampler's reading of a response: one reading for both
     ex.record.finish_reason = answer.finish_reason[:32]
+    if isinstance(obj.get("model"), str):
+        ex.record.extra["response_model"] = obj["model"][:200]
     choices = obj.get("choices")
     first = choices[0] if isinstance(choices, list) and choices else None
     if isinstance(first, dict) and isinstance(first.get("message"), dict):

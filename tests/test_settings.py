@@ -34,6 +34,7 @@ FLAT: dict[str, str] = {
     "header_timeout_s": "proxy.header_timeout_s", "pool_limit": "proxy.pool_limit",
     "max_body_bytes": "proxy.max_body_bytes", "max_event_bytes": "proxy.max_event_bytes",
     "inject_usage": "proxy.inject_usage", "model_label_cap": "metrics.model_label_cap",
+    "otlp": "metrics.otlp",
     "client_salt": "proxy.client_salt", "sample_rate": "sampler.rate",
     "sample_rates": "sampler.rates", "sample_max_chars": "sampler.max_chars",
     "writer_queue_rows": "writer.queue_rows", "writer_batch_rows": "writer.batch_rows",
@@ -80,6 +81,7 @@ NOT_SETTINGS = {
 VALUES: dict[str, Any] = {
     "upstream": "http://model:8000", "listen": "0.0.0.0:18080", "admin": "0.0.0.0:19464",
     "store": "http://u:p@clickhouse:8123/fathom", "deployment": "fp8", "provider": "vllm",
+    "otlp": "traces",
     "client_salt": "pepper", "sample_rate": 0.5, "sample_rates": {"llama-*": 0.25},
     "spool_dir": "/var/spool/fathom", "probes": True,
     "routes": [{"model": "m", "upstreams": [{"url": "http://a:1", "deployment": "a"}]}],

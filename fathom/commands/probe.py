@@ -35,6 +35,7 @@ from probes.scorer import ScorerError
 from probes.worker import WorkerStats, probe_worker
 from sidecar.config import ConfigError, parse_hostport
 from sidecar.metrics import Metrics
+from sidecar.otlp import metric_exporter
 from sidecar.store.client import Store, StoreError, open_store, parse_store_url
 from sidecar.store.schema import require
 
@@ -94,7 +95,9 @@ async def _main(settings: Settings, probe: ProbeSettings, canaries: list[Canary]
         loop.add_signal_handler(sig, stop.set)
     stats = WorkerStats()
     async with contextlib.AsyncExitStack() as stack:
-        metrics = Metrics(settings.metrics.provider, settings.metrics.model_label_cap)
+        # Its gauges go over OTLP too when asked; its requests' spans are the proxy's.
+        exporter = metric_exporter(os.environ) if settings.metrics.otlp_metrics else None
+        metrics = Metrics(settings.metrics.provider, settings.metrics.model_label_cap, exporter)
         stack.callback(metrics.shutdown)
         metrics.observe(probe_gauges(stats))
         work = _work(settings, probe, canaries, stats, stop)
