@@ -53,6 +53,7 @@ FLAT: dict[str, str] = {
     "worker_count": "worker.worker_count", "detect_interval_s": "worker.detect_interval_s",
     "detect_window_s": "detection.window", "detect_baseline_s": "detection.baseline",
     "probe_admin": "probe_admin",
+    "workers": "workers",
 }  # fmt: skip
 # Fields of the parts that no flat name sets, and why.
 NOT_SETTABLE: dict[str, str] = {
@@ -84,6 +85,7 @@ VALUES: dict[str, Any] = {
     "routes": [{"model": "m", "upstreams": [{"url": "http://a:1", "deployment": "a"}]}],
     "probe_api_key": "sk-probe", "probe_token": "tok", "canary_files": ["a.jsonl", "b.jsonl"],
     "scorer_model": "/models/minilm", "scorer_device": "cpu", "probe_admin": "0.0.0.0:9465",
+    "workers": "auto",
 }  # fmt: skip
 
 

@@ -1,0 +1,149 @@
+"""`fathom serve --workers 2` with real processes: a simulator upstream, the real `openai`
+client opening a new connection per request (so the kernel spreads them over the workers), the
+one embedded store read back after serve has exited."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import psutil
+import pytest
+
+from fathom import spawn
+from tests.support.polling import until
+from tests.support.processes import serve, simulate_command
+from tests.support.scrape import figures, page
+from tests.support.store import opened
+
+REQUESTS = 60
+MESSAGES: list[dict[str, str]] = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def upstream() -> Iterator[str]:
+    """A simulator whose streams last about half a second (8 events, 60 ms apart)."""
+    argv = simulate_command("--model", "sim", "--ttft-ms", "20", "--itl-ms", "60", "--tokens", "8")
+    with spawn.running(argv, ["server"]) as child:
+        yield child.addresses["server"]
+
+
+@pytest.fixture
+def children() -> Iterator[list[spawn.Child]]:
+    started: list[spawn.Child] = []
+    yield started
+    for child in started:
+        child.stop(signal.SIGKILL)
+
+
+def client(proxy: str) -> openai.AsyncOpenAI:
+    """An openai client of its own: its requests come on a connection of their own."""
+    return openai.AsyncOpenAI(base_url=proxy + "/v1", api_key="test", max_retries=0)
+
+
+async def ask(api: openai.AsyncOpenAI, stream: bool) -> tuple[str, str]:
+    """One chat request; (its Fathom request id, the answer)."""
+    raw = await api.chat.completions.with_raw_response.create(
+        model="sim",
+        messages=MESSAGES,
+        stream=stream,  # type: ignore[arg-type]
+    )
+    request_id = raw.headers["x-fathom-request-id"]
+    if not stream:
+        return request_id, raw.parse().choices[0].message.content or ""  # type: ignore[union-attr]
+    parts = [c.choices[0].delta.content or "" async for c in raw.parse() if c.choices]  # type: ignore[union-attr]
+    return request_id, "".join(parts)
+
+
+def stored(store_dir: Path) -> dict[str, int]:
+    """Rows per request id in fathom.requests."""
+    with opened(store_dir) as store:
+        rows = store.query_sync(
+            "SELECT request_id, count() FROM fathom.requests GROUP BY request_id"
+        )
+    return {str(request_id): int(n) for request_id, n in rows}
+
+
+def workers_of(child: spawn.Child) -> list[psutil.Process]:
+    """The worker processes of a `fathom serve --workers N` parent (not its store engine)."""
+    kids = psutil.Process(child.process.pid).children()
+    return [p for p in kids if "--multiprocessing-fork" in p.cmdline()]
+
+
+async def test_two_workers_share_the_load_store_each_row_once_and_sum_their_metrics(
+    upstream: str, tmp_path: Path, children: list[spawn.Child]
+) -> None:
+    fathom = serve(upstream, tmp_path / "store", tmp_path / "spool", "--workers", "2")
+    children.append(fathom)
+    assert len(workers_of(fathom)) == 2
+    slots = asyncio.Semaphore(12)
+
+    async def one(i: int) -> tuple[str, str]:
+        async with slots, client(fathom.addresses["proxy"]) as api:
+            return await ask(api, stream=i % 2 == 0)
+
+    answers = await asyncio.gather(*(one(i) for i in range(REQUESTS)))
+    assert all(answer for _, answer in answers)
+    ids = {request_id for request_id, _ in answers}
+    assert len(ids) == REQUESTS
+    metrics = figures(await page(fathom.addresses["admin"]))
+    assert metrics["gen_ai_client_operation_duration_seconds_count"] == REQUESTS
+    assert metrics["fathom_worker_requests_total"] == REQUESTS
+    text = await page(fathom.addresses["admin"])
+    per_worker = [
+        line for line in text.splitlines() if line.startswith("fathom_worker_requests_total")
+    ]
+    assert len(per_worker) == 2
+    assert all(float(line.rsplit(" ", 1)[1]) > 0 for line in per_worker), per_worker
+
+    assert fathom.stop(signal.SIGTERM) == 0
+    assert stored(tmp_path / "store") == dict.fromkeys(ids, 1)
+
+
+async def test_sigterm_lets_every_workers_streams_finish_and_stores_their_rows(
+    upstream: str, tmp_path: Path, children: list[spawn.Child]
+) -> None:
+    fathom = serve(
+        upstream, tmp_path / "store", tmp_path / "spool", "--workers", "2", FATHOM_GRACE_S="20"
+    )
+    children.append(fathom)
+    apis = [client(fathom.addresses["proxy"]) for _ in range(8)]
+    streams = []
+    for api in apis:
+        raw = await api.chat.completions.with_raw_response.create(
+            model="sim",
+            messages=MESSAGES,
+            stream=True,  # type: ignore[arg-type]
+        )
+        streams.append((raw.headers["x-fathom-request-id"], raw.parse()))
+
+    async def finish(stream: openai.AsyncStream[object]) -> int:
+        return len([chunk async for chunk in stream])
+
+    reading = [asyncio.create_task(finish(s)) for _, s in streams]  # type: ignore[arg-type]
+    # Every stream has its response headers: each is in flight in some worker now.
+    fathom.process.send_signal(signal.SIGTERM)
+    counts = await asyncio.gather(*reading)
+    for api in apis:
+        await api.close()
+    assert all(n >= 8 for n in counts), counts
+    await until(lambda: fathom.process.poll() is not None, within=30.0, what="serve exits")
+    assert fathom.process.returncode == 0
+    assert stored(tmp_path / "store") == {request_id: 1 for request_id, _ in streams}
+
+
+async def test_a_worker_that_dies_stops_serve_with_status_1_naming_it(
+    upstream: str, tmp_path: Path, children: list[spawn.Child]
+) -> None:
+    fathom = serve(upstream, tmp_path / "store", tmp_path / "spool", "--workers", "2")
+    children.append(fathom)
+    victim = workers_of(fathom)[1]
+    victim.kill()
+    await until(lambda: fathom.process.poll() is not None, within=30.0, what="serve exits")
+    assert fathom.process.returncode == 1
+    await until(lambda: any("exited with code -9" in line for line in fathom.output), within=5.0)
+    said = next(line for line in fathom.output if "fathom serve: worker" in line)
+    assert f"(pid {victim.pid}) exited with code -9" in said
