@@ -5,8 +5,10 @@ a Unix socket in a private directory, so that every worker's writer inserts into
 engine), holds the proxy port (bound with SO_REUSEPORT, never listening, so the kernel spreads
 connections over the workers only and the port stays ours while they start), starts the
 workers (fathom.service.running, each with its own bounded writer queue, its own dedup tokens
-and its own spool directory, `spool_dir/worker-I`), and serves the admin port for all of them
-(fathom.workers_admin). With a ClickHouse server store each worker writes to it directly.
+and its own spool directory: `spool_dir` for worker 0, `spool_dir/worker-I` for the others),
+and serves the admin port for all of them (fathom.workers_admin). With a ClickHouse server
+store each worker writes to it directly. What workers of an earlier, larger run left spooled
+is handed to the ones that run now before they start (`adopt_spools`).
 
 SIGTERM (or SIGINT) is passed to every worker, which drains as a single `fathom serve` does:
 it stops accepting, lets its streams finish within grace_s, and flushes its rows; then the
@@ -43,6 +45,7 @@ from fathom.workers_admin import Workers, admin_app
 from sidecar.config import ConfigError
 from sidecar.store.client import Place, Store, StoreError, open_store
 from sidecar.store.schema import apply_schema, require
+from sidecar.store.spool import Spool
 
 log = logging.getLogger("fathom.workers")
 READY_S = 120.0  # the longest a worker may take to start (its first store call included)
@@ -72,7 +75,8 @@ def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
 
 
 def run(settings: Settings, workers: int) -> None:
-    """Serve with `workers` proxy processes until SIGTERM/SIGINT; WorkerCrashed when one dies."""
+    """Serve with `workers` proxy processes until SIGTERM/SIGINT; WorkerCrashed when one dies.
+    (The caller has run `adopt_spools` first.)"""
     uvloop.run(_supervise(settings, workers))
 
 
@@ -145,6 +149,32 @@ def _reserved(address: tuple[str, int]) -> Iterator[tuple[str, int]]:
         yield address[0], int(sock.getsockname()[1])
 
 
+def spool_of(settings: Settings, index: int) -> Path:
+    """Where worker `index` spools: `spool_dir` itself for worker 0 (what a single process
+    uses too), `spool_dir/worker-I` for the others."""
+    root = Path(settings.writer.spool_dir)
+    return root if index == 0 else root / f"worker-{index}"
+
+
+def adopt_spools(settings: Settings, workers: int) -> None:
+    """Hand what workers beyond `workers` left spooled (an earlier run with more of them) to
+    the ones that run now, so that it still reaches the store. Before any worker starts."""
+    root = Path(settings.writer.spool_dir)
+    for source in sorted(root.glob("worker-*")):
+        index = source.name.removeprefix("worker-")
+        if not index.isdigit() or int(index) < workers:
+            continue
+        target = Spool(spool_of(settings, int(index) % workers), settings.writer.spool_max_bytes)
+        try:
+            if rows := target.adopt(source):
+                log.info("%d rows spooled by worker %s go to %s", rows, index, target.directory)
+        finally:
+            target.close()
+        with contextlib.suppress(OSError):  # only once it is empty
+            (source / ".lock").unlink()
+            source.rmdir()
+
+
 def _place(index: int, private: str, embedded: bool) -> WorkerPlace:
     engine = str(Path(private, "engine.sock")) if embedded else ""
     return WorkerPlace(index, str(Path(private, f"worker-{index}.sock")), engine)
@@ -153,8 +183,7 @@ def _place(index: int, private: str, embedded: bool) -> WorkerPlace:
 def _worker_settings(settings: Settings, index: int, address: tuple[str, int]) -> Settings:
     """A worker's settings: the resolved port, its own spool, the schema left to the parent."""
     proxy = dataclasses.replace(settings.proxy, listen=f"{address[0]}:{address[1]}")
-    spool = str(Path(settings.writer.spool_dir, f"worker-{index}"))
-    writer = dataclasses.replace(settings.writer, spool_dir=spool)
+    writer = dataclasses.replace(settings.writer, spool_dir=str(spool_of(settings, index)))
     return dataclasses.replace(settings, proxy=proxy, writer=writer, schema_check_only=True)
 
 

@@ -13,7 +13,10 @@ import openai
 import psutil
 import pytest
 
+from fathom import settings as fathom_settings
 from fathom import spawn
+from fathom.workers import adopt_spools
+from sidecar.store.spool import Batch, Spool
 from tests.support.polling import until
 from tests.support.processes import serve, simulate_command
 from tests.support.scrape import figures, page
@@ -147,3 +150,39 @@ async def test_a_worker_that_dies_stops_serve_with_status_1_naming_it(
     await until(lambda: any("exited with code -9" in line for line in fathom.output), within=5.0)
     said = next(line for line in fathom.output if "fathom serve: worker" in line)
     assert f"(pid {victim.pid}) exited with code -9" in said
+
+
+def spool_batch(directory: Path, rows: int) -> str:
+    """Spool one batch of `rows` rows in `directory`; its token."""
+    spool = Spool(directory, 10**6)
+    try:
+        batch = Batch("fathom.requests", ("request_id",), [(f"r{i}",) for i in range(rows)])
+        spool.put(batch)
+        return batch.token
+    finally:
+        spool.close()
+
+
+def spooled(directory: Path) -> dict[str, int]:
+    """Token -> rows of the batches spooled in `directory`."""
+    spool = Spool(directory, 10**6)
+    try:
+        return {spool.load(f).token: f.rows for f in spool.files()}
+    finally:
+        spool.close()
+
+
+def test_spools_of_workers_beyond_the_count_go_to_the_ones_that_run(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    own = spool_batch(root, 2)
+    one, two, three = (spool_batch(root / f"worker-{i}", i) for i in (1, 2, 3))
+    settings = fathom_settings.build(spool_dir=str(root))
+
+    adopt_spools(settings, 2)  # worker-2 -> worker 0 (spool_dir), worker-3 -> worker-1
+    assert spooled(root) == {own: 2, two: 2}
+    assert spooled(root / "worker-1") == {one: 1, three: 3}
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["worker-1"]
+
+    adopt_spools(settings, 1)  # back to one process: everything in spool_dir
+    assert spooled(root) == {own: 2, two: 2, one: 1, three: 3}
+    assert not [p for p in root.iterdir() if p.is_dir()]

@@ -41,7 +41,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"fathom serve: {exc}", file=sys.stderr)
         return 2
     try:
-        if (n := workers.count(settings.workers)) > 1:
+        n = workers.count(settings.workers)
+        if settings.store != "none":
+            workers.adopt_spools(settings, n)
+        if n > 1:
             workers.run(settings, n)
         else:
             uvloop.run(serve_until_signalled(settings))
