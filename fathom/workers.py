@@ -97,14 +97,13 @@ async def _supervise(settings: Settings, n: int) -> None:
             workers = Workers(
                 [p.admin for p in places], lambda: all(p.is_alive() for p in processes)
             )
+            stack.push_async_callback(workers.close)
             await _until_ready(workers, processes)
-            app = await stack.enter_async_context(admin_app(workers))
             runner = await stack.enter_async_context(
-                serving(app, settings.admin_addr, access_log=None)
+                serving(admin_app(workers), settings.admin_addr, access_log=None)
             )
-            host, port = runner.addresses[0][:2]
-            print(f"proxy listening on http://{reserved[0]}:{reserved[1]}", flush=True)
-            print(f"admin listening on http://{host}:{port}", flush=True)
+            print(f"proxy listening on {_url(*reserved)}", flush=True)
+            print(f"admin listening on {_url(*runner.addresses[0][:2])}", flush=True)
             log.info("%d workers (pids %s)", n, ", ".join(str(p.pid) for p in processes))
             crashed = await _until_stopped(stop, processes, store)
             await _stop(processes, settings.grace_s)
@@ -115,6 +114,10 @@ async def _supervise(settings: Settings, n: int) -> None:
             "workers drained and stopped. Its log is above; start fathom serve again (under "
             "Kubernetes the container restarts)"
         )
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 @contextlib.asynccontextmanager

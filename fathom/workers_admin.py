@@ -10,9 +10,8 @@ returns when all have. /healthz is 200 while every worker process runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -57,19 +56,15 @@ async def _get(
 WORKERS = web.AppKey("workers", Workers)
 
 
-@contextlib.asynccontextmanager
-async def admin_app(workers: Workers) -> AsyncIterator[web.Application]:
-    """The parent's admin application; on exit the clients close."""
+def admin_app(workers: Workers) -> web.Application:
+    """The parent's admin application (the caller closes `workers` after it)."""
     app = web.Application()
     app[WORKERS] = workers
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/drain", _drain)
-    try:
-        yield app
-    finally:
-        await workers.close()
+    return app
 
 
 async def _metrics(request: web.Request) -> web.Response:

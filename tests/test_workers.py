@@ -9,6 +9,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import openai
 import psutil
 import pytest
@@ -79,7 +80,10 @@ def workers_of(child: spawn.Child) -> list[psutil.Process]:
 async def test_two_workers_share_the_load_store_each_row_once_and_sum_their_metrics(
     upstream: str, tmp_path: Path, children: list[spawn.Child]
 ) -> None:
-    fathom = serve(upstream, tmp_path / "store", tmp_path / "spool", "--workers", "2")
+    fathom = serve(
+        upstream, tmp_path / "store", tmp_path / "spool", "--workers", "2",
+        FATHOM_DRAIN_SETTLE_S="0",
+    )  # fmt: skip
     children.append(fathom)
     assert len(workers_of(fathom)) == 2
     slots = asyncio.Semaphore(12)
@@ -101,7 +105,18 @@ async def test_two_workers_share_the_load_store_each_row_once_and_sum_their_metr
     ]
     assert len(per_worker) == 2
     assert all(float(line.rsplit(" ", 1)[1]) > 0 for line in per_worker), per_worker
+    # 30 streams of 8 content events: 7 gaps each, binned by every worker's ChunkGaps.
+    assert metrics["gen_ai_client_operation_time_per_output_chunk_seconds_count"] == 30 * 7
 
+    admin = fathom.addresses["admin"]
+    async with aiohttp.ClientSession() as session:
+        async with session.get(admin + "/readyz") as resp:
+            assert (resp.status, await resp.json()) == (200, {"ready": True, "workers": [True] * 2})
+        async with session.get(admin + "/drain") as resp:
+            drained = await resp.json()
+        assert (drained["drained"], drained["in_flight"]) == (True, 0)
+        async with session.get(admin + "/readyz") as resp:
+            assert resp.status == 503
     assert fathom.stop(signal.SIGTERM) == 0
     assert stored(tmp_path / "store") == dict.fromkeys(ids, 1)
 
