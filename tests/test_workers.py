@@ -24,6 +24,7 @@ from tests.support.scrape import figures, page
 from tests.support.store import opened
 
 REQUESTS = 60
+PER_WORKER = "fathom_worker_requests_total"
 MESSAGES: list[dict[str, str]] = [{"role": "user", "content": "hi"}]
 
 
@@ -77,65 +78,49 @@ def workers_of(child: spawn.Child) -> list[psutil.Process]:
     return [p for p in kids if "--multiprocessing-fork" in p.cmdline()]
 
 
-async def test_two_workers_share_the_load_store_each_row_once_and_sum_their_metrics(
-    upstream: str, tmp_path: Path, children: list[spawn.Child]
-) -> None:
-    fathom = serve(
-        upstream, tmp_path / "store", tmp_path / "spool", "--workers", "2",
-        FATHOM_DRAIN_SETTLE_S="0",
-    )  # fmt: skip
-    children.append(fathom)
-    assert len(workers_of(fathom)) == 2
+async def many_requests(proxy: str) -> set[str]:
+    """REQUESTS requests, 12 at a time, half of them streamed; their request ids."""
     slots = asyncio.Semaphore(12)
 
     async def one(i: int) -> tuple[str, str]:
-        async with slots, client(fathom.addresses["proxy"]) as api:
+        async with slots, client(proxy) as api:
             return await ask(api, stream=i % 2 == 0)
 
     answers = await asyncio.gather(*(one(i) for i in range(REQUESTS)))
     assert all(answer for _, answer in answers)
-    ids = {request_id for request_id, _ in answers}
-    assert len(ids) == REQUESTS
-    metrics = figures(await page(fathom.addresses["admin"]))
+    return {request_id for request_id, _ in answers}
+
+
+async def check_metrics(admin: str) -> None:
+    """The parent's /metrics: every worker's requests, summed, and each worker's share."""
+    text = await page(admin)
+    metrics = figures(text)
     assert metrics["gen_ai_client_operation_duration_seconds_count"] == REQUESTS
-    assert metrics["fathom_worker_requests_total"] == REQUESTS
-    text = await page(fathom.addresses["admin"])
-    per_worker = [
-        line for line in text.splitlines() if line.startswith("fathom_worker_requests_total")
-    ]
-    assert len(per_worker) == 2
-    assert all(float(line.rsplit(" ", 1)[1]) > 0 for line in per_worker), per_worker
     # 30 streams of 8 content events: 7 gaps each, binned by every worker's ChunkGaps.
     assert metrics["gen_ai_client_operation_time_per_output_chunk_seconds_count"] == 30 * 7
-
-    admin = fathom.addresses["admin"]
-    async with aiohttp.ClientSession() as session:
-        async with session.get(admin + "/readyz") as resp:
-            assert (resp.status, await resp.json()) == (200, {"ready": True, "workers": [True] * 2})
-        async with session.get(admin + "/drain") as resp:
-            drained = await resp.json()
-        assert (drained["drained"], drained["in_flight"]) == (True, 0)
-        async with session.get(admin + "/readyz") as resp:
-            assert resp.status == 503
-    assert fathom.stop(signal.SIGTERM) == 0
-    assert stored(tmp_path / "store") == dict.fromkeys(ids, 1)
+    per_worker = [line for line in text.splitlines() if line.startswith(PER_WORKER)]
+    assert len(per_worker) == 2
+    assert all(float(line.rsplit(" ", 1)[1]) > 0 for line in per_worker), per_worker
+    assert metrics[PER_WORKER] == REQUESTS
 
 
-async def test_sigterm_lets_every_workers_streams_finish_and_stores_their_rows(
+async def test_two_workers_share_the_load_store_rows_once_and_drain_on_sigterm(
     upstream: str, tmp_path: Path, children: list[spawn.Child]
 ) -> None:
-    fathom = serve(
-        upstream, tmp_path / "store", tmp_path / "spool", "--workers", "2", FATHOM_GRACE_S="20"
-    )
+    store, spool = tmp_path / "store", tmp_path / "spool"
+    fathom = serve(upstream, store, spool, "--workers", "2", FATHOM_GRACE_S="20")
     children.append(fathom)
+    assert len(workers_of(fathom)) == 2
+    ids = await many_requests(fathom.addresses["proxy"])
+    assert len(ids) == REQUESTS
+    await check_metrics(fathom.addresses["admin"])
+
     apis = [client(fathom.addresses["proxy"]) for _ in range(8)]
     streams = []
     for api in apis:
         raw = await api.chat.completions.with_raw_response.create(
-            model="sim",
-            messages=MESSAGES,
-            stream=True,  # type: ignore[arg-type]
-        )
+            model="sim", messages=MESSAGES, stream=True  # type: ignore[arg-type]
+        )  # fmt: skip
         streams.append((raw.headers["x-fathom-request-id"], raw.parse()))
 
     async def finish(stream: openai.AsyncStream[object]) -> int:
@@ -150,14 +135,27 @@ async def test_sigterm_lets_every_workers_streams_finish_and_stores_their_rows(
     assert all(n >= 8 for n in counts), counts
     await until(lambda: fathom.process.poll() is not None, within=30.0, what="serve exits")
     assert fathom.process.returncode == 0
-    assert stored(tmp_path / "store") == {request_id: 1 for request_id, _ in streams}
+    assert stored(store) == dict.fromkeys(ids | {request_id for request_id, _ in streams}, 1)
 
 
-async def test_a_worker_that_dies_stops_serve_with_status_1_naming_it(
+async def test_one_admin_port_answers_for_all_and_a_dead_worker_stops_serve(
     upstream: str, tmp_path: Path, children: list[spawn.Child]
 ) -> None:
-    fathom = serve(upstream, tmp_path / "store", tmp_path / "spool", "--workers", "2")
+    store, spool = tmp_path / "store", tmp_path / "spool"
+    fathom = serve(upstream, store, spool, "--workers", "2", FATHOM_DRAIN_SETTLE_S="0")
     children.append(fathom)
+    admin = fathom.addresses["admin"]
+    async with aiohttp.ClientSession() as session:
+        async with session.get(admin + "/readyz") as resp:
+            assert (resp.status, await resp.json()) == (200, {"ready": True, "workers": [True] * 2})
+        async with session.get(admin + "/drain") as resp:
+            drained = await resp.json()
+        assert (drained["drained"], drained["in_flight"]) == (True, 0)
+        async with session.get(admin + "/readyz") as resp:
+            assert (resp.status, (await resp.json())["drain"]) == (503, "drained")
+        async with session.get(admin + "/healthz") as resp:
+            assert resp.status == 200
+
     victim = workers_of(fathom)[1]
     victim.kill()
     await until(lambda: fathom.process.poll() is not None, within=30.0, what="serve exits")
