@@ -22,14 +22,24 @@ T = TypeVar("T")
 
 @contextlib.asynccontextmanager
 async def serving(
-    app: web.Application, address: tuple[str, int], backlog: int = 128, **options: Any
+    app: web.Application,
+    address: tuple[str, int] | str,
+    backlog: int = 128,
+    reuse_port: bool = False,
+    **options: Any,
 ) -> AsyncIterator[web.AppRunner]:
-    """`app` listening at (host, port); on exit its runner is cleaned up, which waits for the
+    """`app` listening at (host, port) or on a Unix socket path (with `reuse_port`, beside
+    other processes on the same port); on exit its runner is cleaned up, which waits for the
     requests in flight (up to the runner's `shutdown_timeout`)."""
     runner = web.AppRunner(app, **options)
     await runner.setup()
     try:
-        await web.TCPSite(runner, *address, backlog=backlog).start()
+        site: web.BaseSite
+        if isinstance(address, str):
+            site = web.UnixSite(runner, address, backlog=backlog)
+        else:
+            site = web.TCPSite(runner, *address, backlog=backlog, reuse_port=reuse_port or None)
+        await site.start()
         yield runner
     finally:
         await runner.cleanup()

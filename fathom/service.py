@@ -7,6 +7,9 @@ finishes the sample in hand, whose re-asks still need the proxy; the proxy stops
 waits for the streams in flight, then the admin server stops; the upstream client closes;
 answers still being redacted reach the writer, which flushes (or spools) what it holds; the
 store closes; the metrics shut down. A part that fails to start stops those before it.
+With `--workers N` each of N processes runs this (fathom.workers starts them, given a
+`WorkerPlace`): the proxy port shared with SO_REUSEPORT, the admin server on a private Unix
+socket, and the parent's store engine reached over its socket.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from sidecar.record import Record
 from sidecar.routing import Router, Upstream
 from sidecar.sampler import Sampler
 from sidecar.spans import Spans
-from sidecar.store.client import Store, StoreError, open_store
+from sidecar.store.client import Place, Store, StoreError, open_store
 from sidecar.store.schema import SchemaBehind, apply_schema, require
 from sidecar.store.writer import Writer
 from sidecar.telemetry import shut_down, telemetry
@@ -140,15 +143,26 @@ class Service:
 SERVICE = web.AppKey("service", Service)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerPlace:
+    """One of `fathom serve --workers N`'s proxy processes: its number, its admin server's
+    Unix socket, and the Unix socket of the parent's store engine ('' when not embedded)."""
+
+    index: int
+    admin: str
+    engine: str = ""
+
+
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Service]:
+async def running(settings: Settings, place: WorkerPlace | None = None) -> AsyncIterator[Service]:
     """A started service; leaving the block drains and stops it (the SIGTERM path)."""
     async with contextlib.AsyncExitStack() as stack:
         metrics, spans = telemetry(settings.metrics, os.environ)
         # Last: the proxy has stopped, so its final records' metrics and spans go out too.
         stack.push_async_callback(shut_down, metrics, spans)
         # The embedded engine in a child process: its inserts never stall the loop's clock.
-        store = None if settings.store == "none" else open_store(settings.store, True)
+        engine = Place(shared=place.engine if place else "")
+        store = None if settings.store == "none" else open_store(settings.store, True, engine)
         if store is not None:
             stack.callback(store.close)
         writer = None
@@ -158,7 +172,7 @@ async def running(settings: Settings) -> AsyncIterator[Service]:
         stack.callback(lambda: log.info("stopped after %d records", service.records))
         stack.push_async_callback(service.sampled_written)
         await stack.enter_async_context(service.session)
-        await stack.enter_async_context(_listening(service))
+        await stack.enter_async_context(_listening(service, place))
         if settings.probes:
             await stack.enter_async_context(_probing(service))
         stack.push_async_callback(service.unready)
@@ -199,10 +213,11 @@ async def _writing(store: Store, settings: Settings, metrics: Metrics) -> AsyncI
 
 
 @contextlib.asynccontextmanager
-async def _listening(service: Service) -> AsyncIterator[None]:
+async def _listening(service: Service, place: WorkerPlace | None) -> AsyncIterator[None]:
     """The proxy, then the admin server, listening; on exit the proxy stops first: it waits
     for the streams in flight, while /metrics and /readyz still answer."""
     settings = service.settings
+    admin_address = place.admin if place else settings.admin_addr
     logging.getLogger("aiohttp.server").addFilter(_without_request_bytes)
     proxy_app = web.Application()
     proxy_app[SERVICE] = service
@@ -217,15 +232,18 @@ async def _listening(service: Service) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as admin, contextlib.AsyncExitStack() as proxy:
         for name, stack, app, address in (
             ("proxy", proxy, proxy_app, settings.proxy.listen_addr),
-            ("admin", admin, admin_app, settings.admin_addr),
+            ("admin", admin, admin_app, admin_address),
         ):
             # aiohttp's keep-alive timer also runs while headers arrive: the header timeout.
             runner = await stack.enter_async_context(serving(
-                app, address, backlog=1024, access_log=None, handler_cancellation=True,
-                shutdown_timeout=settings.grace_s, keepalive_timeout=header_timeout_s,
+                app, address, backlog=1024, reuse_port=place is not None, access_log=None,
+                handler_cancellation=True, shutdown_timeout=settings.grace_s,
+                keepalive_timeout=header_timeout_s,
             ))  # fmt: skip
             bound = runner.addresses[0]
-            service.addresses[name] = f"http://{bound[0]}:{bound[1]}"
+            service.addresses[name] = (
+                f"unix:{bound}" if isinstance(bound, str) else f"http://{bound[0]}:{bound[1]}"
+            )
         yield
 
 

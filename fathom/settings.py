@@ -41,6 +41,9 @@ class Settings:
     # whose schema `fathom schema apply` owns; for the embedded store, a choice.
     schema_check_only: bool = False
     probe_admin: str = ""  # HOST:PORT of `fathom probe`'s /healthz and /metrics; '' = none
+    # Proxy processes of `fathom serve` on the one port: a number, or 'auto' (the CPUs this
+    # process may use); fathom.workers runs them when more than one.
+    workers: str = "1"
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
@@ -56,6 +59,13 @@ class Settings:
             parse_hostport(self.probe_admin, "probe_admin")
         if self.probes and self.store == "none":
             raise ConfigError("probes=true needs a store: the worker reads samples from it")
+        if self.workers != "auto" and not (self.workers.isdigit() and int(self.workers) >= 1):
+            raise ConfigError(f"workers must be a positive number or 'auto' (got {self.workers!r})")
+        if self.probes and self.workers != "1":
+            raise ConfigError(
+                "probes=true runs in a single proxy process (workers=1); with several "
+                "workers, put the store on a ClickHouse server and run `fathom probe` beside them"
+            )
 
     @property
     def admin_addr(self) -> tuple[str, int]:
@@ -77,7 +87,7 @@ def _same(part: str, *names: str) -> dict[str, tuple[str, str]]:
 # flat name (FATHOM_<NAME>, YAML key, flag) -> (part, field); part '' = Settings' own field
 NAMES: dict[str, tuple[str, str]] = {
     **_same("", "store", "admin", "grace_s", "drain_settle_s", "probes", "schema_check_only",
-            "probe_admin"),
+            "probe_admin", "workers"),
     **_same("routing", "upstream", "deployment", "routes"),
     **_same("proxy", "listen", "connect_timeout_s", "first_byte_timeout_s", "idle_timeout_s",
             "body_timeout_s", "header_timeout_s", "pool_limit", "max_body_bytes",
@@ -109,6 +119,7 @@ FLAGS: dict[str, str] = {
     "admin": "HOST:PORT of the admin server (/metrics, /healthz, /readyz)",
     "store": "store URL: chdb:///path (embedded) or http://user:pass@host:8123/fathom; 'none'",
     "deployment": "deployment label recorded with every request",
+    "workers": "proxy processes on the one port: a number or 'auto' (the CPUs available)",
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 import time
 from datetime import UTC
 from pathlib import Path
@@ -210,3 +211,13 @@ def test_chunk_gaps_hand_otlp_the_bins_they_hold() -> None:
     assert point.sum == pytest.approx(3.025)
     assert (point.start_time_unix_nano, point.time_unix_nano) == (1000, 5000)
     assert dict(point.attributes) == {"a": "1"}
+
+
+def test_each_process_pushes_as_its_own_instance() -> None:
+    # `serve --workers N`: N processes push cumulative series; one identity would merge them.
+    # The SDK gives each process its own service.instance.id: hold it to that.
+    code = "from sidecar.otlp import otel_resource; "
+    code += "print(otel_resource().attributes['service.instance.id'])"
+    argv = [sys.executable, "-c", code]
+    ids = {subprocess.run(argv, capture_output=True, text=True, check=True).stdout for _ in "ab"}
+    assert len(ids) == 2 and all(i.strip() for i in ids)

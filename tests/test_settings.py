@@ -55,6 +55,7 @@ FLAT: dict[str, str] = {
     "detect_window_s": "detection.window", "detect_baseline_s": "detection.baseline",
     "probe_admin": "probe_admin", "tenant_header": "proxy.tenant_header",
     "tenant_credential": "proxy.tenant_credential", "tenant_cap": "proxy.tenant_cap",
+    "workers": "workers",
 }  # fmt: skip
 # Fields of the parts that no flat name sets, and why.
 NOT_SETTABLE: dict[str, str] = {
@@ -88,6 +89,7 @@ VALUES: dict[str, Any] = {
     "probe_api_key": "sk-probe", "probe_token": "tok", "canary_files": ["a.jsonl", "b.jsonl"],
     "scorer_model": "/models/minilm", "scorer_device": "cpu", "probe_admin": "0.0.0.0:9465",
     "tenant_header": "x-org",
+    "workers": "auto",
 }  # fmt: skip
 
 

@@ -13,10 +13,11 @@ import psutil
 import pytest
 
 from sidecar.record import REQUEST_COLUMNS, Record
-from sidecar.store.client import StoreError, open_store
+from sidecar.store.client import Place, StoreError, open_store
 from sidecar.store.engine import ENGINE_NICE
+from sidecar.store.schema import apply_schema
 from tests.support.records import request_values
-from tests.support.store import opened
+from tests.support.store import opened, url
 
 
 def rows(n: int, prefix: str) -> list[list[object]]:
@@ -124,3 +125,33 @@ def test_the_engine_caches_are_bounded_for_a_sidecar(tmp_path: Path) -> None:
                    "index_mark_cache_size": 16 << 20, "uncompressed_cache_size": 0,
                    "compiled_expression_cache_size": 16 << 20,
                    "query_condition_cache_size": 16 << 20}  # fmt: skip
+
+
+def test_other_processes_share_the_one_engine_over_its_socket_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    """What `fathom serve --workers N` runs: the parent's engine, each worker a client of it."""
+    sock = str(tmp_path / "engine.sock")
+    db = url(tmp_path / "db")
+    owner = open_store(db, True, Place(listen=sock))
+    worker = open_store(db, False, Place(shared=sock))
+    try:
+        apply_schema(owner)
+        worker.insert_sync("fathom.requests", REQUEST_COLUMNS, rows(10, "w"), token="t1")
+        worker.insert_sync("fathom.requests", REQUEST_COLUMNS, rows(10, "w"), token="t1")
+        assert owner.query_sync("SELECT count() FROM fathom.requests") == [(10,)]
+        first = engine_pid()
+        os.kill(first, signal.SIGKILL)
+        psutil.Process(first).wait(10)
+        with pytest.raises(StoreError, match="engine process is gone"):
+            worker.insert_sync("fathom.requests", REQUEST_COLUMNS, rows(5, "x"))
+        with pytest.raises(StoreError, match="engine process is gone"):
+            owner.query_sync("SELECT 1")
+        # The owner's next call starts a new engine on the same socket; the worker reconnects.
+        assert owner.query_sync("SELECT count() FROM fathom.requests") == [(10,)]
+        worker.insert_sync("fathom.requests", REQUEST_COLUMNS, rows(5, "x"))
+        assert worker.query_sync("SELECT count() FROM fathom.requests") == [(15,)]
+    finally:
+        worker.close()
+        owner.close()
+    assert not engines()

@@ -1,5 +1,5 @@
 """`fathom serve`: the proxy in front of an upstream, until SIGTERM or SIGINT (fathom.service
-starts and stops its parts)."""
+starts and stops its parts; with `--workers N`, fathom.workers runs N of them)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import uvloop
 
 from fathom import settings as fathom_settings
+from fathom import workers
 from fathom.service import Listener, running
 from fathom.settings import Settings
 from sidecar.config import ConfigError
@@ -30,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run until SIGTERM/SIGINT, then drain; exit 0 on a clean stop, 2 on bad settings."""
+    """Run until SIGTERM/SIGINT, then drain; exit 0 on a clean stop, 2 on bad settings, 1
+    when one of several workers died."""
     try:
         settings = fathom_settings.load(args)
         if not settings.routing.upstream:
@@ -39,10 +41,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"fathom serve: {exc}", file=sys.stderr)
         return 2
     try:
-        uvloop.run(serve_until_signalled(settings))
+        n = workers.count(settings.workers)
+        if settings.store != "none":
+            workers.adopt_spools(settings, n)
+        if n > 1:
+            workers.run(settings, n)
+        else:
+            uvloop.run(serve_until_signalled(settings))
     except (SpoolError, StoreError, ConfigError) as exc:
         print(f"fathom serve: {exc}", file=sys.stderr)
         return 2
+    except workers.WorkerCrashed as exc:
+        print(f"fathom serve: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

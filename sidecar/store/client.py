@@ -6,6 +6,8 @@ call runs on one dedicated thread, so the event loop never waits on it and the e
 engine is only ever entered from one thread. `isolated=True` runs the embedded engine in a
 child process (see sidecar.store.engine): what `fathom serve` does. Rows bound for that child
 are pickled on a second thread first, so one batch is packed while the child inserts another.
+`Place` says where the engine of `fathom serve --workers N` is: the parent's child process
+listens on a Unix socket, and each proxy process's store is a client of it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ from urllib.parse import unquote, urlsplit
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from sidecar.store.engine import ChildEngine, Engine, InProcess, embedded_client, pack, short
+from sidecar.store.engine import (
+    ChildEngine,
+    Engine,
+    InProcess,
+    SharedEngine,
+    embedded_client,
+    pack,
+    short,
+)
 from sidecar.store.engine import RowsRejected as RowsRejected
 from sidecar.store.engine import StoreError as StoreError
 
@@ -82,12 +92,23 @@ def parse_store_url(url: str) -> StoreURL:
     raise StoreError(f"unsupported store URL scheme '{parts.scheme}': {URL_FORMS}")
 
 
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where an embedded engine runs beyond this process: `listen` (the owner opens its engine
+    process listening on this Unix socket) or `shared` (this process uses that one)."""
+
+    listen: str = ""
+    shared: str = ""
+
+
 class Store:
     """One engine behind one thread; async and blocking forms of each call."""
 
-    def __init__(self, url: StoreURL, isolated: bool = False) -> None:
+    def __init__(self, url: StoreURL, isolated: bool = False, place: Place = Place()) -> None:
         self.url = url
-        self._isolated = isolated and url.kind == "chdb"
+        self._place = place if url.kind == "chdb" else Place()
+        # Rows for another process's engine are packed here, as for our own child's.
+        self._isolated = (isolated or bool(self._place.shared)) and url.kind == "chdb"
         self._thread = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="fathom-store", initializer=self._mark_thread
         )
@@ -104,7 +125,7 @@ class Store:
 
     def _connect(self) -> Engine:
         if self._engine is None:
-            self._engine = _engine_for(self.url, self._isolated)
+            self._engine = _engine_for(self.url, self._isolated, self._place)
         return self._engine
 
     def _call(self, what: str, op: str, *args: Any) -> Any:
@@ -192,13 +213,16 @@ class Store:
             self._engine = None
 
 
-def _engine_for(url: StoreURL, isolated: bool) -> Engine:
-    """The embedded engine at a path (here or in a child process), or an HTTP server."""
+def _engine_for(url: StoreURL, isolated: bool, place: Place) -> Engine:
+    """The embedded engine at a path (here, in a child process, or in another process's
+    child), or an HTTP server."""
     try:
+        if url.kind == "chdb" and place.shared:
+            return SharedEngine(place.shared)
         if url.kind == "chdb":
             Path(url.path).mkdir(parents=True, exist_ok=True)
             if isolated:
-                return ChildEngine(url.path)
+                return ChildEngine(url.path, place.listen)
             # Clients on one path share the process's single engine; another path raises.
             return InProcess(embedded_client(url.path))
         return InProcess(clickhouse_connect.get_client(
@@ -211,6 +235,6 @@ def _engine_for(url: StoreURL, isolated: bool) -> Engine:
         raise StoreError(f"store unreachable at {url.safe}: {exc}") from exc
 
 
-def open_store(url: str, isolated: bool = False) -> Store:
-    """A Store for `url` (connects lazily, on first use); see `Store` for `isolated`."""
-    return Store(parse_store_url(url), isolated)
+def open_store(url: str, isolated: bool = False, place: Place = Place()) -> Store:
+    """A Store for `url` (connects lazily, on first use); see `Store` for `isolated`, `Place`."""
+    return Store(parse_store_url(url), isolated, place)

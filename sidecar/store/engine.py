@@ -6,9 +6,11 @@ for 200-row batches and 4.1-4.3 ms for 2,000-row ones, against 0.8 and 2.4-2.6 m
 engine in its own process (`python -m bench.store_stall`). `fathom serve` therefore runs it there
 (`ChildEngine`); its CPU is then not the proxy's either.
 Both kinds answer the same three operations. The child speaks pickle over a private socket
-pair and exits when its parent goes away (end of file on the socket).
+pair and exits when its parent goes away (end of file on the socket). With `fathom serve
+--workers N` it also listens on a Unix socket in a private directory, and every proxy process
+reaches the one engine there (`SharedEngine`), one operation at a time.
 
-    python -m sidecar.store.engine FD PATH      (started by ChildEngine, not by hand)
+    python -m sidecar.store.engine FD PATH [SOCKET]   (started by ChildEngine, not by hand)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import subprocess
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any, NoReturn, Protocol
 from urllib.parse import urlencode
 
@@ -154,23 +156,11 @@ class InProcess:
         self._client.close()
 
 
-class ChildEngine:
-    """chDB at `path` in a child process; one call at a time (the store's thread)."""
+class _Remote:
+    """Operations sent to an engine process over a connection; one call at a time."""
 
-    def __init__(self, path: str) -> None:
-        ours, theirs = socket.socketpair()
-        with theirs:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "sidecar.store.engine", str(theirs.fileno()), path],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        self._conn = Connection(ours.detach())
-        self.alive = True
-        try:
-            self._reply()  # the child says whether the engine opened
-        except StoreError:
-            self.close()
-            raise
+    _conn: Connection
+    alive: bool
 
     def run(self, op: str, *args: Any) -> Any:
         """One operation in the child; StoreError when the child has died."""
@@ -198,8 +188,33 @@ class ChildEngine:
 
     def _died(self, exc: BaseException) -> NoReturn:
         self.alive = False
-        code = self._process.poll()
-        raise StoreError(f"the engine process is gone (exit code {code}): {short(exc)}") from exc
+        raise StoreError(f"the engine process is gone ({self._gone()}): {short(exc)}") from exc
+
+    def _gone(self) -> str:
+        return "connection closed"
+
+
+class ChildEngine(_Remote):
+    """chDB at `path` in a child process; with `listen`, other processes reach it there too."""
+
+    def __init__(self, path: str, listen: str = "") -> None:
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "sidecar.store.engine", str(theirs.fileno()), path,
+                 *([listen] if listen else [])],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        self._conn = Connection(ours.detach())
+        self.alive = True
+        try:
+            self._reply()  # the child says whether the engine opened
+        except StoreError:
+            self.close()
+            raise
+
+    def _gone(self) -> str:
+        return f"exit code {self._process.poll()}"
 
     def close(self) -> None:
         """Ask the child to close the engine and exit; kill it if it does not."""
@@ -214,20 +229,77 @@ class ChildEngine:
         self._conn.close()
 
 
-def serve(conn: Connection, path: str) -> None:
-    """The child's loop: open the engine, answer operations until told to stop or orphaned."""
+class SharedEngine(_Remote):
+    """The engine another process owns (`ChildEngine(path, listen)`), at its Unix socket."""
+
+    def __init__(self, address: str) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            raise StoreError(f"no engine process at {address}: {short(exc)}") from exc
+        self._conn = Connection(sock.detach())
+        self.alive = True
+
+    def close(self) -> None:
+        """Hang up; the engine goes on serving the other processes."""
+        self.alive = False
+        self._conn.close()
+
+
+def serve(conn: Connection, path: str, listen: str = "") -> None:
+    """The child's loop: open the engine, answer operations (from the parent, and from the
+    processes that connect at `listen`) until the parent says stop or is gone."""
     try:
         client = embedded_client(path)
+        server = _listener(listen) if listen else None
     except (ClickHouseError, OSError, StoreError) as exc:
         conn.send(("error", f"cannot open the embedded store at {path}: {short(exc)}"))
         return
     conn.send(("ok", None))
+    peers: list[Connection] = []
     try:
-        while (message := _next(conn)) is not None:
-            op, args = message
-            conn.send(_answer(client, op, args))
+        while _serve_ready(client, conn, server, peers):
+            pass
     finally:
+        for peer in peers:
+            peer.close()
+        if server is not None:
+            server.close()
         client.close()
+
+
+def _listener(address: str) -> socket.socket:
+    # The socket of an engine process that died before this one (its owner restarts it).
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(address)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(address)
+    server.listen(64)
+    return server
+
+
+def _serve_ready(
+    client: Any, conn: Connection, server: socket.socket | None, peers: list[Connection]
+) -> bool:
+    """Answer every connection with a message waiting; False once the parent is done."""
+    for ready in wait([conn, *peers, *([server] if server else [])]):
+        if ready is server:
+            peer, _ = server.accept()
+            peers.append(Connection(peer.detach()))
+            continue
+        assert isinstance(ready, Connection)
+        if (message := _next(ready)) is None:
+            if ready is conn:
+                return False
+            peers.remove(ready)  # a proxy process hung up (or stopped)
+            ready.close()
+            continue
+        op, args = message
+        with contextlib.suppress(OSError):  # a peer gone mid-call: its writer spools the batch
+            ready.send(_answer(client, op, args))
+    return True
 
 
 def _next(conn: Connection) -> tuple[str, tuple[Any, ...]] | None:
@@ -273,9 +345,9 @@ def yield_to_the_proxy() -> None:
 
 def main(argv: list[str]) -> None:
     """Entry point of the child process."""
-    fd, path = argv
+    fd, path, *listen = argv
     yield_to_the_proxy()
-    serve(Connection(int(fd)), path)
+    serve(Connection(int(fd)), path, *listen)
 
 
 if __name__ == "__main__":

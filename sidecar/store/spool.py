@@ -142,6 +142,26 @@ class Spool:
         spooled.path.unlink(missing_ok=True)
         return spooled.rows
 
+    def adopt(self, source: Path) -> int:
+        """Take over the batches of another spool directory, one no process has open (left by
+        a `fathom serve --workers` process that no longer runs), after our own; the rows
+        taken. Their tokens come with them; a next `put` evicts the oldest if over the bound."""
+        other = Spool(source, self.max_bytes)  # locks it: no writer is using it
+        rows = 0
+        try:
+            with self._lock:
+                for spooled in other.files():
+                    path = self.directory / f"{self._seq:016d}-{spooled.rows}.jsonl"
+                    self._seq += 1
+                    os.replace(spooled.path, path)
+                    self._files.append(SpoolFile(path, spooled.rows, spooled.size))
+                    self.bytes += spooled.size
+                    rows += spooled.rows
+        finally:
+            other.close()
+        _fsync_directory(self.directory)
+        return rows
+
     def close(self) -> None:
         """Let another process use the directory."""
         self._lockfile.close()
@@ -168,9 +188,13 @@ def _write_durably(path: Path, data: bytes) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
+    _fsync_directory(path.parent)  # the rename itself survives a power cut
+
+
+def _fsync_directory(path: Path) -> None:
+    directory = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(directory)  # the rename itself survives a power cut
+        os.fsync(directory)
     finally:
         os.close(directory)
 
