@@ -53,6 +53,11 @@ FLAT: dict[str, str] = {
     "worker_count": "worker.worker_count", "detect_interval_s": "worker.detect_interval_s",
     "detect_window_s": "detection.window", "detect_baseline_s": "detection.baseline",
     "probe_admin": "probe_admin",
+    **{f"audit_{name}": f"audit.{name}" for name in (
+        "rate", "prompts", "canaries", "requests_per_min", "tokens_per_min", "interval_s", "k",
+        "alpha", "temperature", "max_tokens", "template", "logprob_pairs", "permutations",
+        "concurrency", "comparisons")},
+    "audit_timeout_s": "audit.read_timeout_s",
 }  # fmt: skip
 # Fields of the parts that no flat name sets, and why.
 NOT_SETTABLE: dict[str, str] = {
@@ -63,6 +68,10 @@ NOT_SETTABLE: dict[str, str] = {
     "worker.routed": "derived from routing.routes by Settings.probe_worker",
     "scorer.batch_size": "bench knob", "scorer.max_wait_ms": "bench knob",
     "scorer.warmup_sentences": "bench knob",
+    "audit.canary_max_tokens": "method constant (docs/audit.md)",
+    "audit.logprob_temperature": "method constant: the gap estimates the symmetrised KL at 1",
+    "audit.top_logprobs": "method constant", "audit.min_gap": "method constant",
+    "audit.seed": "`fathom audit --seed`; a running audit draws its own seeds",
 }  # fmt: skip
 # Every DetectionSettings field but the windows: the tests' parameters (bench/detect.py).
 DETECTION_PARAMETERS = "detection."
@@ -84,6 +93,7 @@ VALUES: dict[str, Any] = {
     "routes": [{"model": "m", "upstreams": [{"url": "http://a:1", "deployment": "a"}]}],
     "probe_api_key": "sk-probe", "probe_token": "tok", "canary_files": ["a.jsonl", "b.jsonl"],
     "scorer_model": "/models/minilm", "scorer_device": "cpu", "probe_admin": "0.0.0.0:9465",
+    "audit_template": "Q: {prompt}\nA:", "audit_comparisons": ["mmd", "canary"],
 }  # fmt: skip
 
 
@@ -126,7 +136,7 @@ def expected(name: str, value: Any) -> Any:
     """What the nested field holds once `value` is loaded."""
     if name == "routes":
         return parse_routes(value)
-    if name == "canary_files":
+    if name in ("canary_files", "audit_comparisons"):
         return tuple(value)
     if isinstance(field_path(Settings(), FLAT[name]), timedelta):
         return timedelta(seconds=value)
@@ -206,7 +216,7 @@ def documented_env_names() -> set[str]:
 # Backticked words in the docs that look like settings (a duration, or a settings family)...
 SETTING_LIKE = re.compile(
     r"[a-z0-9_]+_s|(probe|writer|spool|sample|canary|canaries|detect|max|worker|scorer|pool"
-    r"|inject|model_label|schema_check)_[a-z0-9_]+"
+    r"|inject|model_label|schema_check|audit)_[a-z0-9_]+"
 )
 NOT_SETTING_WORDS = {  # ...but are not
     "zoo_after_s": "a knob of `fathom simulate`",
