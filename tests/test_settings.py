@@ -71,7 +71,7 @@ NOT_SETTABLE: dict[str, str] = {
     "audit.canary_max_tokens": "method constant (docs/audit.md)",
     "audit.logprob_temperature": "method constant: the gap estimates the symmetrised KL at 1",
     "audit.top_logprobs": "method constant", "audit.min_gap": "method constant",
-    "audit.seed": "`fathom audit --seed`; a running audit draws its own seeds",
+    "audit.seed": "`fathom audit --seed`; fixed in `fathom serve` (repeatable draws)",
 }  # fmt: skip
 # Every DetectionSettings field but the windows: the tests' parameters (bench/detect.py).
 DETECTION_PARAMETERS = "detection."
