@@ -1,14 +1,14 @@
 """The mirrored reference audit inside `fathom serve --probes`: production prompts, as they are
 sampled, asked again of the deployment that answered them and of the route's reference.
 
-Every `interval_s` the loop reads the samples stored since it last looked, keeps those of an
-audited deployment (a route with a `reference`) that can be re-asked exactly (a stored prompt
-that was truncated or redacted asks another question: it is skipped and counted), and draws
-each at `rate`. When a deployment has `prompts` of them, one audit runs on them and on the next
-`canaries` canaries (probes.audit: the same comparisons as `fathom audit`), and its verdicts go
-to fathom.quality (probes.audit_report). Requests go through the proxy with the deployment
-pinned (the reference gets no other traffic), labelled `origin='audit'`, never sampled, and
-every one asks the audit's budget first (probes.audit_budget).
+Every `interval_s` the loop reads the samples stored since it last looked and draws, at
+`rate`, those of an audited deployment (a route with a `reference`) that can be re-asked
+exactly (probes.audit_sampled: a truncated or redacted prompt asks another question, so it is
+skipped and counted). When a deployment has `prompts` of them, one audit runs on them and on
+the next `canaries` canaries (probes.audit: the same comparisons as `fathom audit`), and its
+verdicts go to fathom.quality (probes.audit_report). Requests go through the proxy with the
+deployment pinned (the reference gets no other traffic), labelled `origin='audit'`, never
+sampled, and every one asks the audit's budget first (probes.audit_budget).
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aiohttp
@@ -28,42 +27,24 @@ import numpy as np
 from probes.audit import Sides, run_audit
 from probes.audit_budget import AuditBudget
 from probes.audit_client import Caller, Endpoint
-from probes.audit_prompts import stored_prompt
 from probes.audit_report import AuditPrompt, AuditReport, write_results
+from probes.audit_sampled import Audited, SampledPrompts
 from probes.audit_settings import AuditSettings
-from probes.audit_sql import SAMPLED_SINCE
 from probes.golden import Canary
 from probes.rounds import canary_order
 from probes.scorer import Scorer
 from sidecar.store.client import Store
-from sidecar.wire import DEPLOYMENT_HEADER, PROBE_TOKEN_HEADER, is_redacted, is_truncated
+from sidecar.wire import DEPLOYMENT_HEADER, PROBE_TOKEN_HEADER
 
 log = logging.getLogger("fathom.audit")
 Clock = Callable[[], float]  # seconds since the epoch
-OVERLAP_S = 60.0  # re-read this much before the newest sample seen: rows stored out of order
-RECENT_IDS = 10_000  # request ids remembered as seen (the overlap reads them again)
-READ_LIMIT = 1000  # samples read per look
 FAILURES = (RuntimeError, OSError, ValueError)  # the store, the scorer, the network, bad data
 
 
 @dataclass(slots=True)
-class Audited:
-    """One audited deployment: its reference, and the prompts mirrored so far."""
-
-    model: str
-    deployment: str
-    reference: str  # the reference's deployment name
-    prompts: list[AuditPrompt] = field(default_factory=list)
-    verdicts: int = 0
-
-
-@dataclass(slots=True)
 class MirrorStats:
-    """What the mirrored audit did, for log lines and tests."""
+    """What the audits did (what was mirrored: probes.audit_sampled.SampledStats)."""
 
-    seen: int = 0  # samples of audited deployments read
-    mirrored: int = 0  # drawn into an audit
-    skipped: Counter[str] = field(default_factory=Counter)  # not mirrorable, by reason
     audits: int = 0
     diverged: int = 0
     errors: int = 0
@@ -87,15 +68,6 @@ class MirrorTarget:
         return found
 
 
-def skip_reason(request_json: str, route: str) -> str:
-    """'' when the stored request can be mirrored as asked, else why not."""
-    if is_truncated(request_json):
-        return "truncated"
-    if is_redacted(request_json):
-        return "redacted"
-    return "" if stored_prompt(request_json, route) is not None else "not_a_prompt"
-
-
 class MirroredAudit:
     """Mirrors sampled prompts of the audited deployments and writes verdicts."""
 
@@ -114,12 +86,10 @@ class MirroredAudit:
         rng: random.Random,
     ) -> None:
         self.store, self.session, self.target, self.settings = store, session, target, settings
-        self.audited = {(a.model, a.deployment): a for a in audited}
+        self.sampled = SampledPrompts(store, audited, settings.rate, settings.prompts, clock, rng)
         self.canaries, self.scorer, self.budget = canary_order(canaries), scorer, budget
         self.stats = MirrorStats()
         self._clock, self._rng = clock, rng
-        self._newest = clock()  # prompts sampled before the audit started are not mirrored
-        self._seen: OrderedDict[str, None] = OrderedDict()
         self._next_canary = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -128,7 +98,7 @@ class MirroredAudit:
         log.info(
             "reference audit started: %s; rate %g, %d prompts and %d canaries a verdict, "
             "budget %g requests and %g tokens a minute", ", ".join(
-                f"{a.model}/{a.deployment} vs {a.reference}" for a in self.audited.values()
+                f"{a.model}/{a.deployment} vs {a.reference}" for a in self.sampled.audited.values()
             ), s.rate, s.prompts, s.canaries, s.requests_per_min, s.tokens_per_min,
         )  # fmt: skip
         while not stop.is_set():
@@ -140,47 +110,15 @@ class MirroredAudit:
                             s.interval_s, exc_info=not isinstance(exc, RuntimeError))  # fmt: skip
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), s.interval_s)
-        log.info("reference audit stopped: %s", self.stats)
+        log.info("reference audit stopped: %s; %s", self.stats, self.sampled.stats)
 
     async def step(self, stop: asyncio.Event) -> None:
         """Collect new prompts; audit every deployment that has enough."""
-        await self.collect()
-        for audited in self.audited.values():
+        await self.sampled.collect()
+        for audited in self.sampled.audited.values():
             if len(audited.prompts) >= self.settings.prompts and not stop.is_set():
                 prompts, audited.prompts = audited.prompts, []
                 await self.audit(audited, prompts, stop)
-
-    async def collect(self) -> None:
-        """Read the samples stored since the last look; draw the mirrorable ones at `rate`."""
-        since_ms = round((self._newest - OVERLAP_S) * 1000)
-        rows = await self.store.query(SAMPLED_SINCE, {"since_ms": since_ms, "limit": READ_LIMIT})
-        for request_id, ts, model, deployment, route, request_json in rows:
-            when = (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
-            self._newest = max(self._newest, when)
-            audited = self.audited.get((str(model), str(deployment)))
-            if audited is None or request_id in self._seen:
-                continue
-            self._remember(str(request_id))
-            self.stats.seen += 1
-            why = skip_reason(str(request_json), str(route))
-            if why:
-                self.stats.skipped[why] += 1
-            elif self._draw(audited):
-                prompt = stored_prompt(str(request_json), str(route))
-                assert prompt is not None  # skip_reason said it is one
-                audited.prompts.append(prompt)
-                self.stats.mirrored += 1
-
-    def _draw(self, audited: Audited) -> bool:
-        """Whether to mirror a prompt: at `rate`, while the next audit still wants prompts."""
-        return (
-            len(audited.prompts) < self.settings.prompts and self._rng.random() < self.settings.rate
-        )
-
-    def _remember(self, request_id: str) -> None:
-        self._seen[request_id] = None
-        if len(self._seen) > RECENT_IDS:
-            self._seen.popitem(last=False)
 
     def next_canaries(self) -> list[Canary]:
         """The next `canaries` canaries, cycling through the golden set."""
@@ -205,7 +143,6 @@ class MirroredAudit:
         written = await write_results(
             self.store, report, datetime.fromtimestamp(self._clock(), UTC)
         )
-        audited.verdicts += 1
         self.stats.audits += 1
         self.stats.diverged += int(report.diverges)
         lines = "; ".join(f"{c.probe} {c.verdict}" + (f" p={c.p_value:.3g}" if c.ran else "")
