@@ -182,6 +182,9 @@ async def test_the_budget_holds_at_the_reference_under_load(
         allowed = 1 + window / 60  # a full bucket, then its rate
         assert 5 <= len(seen) <= RPM * allowed + 1e-9, (len(seen), window)
         assert sum(tokens for _, tokens in seen) <= TPM * allowed, seen
+        # The figures docs/audit.md quotes (pytest -s).
+        print(f"\nreference: {len(seen)} requests, {sum(t for _, t in seen)} tokens in "
+              f"{window:.1f} s; users took {users_took:.1f} s")  # fmt: skip
         # User traffic went on meanwhile: every request answered by 'fast', none waited on
         # the audit's budget.
         users = [r for r in proxy.records.values() if r.origin == "user"]
