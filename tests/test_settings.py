@@ -19,6 +19,7 @@ import yaml
 
 from fathom import settings as fathom_settings
 from fathom.settings import NAMES, Settings
+from sidecar.config import ConfigError
 from sidecar.routing import parse_routes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -260,3 +261,18 @@ def test_reading_the_settings_loads_no_probe_machinery() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FATHOM_AUDIT_K": "1"}, "audit_k=1 must be >= 2"),
+        ({"FATHOM_AUDIT_RATE": "1.5"}, r"audit_rate=1.5 must be in \[0, 1\]"),
+        ({"FATHOM_AUDIT_COMPARISONS": "mmd,kl"}, "choose among canary, mmd, logprob"),
+        ({"FATHOM_AUDIT_REQUESTS_PER_MIN": "0"}, "requests_per_min=0.0 must be > 0"),
+        ({"FATHOM_AUDIT_TEMPLATE": "no prompt"}, "audit_template must contain"),
+    ],
+)
+def test_bad_audit_settings_say_which(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        fathom_settings.load(None, env)
