@@ -50,9 +50,9 @@ async def run_in_process(
         except (ConfigError, GoldenError, ScorerError, OSError, ImportError) as exc:
             log.error("probe worker not started: %s", exc)
             return
-        audit = await stack.enter_async_context(
-            auditing(store, settings, target_url, canaries, worker.scorer, stop)
-        )
+        audit = await stack.enter_async_context(auditing(
+            store, settings, target_url, canaries, worker.scorer, stop, probe.worker_index
+        ))  # fmt: skip
         await asyncio.gather(worker.run(stop), *([audit.run(stop)] if audit else []))
 
 
@@ -64,10 +64,12 @@ async def auditing(
     canaries: list[Canary],
     scorer: Scorer,
     stop: asyncio.Event,
+    worker_index: int,
 ) -> AsyncIterator[MirroredAudit | None]:
-    """The mirrored reference audit of the routes with a reference (None when none has)."""
+    """The mirrored reference audit of the routes with a reference, or None when no route has
+    one. One audit per deployment, not one per worker: worker 0 runs it (as it runs detection)."""
     pairs = [(m, d, r.deployment) for m, d, r in audited_pairs(settings.routing.routes)]
-    if not pairs:
+    if not pairs or worker_index != 0:
         yield None
         return
     target = MirrorTarget(target_url, settings.proxy.probe_token, settings.worker.api_key)
