@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from probes.audit_settings import AuditSettings
 from probes.detect_settings import DetectionSettings
 from probes.probe_settings import ProbeSettings, ScorerConfig, routed_targets
 from sidecar import config
@@ -52,6 +53,7 @@ class Settings:
     worker: ProbeSettings = field(default_factory=ProbeSettings)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     detection: DetectionSettings = field(default_factory=DetectionSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     def __post_init__(self) -> None:
         self.admin_addr  # noqa: B018 - parsing is the check
@@ -111,6 +113,11 @@ NAMES: dict[str, tuple[str, str]] = {
     "scorer_device": ("scorer", "device"),
     "detect_window_s": ("detection", "window"),
     "detect_baseline_s": ("detection", "baseline"),
+    **{f"audit_{name}": ("audit", name) for name in (
+        "rate", "prompts", "canaries", "requests_per_min", "tokens_per_min", "interval_s", "k",
+        "alpha", "temperature", "max_tokens", "template", "logprob_pairs", "permutations",
+        "concurrency", "comparisons")},
+    "audit_timeout_s": ("audit", "read_timeout_s"),
 }  # fmt: skip
 # CLI flags that `fathom serve` exposes; every setting is also settable by env and YAML.
 FLAGS: dict[str, str] = {

@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import aiohttp
 
 from probes.audit_logprobs import Scored, completion_logprobs, read_echo
-from probes.consistency import Reply, ask, probe_headers
+from probes.consistency import Reply, probe_headers
 from sidecar.wire import parse_answer
 
 ORIGIN = "audit"  # one of sidecar.wire.LABELLED_ORIGINS
+Posted = tuple[dict[str, Any] | None, str]  # (response object, '') or (None, error class)
 
 
 class AuditError(RuntimeError):
@@ -78,12 +79,16 @@ async def served_models(session: aiohttp.ClientSession, role: str, base: str) ->
 
 
 async def post_json(
-    session: aiohttp.ClientSession, url: str, body: Mapping[str, Any], read_timeout_s: float
-) -> tuple[dict[str, Any] | None, str]:
+    session: aiohttp.ClientSession,
+    url: str,
+    body: Mapping[str, Any],
+    read_timeout_s: float,
+    sent_headers: Mapping[str, str] | None = None,
+) -> Posted:
     """(response object, '') or (None, error class): failures never raise."""
     try:
         async with session.post(
-            url, json=body, headers=headers(), timeout=_timeout(read_timeout_s)
+            url, json=body, headers=sent_headers or headers(), timeout=_timeout(read_timeout_s)
         ) as resp:
             raw = await resp.read()
             if resp.status >= 400:
@@ -99,14 +104,49 @@ async def post_json(
     return (obj, "") if isinstance(obj, dict) else (None, "bad_json")
 
 
+class Gate(Protocol):
+    """What an audit's requests ask before they are sent (probes.audit_budget), and tell
+    after: the tokens they used."""
+
+    async def admit(self, tokens: int) -> bool:
+        """Wait until one request of about `tokens` may go; False: it must not."""
+
+    def settle(self, estimated: int, used: int | None) -> None:
+        """The request admitted with `estimated` tokens used `used` (None: not reported)."""
+
+
+def estimate(text_chars: int, max_tokens: int) -> int:
+    """Tokens a request may use: ~4 characters a token of what is sent, plus its answer."""
+    return text_chars // 4 + max_tokens + 8
+
+
 @dataclass(slots=True)
 class Caller:
-    """Sends one side's requests, at most `concurrency` at a time."""
+    """Sends one side's requests, at most `concurrency` at a time; with a gate, each asks it
+    first. `extra` headers go with every request (pin a deployment, prove probe traffic)."""
 
     endpoint: Endpoint
     session: aiohttp.ClientSession
     limit: asyncio.Semaphore
     read_timeout_s: float = 300.0
+    extra: Mapping[str, str] = field(default_factory=dict)
+    gate: Gate | None = None
+
+    def headers(self) -> dict[str, str]:
+        """Audit traffic's labels and this side's extra headers."""
+        return {**headers(), **self.extra}
+
+    async def _post(self, path: str, body: Mapping[str, Any], tokens: int) -> Posted:
+        """One request, admitted by the gate (error class 'budget' when it is not)."""
+        async with self.limit:
+            if self.gate is not None and not await self.gate.admit(tokens):
+                return None, "budget"
+            obj, error = await post_json(
+                self.session, self.endpoint.url(path), body, self.read_timeout_s, self.headers()
+            )
+        if self.gate is not None:
+            self.gate.settle(tokens, parse_answer(obj).tokens if obj is not None else None)
+        return obj, error
 
     async def chat(
         self, messages: Sequence[Mapping[str, Any]], temperature: float, max_tokens: int,
@@ -119,9 +159,12 @@ class Caller:
         }  # fmt: skip
         if seed is not None:
             body["seed"] = seed
-        async with self.limit:
-            url = self.endpoint.url("/v1/chat/completions")
-            return await ask(self.session, url, body, headers(), self.read_timeout_s)
+        tokens = estimate(len(json.dumps(list(messages))), max_tokens)
+        obj, error = await self._post("/v1/chat/completions", body, tokens)
+        if obj is None:
+            return Reply(error=error)
+        answer = parse_answer(obj)
+        return Reply(answer.text, answer.finish_reason, answer.tokens)
 
     async def complete(
         self, prompt: str, temperature: float, max_tokens: int, seed: int, top: int | None
@@ -134,10 +177,7 @@ class Caller:
         }  # fmt: skip
         if top is not None:
             body["logprobs"] = top
-        async with self.limit:
-            obj, error = await post_json(
-                self.session, self.endpoint.url("/v1/completions"), body, self.read_timeout_s
-            )
+        obj, error = await self._post("/v1/completions", body, estimate(len(prompt), max_tokens))
         if obj is None:
             return "", None, error
         return parse_answer(obj).text, completion_logprobs(obj), ""
@@ -148,10 +188,7 @@ class Caller:
             "model": self.endpoint.model, "prompt": prompt + answer, "echo": True,
             "logprobs": top, "max_tokens": 1, "temperature": 0,
         }  # fmt: skip
-        async with self.limit:
-            obj, error = await post_json(
-                self.session, self.endpoint.url("/v1/completions"), body, self.read_timeout_s
-            )
+        obj, error = await self._post("/v1/completions", body, estimate(len(prompt + answer), 1))
         if obj is None:
             return None, error
         scored = read_echo(obj, prompt, answer)

@@ -1,8 +1,9 @@
-"""What a reference audit is asked and what it finds: its settings and prompts, one
-`Comparison` per test, and the `AuditReport`, whose comparisons become `fathom.quality` rows
-(probes audit-canary, audit-mmd, audit-logprob): score = the p-value (higher: less evidence of
-a difference), passed = no divergence, item_id = 'vs:' + the reference's name, on the
-candidate's (model, deployment). The comparisons themselves are in probes.audit.
+"""What a reference audit is asked and what it finds: its prompts (its settings are in
+probes.audit_settings, re-exported here), one `Comparison` per test, and the `AuditReport`,
+whose comparisons become `fathom.quality` rows (probes audit-canary, audit-mmd,
+audit-logprob): score = the p-value (higher: less evidence of a difference), passed = no
+divergence, item_id = 'vs:' + the reference's name, on the candidate's (model, deployment).
+The comparisons themselves are in probes.audit.
 """
 
 from __future__ import annotations
@@ -14,38 +15,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from probes.audit_client import Endpoint
+from probes.audit_settings import COMPARISONS as COMPARISONS
+from probes.audit_settings import AuditSettings as AuditSettings
 from probes.result import QUALITY_COLUMNS, ProbeResult
 
 if TYPE_CHECKING:
     from sidecar.store.client import Store
 
-COMPARISONS = ("canary", "mmd", "logprob")
 PROBES = {"canary": "audit-canary", "mmd": "audit-mmd", "logprob": "audit-logprob"}
-
-
-@dataclass(frozen=True, slots=True)
-class AuditSettings:
-    """How much an audit asks and how it decides (integration: `audit_*` settings later)."""
-
-    k: int = 5  # answers per prompt from the candidate (2k from the reference: the floor)
-    alpha: float = 0.01
-    temperature: float = 0.7  # of the answers the MMD compares
-    max_tokens: int = 64
-    canary_max_tokens: int = 128
-    logprob_temperature: float = 1.0  # sampled at 1: the gap estimates the symmetrised KL
-    logprob_pairs: int = 2  # answer pairs per prompt: the sign-flip test's p is >= 2^-pairs
-    template: str = "{prompt}\n"  # how a prompt is sent as text for the logprob comparison
-    top_logprobs: int = 5
-    min_gap: float = 0.01  # nats per token: a smaller logprob gap is noise, whatever its p
-    permutations: int = 2000
-    seed: int = 0
-    concurrency: int = 2  # requests in flight per side
-    read_timeout_s: float = 300.0
-    comparisons: tuple[str, ...] = COMPARISONS
-
-    def as_text(self, prompt: str) -> str:
-        """A prompt as the text the logprob comparison sends (`template`, {prompt} filled)."""
-        return self.template.replace("{prompt}", prompt)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,3 +13,15 @@ GROUP BY request_json
 ORDER BY last DESC
 LIMIT {limit:UInt32}
 """
+
+# Sampled user requests stored since a time, oldest first: the mirrored audit inside `fathom
+# serve` (probes.audit_mirror) picks those of the audited deployments. Times as epoch ms.
+SAMPLED_SINCE = """
+SELECT request_id, ts, model, deployment, route, request_json
+FROM fathom.samples
+WHERE ts > fromUnixTimestamp64Milli({since_ms:Int64})
+  AND route IN ('chat', 'completion')
+  AND origin = 'user'
+ORDER BY ts, request_id
+LIMIT {limit:UInt32}
+"""

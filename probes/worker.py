@@ -93,6 +93,7 @@ class Worker:
         if settings.worker_index < 0:
             raise ValueError("the worker index is not known yet: ProbeSettings.resolved()")
         self.settings, self.stats = settings, stats or WorkerStats()
+        self.scorer = scorer  # shared with the reference audit of the same process
         s, name = settings, self.name
         self.traffic = ProbeTraffic(session, target, settings, self.stats, clock, name)
         self.samples = SampleScoring(store, self.traffic, scorer, s, self.stats, clock, name)

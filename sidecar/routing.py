@@ -24,10 +24,13 @@ class Upstream:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Requests for `model` ('*' for any) are split across `upstreams` by weight."""
+    """Requests for `model` ('*' for any) are split across `upstreams` by weight. A
+    `reference` (the validated deployment of the same model) gets no user request: only
+    audit traffic that pins its deployment reaches it."""
 
     model: str
     upstreams: tuple[Upstream, ...]
+    reference: Upstream | None = None
 
 
 def _routes_setting(raw: Any) -> tuple[Route, ...]:
@@ -41,7 +44,8 @@ class RoutingSettings:
 
     upstream: str = ""  # OpenAI-compatible base URL; also where `fathom probe` sends probes
     deployment: str = "default"  # the label of the default upstream's records
-    # Per-model traffic split: [{model, upstreams: [{url, deployment, weight}]}] (YAML or JSON).
+    # Per-model traffic split: [{model, upstreams: [{url, deployment, weight}],
+    # reference: {url, deployment}}] (YAML or JSON; `reference` optional).
     routes: tuple[Route, ...] = field(default=(), metadata={PARSE: _routes_setting})
 
     def __post_init__(self) -> None:
@@ -68,6 +72,8 @@ class Router:
         for upstream in route.upstreams if deployment else ():
             if upstream.deployment == deployment:
                 return upstream
+        if deployment and route.reference and route.reference.deployment == deployment:
+            return route.reference
         if len(route.upstreams) == 1:
             return route.upstreams[0]
         weights = [u.weight for u in route.upstreams]
@@ -83,7 +89,8 @@ class Router:
 
 
 def parse_routes(raw: Sequence[Mapping[str, Any]]) -> tuple[Route, ...]:
-    """Read the `routes` setting: [{model, upstreams: [{url, deployment, weight}]}]."""
+    """Read the `routes` setting: [{model, upstreams: [{url, deployment, weight}],
+    reference: {url, deployment}}]."""
     routes = []
     for i, item in enumerate(raw):
         try:
@@ -100,8 +107,39 @@ def parse_routes(raw: Sequence[Mapping[str, Any]]) -> tuple[Route, ...]:
             ) from exc
         if not ups or any(u.weight < 0 for u in ups) or sum(u.weight for u in ups) <= 0:
             raise ValueError(f"routes[{i}] ({model}): weights must be >= 0 and not all 0")
-        routes.append(Route(model, ups))
+        reference = None
+        if item.get("reference") is not None:
+            reference = parse_reference(item["reference"], model, ups, f"routes[{i}]")
+        routes.append(Route(model, ups, reference))
     return tuple(routes)
+
+
+def parse_reference(raw: Any, model: str, ups: Sequence[Upstream], where: str) -> Upstream:
+    """A route's `reference: {url, deployment}`, or ValueError saying what is wrong."""
+    try:
+        reference = Upstream(parse_upstream_url(raw["url"]), str(raw["deployment"]), 0.0)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{where}.reference: expected {{url, deployment}} ({exc})") from exc
+    if model == "*":
+        raise ValueError(f"{where}.reference: a reference audits one model; name it in `model`")
+    if not reference.deployment:
+        raise ValueError(f"{where}.reference: give the reference a deployment name")
+    if any(u.deployment == reference.deployment for u in ups):
+        raise ValueError(
+            f"{where}.reference: deployment {reference.deployment!r} also names one of the "
+            "route's upstreams; give the reference its own name (its results carry it)"
+        )
+    return reference
+
+
+def audited_pairs(routes: Sequence[Route]) -> tuple[tuple[str, str, Upstream], ...]:
+    """(model, candidate deployment, reference) for every upstream of a route with a reference."""
+    return tuple(
+        (route.model, upstream.deployment, route.reference)
+        for route in routes
+        if route.reference is not None
+        for upstream in route.upstreams
+    )
 
 
 def parse_upstream_url(raw: object) -> URL:

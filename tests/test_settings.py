@@ -19,6 +19,7 @@ import yaml
 
 from fathom import settings as fathom_settings
 from fathom.settings import NAMES, Settings
+from sidecar.config import ConfigError
 from sidecar.routing import parse_routes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +57,11 @@ FLAT: dict[str, str] = {
     "probe_admin": "probe_admin", "tenant_header": "proxy.tenant_header",
     "tenant_credential": "proxy.tenant_credential", "tenant_cap": "proxy.tenant_cap",
     "workers": "workers",
+    **{f"audit_{name}": f"audit.{name}" for name in (
+        "rate", "prompts", "canaries", "requests_per_min", "tokens_per_min", "interval_s", "k",
+        "alpha", "temperature", "max_tokens", "template", "logprob_pairs", "permutations",
+        "concurrency", "comparisons")},
+    "audit_timeout_s": "audit.read_timeout_s",
 }  # fmt: skip
 # Fields of the parts that no flat name sets, and why.
 NOT_SETTABLE: dict[str, str] = {
@@ -66,6 +72,10 @@ NOT_SETTABLE: dict[str, str] = {
     "worker.routed": "derived from routing.routes by Settings.probe_worker",
     "scorer.batch_size": "bench knob", "scorer.max_wait_ms": "bench knob",
     "scorer.warmup_sentences": "bench knob",
+    "audit.canary_max_tokens": "method constant (docs/audit.md)",
+    "audit.logprob_temperature": "method constant: the gap estimates the symmetrised KL at 1",
+    "audit.top_logprobs": "method constant", "audit.min_gap": "method constant",
+    "audit.seed": "`fathom audit --seed`; fixed in `fathom serve` (repeatable draws)",
 }  # fmt: skip
 # Every DetectionSettings field but the windows: the tests' parameters (bench/detect.py).
 DETECTION_PARAMETERS = "detection."
@@ -90,6 +100,7 @@ VALUES: dict[str, Any] = {
     "scorer_model": "/models/minilm", "scorer_device": "cpu", "probe_admin": "0.0.0.0:9465",
     "tenant_header": "x-org",
     "workers": "auto",
+    "audit_template": "Q: {prompt}\nA:", "audit_comparisons": ["mmd", "canary"],
 }  # fmt: skip
 
 
@@ -132,7 +143,7 @@ def expected(name: str, value: Any) -> Any:
     """What the nested field holds once `value` is loaded."""
     if name == "routes":
         return parse_routes(value)
-    if name == "canary_files":
+    if name in ("canary_files", "audit_comparisons"):
         return tuple(value)
     if isinstance(field_path(Settings(), FLAT[name]), timedelta):
         return timedelta(seconds=value)
@@ -212,7 +223,7 @@ def documented_env_names() -> set[str]:
 # Backticked words in the docs that look like settings (a duration, or a settings family)...
 SETTING_LIKE = re.compile(
     r"[a-z0-9_]+_s|(probe|writer|spool|sample|canary|canaries|detect|max|worker|scorer|pool"
-    r"|inject|model_label|schema_check)_[a-z0-9_]+"
+    r"|inject|model_label|schema_check|audit)_[a-z0-9_]+"
 )
 NOT_SETTING_WORDS = {  # ...but are not
     "zoo_after_s": "a knob of `fathom simulate`",
@@ -256,3 +267,18 @@ def test_reading_the_settings_loads_no_probe_machinery() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FATHOM_AUDIT_K": "1"}, "audit_k=1 must be >= 2"),
+        ({"FATHOM_AUDIT_RATE": "1.5"}, r"audit_rate=1.5 must be in \[0, 1\]"),
+        ({"FATHOM_AUDIT_COMPARISONS": "mmd,kl"}, "choose among canary, mmd, logprob"),
+        ({"FATHOM_AUDIT_REQUESTS_PER_MIN": "0"}, "requests_per_min=0.0 must be > 0"),
+        ({"FATHOM_AUDIT_TEMPLATE": "no prompt"}, "audit_template must contain"),
+    ],
+)
+def test_bad_audit_settings_say_which(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        fathom_settings.load(None, env)

@@ -104,10 +104,12 @@ def run(args: argparse.Namespace) -> int:
     from probes.audit_prompts import PromptsError
     from probes.golden import GoldenError
     from probes.scorer import ScorerError
+    from sidecar.config import ConfigError
 
     try:
         report = asyncio.run(_audit(args, settings_from(args)))
-    except (CommandError, AuditError, PromptsError, GoldenError, ScorerError) as exc:
+    except (CommandError, ConfigError, AuditError, PromptsError, GoldenError,
+            ScorerError) as exc:  # fmt: skip
         print(f"fathom audit: {exc}", file=sys.stderr)
         return EXIT_ERROR
     render(report, sys.stdout)
