@@ -16,12 +16,13 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from sidecar.chunk import Chunk
 from sidecar.proxy_settings import ProxySettings
 from sidecar.record import Record
 from sidecar.routing import Upstream
 from sidecar.sampler import StreamAnswer, storable
-from sidecar.sse import Chunk, PartTiming, SSEParser, StreamTiming, classify
-from sidecar.toolcalls import message_tool_calls
+from sidecar.sse import PartTiming, SSEParser, StreamTiming, classify
+from sidecar.toolcalls import answer_tool_calls
 from sidecar.wire import (
     DEPLOYMENT_HEADER,
     LABELLED_ORIGINS,
@@ -36,7 +37,10 @@ HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
      "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
 )  # fmt: skip
-MEASURED = ("chat", "completion", "embedding")
+MEASURED = ("chat", "completion", "embedding", "responses", "messages")
+# Routes whose streams give usage only when asked (`stream_options.include_usage`); responses
+# and messages streams always end with it, and their servers may refuse the option.
+ASK_USAGE = ("chat", "completion")
 LOOPBACK = frozenset({"127.0.0.1", "::1"})
 ANSWER_CAP = 1024 * 1024  # bytes of a non-streamed body kept for parsing usage and the answer
 
@@ -44,15 +48,21 @@ Clock = Callable[[], float]
 
 
 def route_of(path: str) -> str:
-    """Which OpenAI operation a request path is ('chat', 'completion', 'embedding', 'other')."""
+    """Which operation a request path is (a value of sidecar.record.ROUTES)."""
     path = path.rstrip("/")
-    if path.endswith("/chat/completions"):
-        return "chat"
-    if path.endswith("/completions"):
-        return "completion"
-    if path.endswith("/embeddings"):
-        return "embedding"
+    for suffix, route in _SUFFIXES:
+        if path.endswith(suffix):
+            return route
     return "other"
+
+
+_SUFFIXES = (
+    ("/chat/completions", "chat"),
+    ("/completions", "completion"),
+    ("/embeddings", "embedding"),
+    ("/responses", "responses"),
+    ("/messages", "messages"),  # Anthropic-style, as vLLM and llama.cpp serve it
+)
 
 
 @dataclass(slots=True)
@@ -217,7 +227,8 @@ class Proxy:
         ex.body = body
         options = obj.get("stream_options")
         wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-        if rec.stream and not wants_usage and self._settings.inject_usage:
+        ask = rec.route in ASK_USAGE and self._settings.inject_usage
+        if rec.stream and not wants_usage and ask:
             obj["stream_options"] = {**(options or {}), "include_usage": True}
             ex.strip_usage = True
             return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
@@ -284,6 +295,8 @@ class Proxy:
             ex.parts.note(chunk, now)
             if ex.sample and chunk.text:
                 ex.answer.add(chunk)
+        if chunk.tool_final:
+            ex.parts.settle(chunk)
         if chunk.finish_reason:
             rec.finish_reason = chunk.finish_reason[:32]
         if chunk.usage:
@@ -430,10 +443,7 @@ def _read_answer(ex: Exchange, body: bytes) -> None:
         ex.record.apply_usage(obj["usage"])
     answer = parse_answer(obj)  # the sampler's reading of a response: one reading for both
     ex.record.finish_reason = answer.finish_reason[:32]
-    choices = obj.get("choices")
-    first = choices[0] if isinstance(choices, list) and choices else None
-    if isinstance(first, dict) and isinstance(first.get("message"), dict):
-        ex.record.count_tools(message_tool_calls(first["message"]))
+    ex.record.count_tools(answer_tool_calls(obj))
     if ex.sample:
         ex.answer.add(Chunk(text=answer.text))
 

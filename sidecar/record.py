@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 from sidecar.wire import LABELLED_ORIGINS
 
-ROUTES = ("chat", "completion", "embedding", "other")
+ROUTES = ("chat", "completion", "embedding", "responses", "messages", "other")
 ORIGINS = ("user", *LABELLED_ORIGINS)
 TOKENS_SOURCES = ("usage", "counted", "none")
 
@@ -62,11 +62,13 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def apply_usage(self, usage: dict[str, Any]) -> None:
-        """Token counts from an OpenAI `usage` object (chat, completions or responses names)."""
+        """Token counts from a `usage` object (chat, completions, responses or messages names)."""
         prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
         completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
         if isinstance(prompt, int) and isinstance(completion, int):
             self.input_tokens, self.output_tokens, self.tokens_source = prompt, completion, "usage"
+        elif prompt is None and isinstance(completion, int) and self.tokens_source == "usage":
+            self.output_tokens = completion  # messages: message_delta restates output tokens
         details = usage.get("completion_tokens_details", usage.get("output_tokens_details"))
         reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
         if isinstance(reasoning, int) and not isinstance(reasoning, bool) and reasoning >= 0:
