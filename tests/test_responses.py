@@ -7,8 +7,15 @@ from the code under test."""
 from __future__ import annotations
 
 import json
+import re
+import signal
+from pathlib import Path
 
 import openai
+
+from tests.support import processes
+from tests.support.proxied import proxied
+from tests.support.store import opened
 
 TTFT_MS, ITL_MS = 60, 15
 REASONING, TOKENS, TOOLS, BROKEN = 3, 4, 2, 1
@@ -19,6 +26,13 @@ SCHEDULE = {
 }  # fmt: skip
 PROMPT = "What is the weather in Paris today?"  # 7 words: the simulator's input tokens
 INSTRUCTIONS = "Answer briefly."  # 2 more
+CREATED = re.compile(rb'"created_at": ?\d+')
+SLACK_MS = 400  # a loaded 2-core machine: late is possible, early is not
+
+
+def near(measured: float | None, due_ms: float) -> bool:
+    """Measured no earlier than the simulator sent it (less a clock tick), and not much later."""
+    return measured is not None and due_ms - 5 <= measured <= due_ms + SLACK_MS
 
 
 async def test_the_openai_client_reads_the_simulators_responses(simulator: str) -> None:
@@ -56,3 +70,88 @@ def _valid(arguments: str) -> bool:
         return isinstance(json.loads(arguments), dict)
     except ValueError:
         return False
+
+
+async def raw(client: openai.AsyncOpenAI, stream: bool) -> bytes:
+    """The bytes of one answer as the client received them, `created_at` normalised."""
+    async with client.responses.with_streaming_response.create(
+        model="sim", input=PROMPT, instructions=INSTRUCTIONS, stream=stream,
+        extra_headers=SCHEDULE,
+    ) as resp:  # fmt: skip
+        data = b"".join([chunk async for chunk in resp.iter_bytes()])
+    return CREATED.sub(b'"created_at":0', data)
+
+
+async def test_bytes_through_the_proxy_equal_direct(simulator: str) -> None:
+    direct = openai.AsyncOpenAI(base_url=simulator + "/v1", api_key="sk-direct")
+    async with proxied(simulator) as proxy:
+        through = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="sk-proxied")
+        for stream in (True, False):
+            assert await raw(through, stream) == await raw(direct, stream)
+        records = sorted(proxy.records.values(), key=lambda r: r.stream)
+    assert [(r.route, r.stream, r.error, r.status) for r in records] == [
+        ("responses", False, "", 200), ("responses", True, "", 200)
+    ]  # fmt: skip
+
+
+COLUMNS = (
+    "route, stream, ttft_ms, ttfr_ms, ttfa_ms, ttft_tool_ms, input_tokens, output_tokens, "
+    "tokens_source, reasoning_tokens, reasoning_source, tool_calls, tool_calls_invalid, "
+    "finish_reason, chunks, sampled"
+)
+
+
+async def test_stored_rows_match_what_the_simulator_was_told(
+    simulator: str, tmp_path: Path
+) -> None:
+    proxy = processes.serve(simulator, tmp_path / "store", tmp_path / "spool",
+                            FATHOM_WRITER_FLUSH_S="0.2", FATHOM_SAMPLE_RATE="1")  # fmt: skip
+    try:
+        client = openai.AsyncOpenAI(base_url=proxy.addresses["proxy"] + "/v1", api_key="sk-t")
+        stream = await client.responses.create(
+            model="sim", input=PROMPT, instructions=INSTRUCTIONS, stream=True,
+            extra_headers=SCHEDULE,
+        )  # fmt: skip
+        streamed_text = "".join(
+            [e.delta async for e in stream if e.type == "response.output_text.delta"]
+        )
+        whole = await client.responses.create(
+            model="sim", input=[{"role": "user", "content": PROMPT}], instructions=INSTRUCTIONS,
+            extra_headers=SCHEDULE,
+        )  # fmt: skip
+    finally:
+        assert proxy.stop(signal.SIGTERM) == 0
+    with opened(tmp_path / "store") as store:
+        rows = store.query_sync(f"SELECT {COLUMNS} FROM fathom.requests ORDER BY stream")
+        samples = store.query_sync(
+            "SELECT route, response_text, request_json FROM fathom.samples ORDER BY stream"
+        )
+    plain, streamed = rows
+    events = REASONING + TOKENS + 3 * TOOLS
+    route, _, ttft, ttfr, ttfa, tool, *rest = streamed
+    assert route == "responses"
+    assert near(ttfr, TTFT_MS) and ttft == ttfr  # ttft_ms: first content of any kind
+    assert near(ttfa, TTFT_MS + REASONING * ITL_MS)  # the answer's first token
+    assert near(tool, TTFT_MS + (REASONING + TOKENS) * ITL_MS)
+    usage = [9, events, "usage", REASONING, "usage", TOOLS, BROKEN, "tool_calls"]
+    assert rest == [*usage, events, 1]
+    assert plain == ("responses", 0, None, None, None, None, *usage, 0, 1)
+    # The answer text the probes score, and the request they re-ask, as the client saw them.
+    assert [s[:2] for s in samples] == [("responses", whole.output_text),
+                                        ("responses", streamed_text)]  # fmt: skip
+    assert json.loads(samples[0][2])["input"] == [{"role": "user", "content": PROMPT}]
+
+
+async def test_stream_failures_become_error_classes(simulator: str) -> None:
+    async with proxied(simulator) as proxy:
+        client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="sk-t")
+        headers = {**SCHEDULE, "x-sim-ttft-ms": "0", "x-sim-itl-ms": "0"}
+        stream = await client.responses.create(
+            model="sim", input=PROMPT, stream=True,
+            extra_headers={**headers, "x-sim-fault": "error-event:4"},
+        )  # fmt: skip
+        kinds = [event.type async for event in stream]
+        [record] = proxy.records.values()
+    assert kinds[-1] == "error" and "response.completed" not in kinds
+    assert (record.error, record.error_detail) == ("stream_error", "simulated failure mid-stream")
+    assert record.chunks == 4 and record.tokens_source == "counted"
