@@ -9,10 +9,19 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import openai
+import pytest
 
+from probes.consistency import reask
+from probes.probe_settings import ProbeSettings
+from probes.traffic import ProbeTraffic
+from probes.worker_stats import WorkerStats
+from sidecar.wire import prompt_text
 from tests.support import processes
 from tests.support.proxied import proxied
 from tests.support.store import opened
@@ -155,3 +164,29 @@ async def test_stream_failures_become_error_classes(simulator: str) -> None:
     assert kinds[-1] == "error" and "response.completed" not in kinds
     assert (record.error, record.error_detail) == ("stream_error", "simulated failure mid-stream")
     assert record.chunks == 4 and record.tokens_source == "counted"
+
+
+@pytest.mark.parametrize(
+    ("route", "request_body"),
+    [
+        ("responses", {"model": "sim", "input": PROMPT, "instructions": INSTRUCTIONS}),
+        ("messages", {"model": "sim", "max_tokens": 64, "messages": [
+            {"role": "user", "content": PROMPT}]}),
+    ],
+)  # fmt: skip
+async def test_probes_reask_through_the_endpoint_that_answered(
+    simulator: str, route: str, request_body: dict[str, Any]
+) -> None:
+    settings = ProbeSettings(k=2)
+    traffic = ProbeTraffic(
+        aiohttp.ClientSession(), simulator + "/v1", settings, WorkerStats(), time.monotonic, "t"
+    )
+    async with traffic.session:
+        url = traffic.url(route)
+        replies = await reask(traffic.session, url, {**request_body, "stream": True}, k=2)
+    assert url == simulator + "/v1/" + route
+    assert len(replies.answers) == 2 and all(replies.answers) and not replies.errors
+    # Input: the prompt (7 words) and any instructions (2); 8 answer tokens, the fixture's.
+    input_words = 9 if route == "responses" else 7
+    assert replies.tokens == 2 * (input_words + 8)
+    assert prompt_text(request_body, chat=True) == PROMPT
