@@ -358,8 +358,7 @@ class Proxy:
         rec.error, rec.error_detail = exc.error, str(exc)[:200]
         if exc.error == "upstream_timeout" and rec.stream:
             # An explicit SSE error event: clients report it instead of hanging or retrying.
-            payload = {"error": {"message": str(exc), "type": exc.error, "code": 504}}
-            await out.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+            await out.write(_error_event(rec.route, exc.error, str(exc)))
             await out.write_eof()
         elif request.transport is not None:
             request.transport.abort()  # mirror the upstream's broken body
@@ -446,6 +445,19 @@ def _read_answer(ex: Exchange, body: bytes) -> None:
     ex.record.count_tools(answer_tool_calls(obj))
     if ex.sample:
         ex.answer.add(Chunk(text=answer.text))
+
+
+def _error_event(route: str, error: str, message: str) -> bytes:
+    """An SSE error event as the route's clients read one: typed APIs name it `error`."""
+    named: dict[str, object]
+    if route == "responses":
+        named = {"type": "error", "code": error, "message": message, "param": None}
+    elif route == "messages":
+        named = {"type": "error", "error": {"type": error, "message": message}}
+    else:
+        chat = {"error": {"message": message, "type": error, "code": 504}}
+        return b"data: " + json.dumps(chat).encode() + b"\n\n"
+    return b"event: error\ndata: " + json.dumps(named).encode() + b"\n\n"
 
 
 def _json_error(status: int, error: str, message: str) -> web.Response:

@@ -116,3 +116,14 @@ async def test_an_error_event_becomes_the_error_class(simulator: str) -> None:
     assert streamed[-1] == {"type": "error", "error": failure}
     assert (record.error, record.error_detail) == ("stream_error", "simulated failure mid-stream")
     assert record.chunks == 4 and record.output_tokens == 1  # message_start's count stands
+
+
+async def test_an_idle_upstream_ends_the_stream_with_an_error_event(simulator: str) -> None:
+    async with proxied(simulator, idle_timeout_s=0.3) as proxy:
+        headers = {**SCHEDULE, "x-sim-ttft-ms": "0", "x-sim-itl-ms": "0",
+                   "x-sim-fault": "stall:2:3"}  # fmt: skip
+        streamed = events(await post(proxy.url, True, headers))
+        [record] = proxy.records.values()
+    assert streamed[-1]["type"] == "error"
+    assert streamed[-1]["error"]["type"] == "upstream_timeout"
+    assert record.error == "upstream_timeout" and record.chunks == 2

@@ -81,11 +81,13 @@ def _valid(arguments: str) -> bool:
         return False
 
 
-async def raw(client: openai.AsyncOpenAI, stream: bool) -> bytes:
+async def raw(
+    client: openai.AsyncOpenAI, stream: bool, headers: dict[str, str] = SCHEDULE
+) -> bytes:
     """The bytes of one answer as the client received them, `created_at` normalised."""
     async with client.responses.with_streaming_response.create(
         model="sim", input=PROMPT, instructions=INSTRUCTIONS, stream=stream,
-        extra_headers=SCHEDULE,
+        extra_headers=headers,
     ) as resp:  # fmt: skip
         data = b"".join([chunk async for chunk in resp.iter_bytes()])
     return CREATED.sub(b'"created_at":0', data)
@@ -190,3 +192,33 @@ async def test_probes_reask_through_the_endpoint_that_answered(
     input_words = 9 if route == "responses" else 7
     assert replies.tokens == 2 * (input_words + 8)
     assert prompt_text(request_body, chat=True) == PROMPT
+
+
+@pytest.mark.parametrize("variant", ["nospace,crlf", "ping", "huge:200000"])
+async def test_wire_variants_pass_through_and_are_measured(simulator: str, variant: str) -> None:
+    headers = {**SCHEDULE, "x-sim-ttft-ms": "0", "x-sim-itl-ms": "0", "x-sim-wire": variant}
+    direct = openai.AsyncOpenAI(base_url=simulator + "/v1", api_key="sk-direct")
+    async with proxied(simulator) as proxy:
+        through = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="sk-proxied")
+        assert await raw(through, True, headers) == await raw(direct, True, headers)
+        [record] = proxy.records.values()
+    events = REASONING + TOKENS + 3 * TOOLS
+    assert (record.chunks, record.output_tokens, record.reasoning_tokens) == (
+        events, events, REASONING
+    )  # fmt: skip
+    assert (record.tool_calls, record.tool_calls_invalid, record.error) == (TOOLS, BROKEN, "")
+
+
+async def test_an_idle_upstream_ends_the_stream_with_an_error_event(simulator: str) -> None:
+    async with proxied(simulator, idle_timeout_s=0.3) as proxy:
+        client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="sk-t")
+        headers = {**SCHEDULE, "x-sim-ttft-ms": "0", "x-sim-itl-ms": "0",
+                   "x-sim-fault": "stall:2:3"}  # fmt: skip
+        stream = await client.responses.create(
+            model="sim", input=PROMPT, stream=True, extra_headers=headers
+        )
+        events = [event async for event in stream]
+        [record] = proxy.records.values()
+    last = events[-1]
+    assert last.type == "error" and last.code == "upstream_timeout" and "idle" in last.message
+    assert record.error == "upstream_timeout" and record.chunks == 2
