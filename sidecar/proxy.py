@@ -60,8 +60,9 @@ _SUFFIXES = (
     ("/chat/completions", "chat"),
     ("/completions", "completion"),
     ("/embeddings", "embedding"),
-    ("/responses", "responses"),
-    ("/messages", "messages"),  # Anthropic-style, as vLLM and llama.cpp serve it
+    # With /v1: .../chat/completions/{id}/messages and .../threads/{id}/messages are not these.
+    ("/v1/responses", "responses"),
+    ("/v1/messages", "messages"),  # Anthropic-style, as vLLM and llama.cpp serve it
 )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sidecar.proxy import route_of
 from sidecar.record import Record
 from sidecar.sse import PartTiming, classify
 from sidecar.wire import parse_answer, prompt_text
@@ -233,3 +234,16 @@ def test_prompts_of_responses_and_messages() -> None:
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]}],
     }
     assert prompt_text(anthropic, chat=True) == "Capital of France?"
+
+
+def test_routes_of_paths() -> None:
+    expected = {
+        "/v1/chat/completions": "chat", "/v1/completions": "completion",
+        "/v1/embeddings": "embedding", "/v1/responses": "responses", "/v1/responses/": "responses",
+        "/openai/v1/responses": "responses", "/v1/messages": "messages",
+        # Other operations that merely end alike: stored chat messages, Assistants threads,
+        # a stored response, Anthropic's token counting.
+        "/v1/chat/completions/cmpl_1/messages": "other", "/v1/threads/t_1/messages": "other",
+        "/v1/responses/resp_1": "other", "/v1/messages/count_tokens": "other",
+    }  # fmt: skip
+    assert {path: route_of(path) for path in expected} == expected
