@@ -124,7 +124,7 @@ def classify(data: bytes | None) -> Chunk:
         return EMPTY
     if obj.get("error"):
         return Chunk(error=error_text(obj["error"]))
-    if isinstance(obj.get("type"), str):
+    if isinstance(obj.get("type"), str) and "choices" not in obj:
         return typed_chunk(obj)
     choices = obj.get("choices") or []
     usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None

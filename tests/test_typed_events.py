@@ -247,3 +247,8 @@ def test_routes_of_paths() -> None:
         "/v1/responses/resp_1": "other", "/v1/messages/count_tokens": "other",
     }  # fmt: skip
     assert {path: route_of(path) for path in expected} == expected
+
+
+def test_a_chat_chunk_with_a_type_field_stays_a_chat_chunk() -> None:
+    chunk = {"type": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "a"}}]}
+    assert classify(event(chunk)).text == "a"
