@@ -15,7 +15,8 @@ Per-request headers override the model's knobs, which is how tests drive faults:
         http-STATUS            answer with that HTTP error and an OpenAI-style JSON body
         reset:N                connection reset (RST) instead of content event N
         close:N                end the body cleanly instead of content event N: no finish, no [DONE]
-        error-event:N          `data: {"error": {...}}` instead of content event N, then end
+        error-event:N          `data: {"error": {...}}` (responses, messages: their typed
+                               `error` event) instead of content event N, then end
         stall:N:S[:reset|:close]  event N and the rest come S seconds later (or the end does)
         stall-first:S          nothing at all, not even headers, for S seconds; then on time
       N counts content events, reasoning and tool calls included (reset:0 breaks before the
