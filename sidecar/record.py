@@ -64,11 +64,14 @@ class Record:
     def apply_usage(self, usage: dict[str, Any]) -> None:
         """Token counts from a `usage` object (chat, completions, responses or messages names)."""
         prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-        completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
-        if isinstance(prompt, int) and isinstance(completion, int):
-            self.input_tokens, self.output_tokens, self.tokens_source = prompt, completion, "usage"
-        elif prompt is None and isinstance(completion, int) and self.tokens_source == "usage":
-            self.output_tokens = completion  # messages: message_delta restates output tokens
+        completion = usage.get("completion_tokens", usage.get("output_tokens"))
+        if completion is None and "total_tokens" in usage:
+            completion = 0  # embeddings: nothing generated
+        # Messages streams split usage: input in message_start, output in message_delta.
+        if isinstance(prompt, int):
+            self.input_tokens = prompt
+        if isinstance(completion, int):
+            self.output_tokens, self.tokens_source = completion, "usage"
         details = usage.get("completion_tokens_details", usage.get("output_tokens_details"))
         reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
         if isinstance(reasoning, int) and not isinstance(reasoning, bool) and reasoning >= 0:

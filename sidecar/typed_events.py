@@ -83,7 +83,10 @@ def _message_event(kind: str, obj: dict[str, Any]) -> Chunk:
         message = obj.get("message")
         usage = message.get("usage") if isinstance(message, dict) else None
         model = message.get("model") if isinstance(message, dict) else ""
-        return Chunk(usage=usage if isinstance(usage, dict) else None, model=_str(model))
+        given = usage.get("input_tokens") if isinstance(usage, dict) else None
+        # Its output_tokens is a placeholder: the count comes in message_delta, or is counted.
+        return Chunk(usage={"input_tokens": given} if given is not None else None,
+                     model=_str(model))  # fmt: skip
     if kind == "message_delta":
         delta, usage = obj.get("delta"), obj.get("usage")
         stop = delta.get("stop_reason") if isinstance(delta, dict) else None

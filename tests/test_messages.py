@@ -115,7 +115,9 @@ async def test_an_error_event_becomes_the_error_class(simulator: str) -> None:
     failure = {"type": "api_error", "message": "simulated failure mid-stream"}
     assert streamed[-1] == {"type": "error", "error": failure}
     assert (record.error, record.error_detail) == ("stream_error", "simulated failure mid-stream")
-    assert record.chunks == 4 and record.output_tokens == 1  # message_start's count stands
+    # No message_delta: the output is counted (message_start's output_tokens is a placeholder).
+    assert (record.chunks, record.output_tokens, record.tokens_source) == (4, 4, "counted")
+    assert record.input_tokens == 9
 
 
 async def test_an_idle_upstream_ends_the_stream_with_an_error_event(simulator: str) -> None:

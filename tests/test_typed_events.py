@@ -115,7 +115,7 @@ def test_messages_events() -> None:
             }
         )
     )
-    assert start.usage == {"input_tokens": 25, "output_tokens": 1} and not start.content
+    assert start.usage == {"input_tokens": 25} and not start.content  # output: a placeholder
 
     def delta(index: int, body: dict[str, Any]) -> bytes:
         return event({"type": "content_block_delta", "index": index, "delta": body})
@@ -149,7 +149,9 @@ def test_messages_events() -> None:
     )
     assert error.error == "Overloaded"
     record = Record(ts=None, request_id="r", route="messages")  # type: ignore[arg-type]
-    record.apply_usage({"input_tokens": 25, "output_tokens": 1})
+    assert start.usage is not None
+    record.apply_usage(start.usage)
+    assert (record.input_tokens, record.output_tokens, record.tokens_source) == (25, 0, "none")
     record.apply_usage({"output_tokens": 15})
     assert (record.input_tokens, record.output_tokens, record.tokens_source) == (25, 15, "usage")
 
