@@ -6,6 +6,7 @@ from the code under test."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -19,10 +20,13 @@ import pytest
 
 from probes.consistency import reask
 from probes.probe_settings import ProbeSettings
-from probes.traffic import ProbeTraffic
+from probes.scorer import Scorer
+from probes.traffic import ProbeTraffic, client_session
+from probes.worker import Worker
 from probes.worker_stats import WorkerStats
 from sidecar.wire import prompt_text
 from tests.support import processes
+from tests.support.polling import until
 from tests.support.proxied import proxied
 from tests.support.store import opened
 
@@ -222,3 +226,38 @@ async def test_an_idle_upstream_ends_the_stream_with_an_error_event(simulator: s
     last = events[-1]
     assert last.type == "error" and last.code == "upstream_timeout" and "idle" in last.message
     assert record.error == "upstream_timeout" and record.chunks == 2
+
+
+async def test_the_worker_scores_responses_and_messages_samples_by_reasking_there(
+    simulator: str, scorer: Scorer, tmp_path: Path
+) -> None:
+    overrides = {"store": f"chdb://{tmp_path / 'db'}", "sample_rate": 1.0,
+                 "writer_flush_s": 0.05, "spool_dir": str(tmp_path / "spool")}  # fmt: skip
+    async with proxied(simulator, **overrides) as proxy, aiohttp.ClientSession() as session:
+        store = proxy.service.store
+        assert store is not None
+        client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="sk-user")
+        await client.responses.create(model="sim", input=PROMPT, instructions=INSTRUCTIONS)
+        body = {"model": "sim", "max_tokens": 64, "messages": [{"role": "user", "content": PROMPT}]}
+        async with session.post(proxy.url + "/v1/messages", json=body) as resp:
+            assert resp.status == 200
+
+        async def stored() -> bool:
+            return bool((await store.query("SELECT count() FROM fathom.samples"))[0][0] == 2)
+
+        await until(stored)
+        probe_settings = ProbeSettings(
+            k=2, requests_per_min=1e5, tokens_per_min=1e9, canaries_per_round=0
+        ).resolved(hostname="")
+        async with client_session(probe_settings) as probe_session:
+            worker = Worker(store, probe_session, proxy.url, scorer, [], probe_settings)
+            await worker.step(asyncio.Event())
+        scored = await store.query(
+            "SELECT s.route, q.probe FROM fathom.quality AS q INNER JOIN fathom.samples AS s "
+            "ON q.request_id = s.request_id ORDER BY s.route, q.probe"
+        )
+        reasked = sorted(r.route for r in proxy.records.values() if r.origin == "probe")
+    probes = ["abstention", "consistency", "degeneration"]
+    assert scored == [("messages", p) for p in probes] + [("responses", p) for p in probes]
+    assert reasked == ["messages", "messages", "responses", "responses"]
+    assert worker.stats.consistency_scored == 2 and worker.stats.errors == 0
