@@ -44,7 +44,7 @@ WHERE ts >= fromUnixTimestamp64Milli({start_ms:Int64})
   AND ts < fromUnixTimestamp64Milli({end_ms:Int64})
   AND ({deployment:String} = '' OR deployment = {deployment:String})
   AND origin = 'user'
-  AND route IN ('chat', 'completion')
+  AND route IN ('chat', 'completion', 'responses', 'messages')
   AND error = '' AND status < 400
 ORDER BY model, deployment, ts DESC
 LIMIT {max_rows:UInt32} BY model, deployment

@@ -96,7 +96,11 @@ def estimate_tokens(request: Mapping[str, Any], sample: Sample) -> int:
     """Tokens one re-ask may use: ~4 characters a token for the request and the answer,
     the answer bounded by the request's max_tokens. Settled against usage afterwards."""
     answer = len(sample.response_text) // 4 + 16
-    limit = request.get("max_tokens") or request.get("max_completion_tokens")
+    limit = (
+        request.get("max_tokens")
+        or request.get("max_completion_tokens")
+        or request.get("max_output_tokens")  # responses
+    )
     if isinstance(limit, int) and limit > 0:
         answer = min(answer, limit)
     return len(sample.request_json) // 4 + answer
@@ -162,7 +166,7 @@ class SampleScoring:
     async def score(self, sample: Sample) -> Scored:
         """Every probe of one sample (nothing written)."""
         request, why_not = reaskable(sample)
-        chat = sample.route == "chat"
+        chat = sample.route != "completion"  # chat, responses, messages: a conversation
         prompt = prompt_text(request, chat) if request is not None else ""
         # Tens of ms on a long answer: off the loop, which the proxy may share (serve --probes).
         cheap, useful = await asyncio.to_thread(cheap_probes, sample, prompt)

@@ -19,6 +19,13 @@ from probes.worker_stats import WorkerStats
 from sidecar.wire import PROBE_TOKEN_HEADER
 
 log = logging.getLogger("fathom.probe")
+# A re-ask goes through the endpoint that answered the sample: its body is that API's.
+ROUTE_PATHS = {
+    "chat": "/v1/chat/completions",
+    "completion": "/v1/completions",
+    "responses": "/v1/responses",
+    "messages": "/v1/messages",
+}
 
 
 class ProbeTraffic:
@@ -46,7 +53,7 @@ class ProbeTraffic:
     def url(self, route: str) -> str:
         """The URL a request of `route` goes to ('.../v1' in the target is tolerated)."""
         base = self.target.rstrip("/").removesuffix("/v1")
-        return base + ("/v1/chat/completions" if route == "chat" else "/v1/completions")
+        return base + ROUTE_PATHS.get(route, "/v1/completions")
 
     def rest(self) -> None:
         """The upstream is overloaded or slow: pause this worker's probe traffic."""

@@ -20,7 +20,7 @@ UNSCORED_SAMPLES = """
 SELECT ts, request_id, model, deployment, route, finish_reason, request_json, response_text
 FROM fathom.samples
 WHERE ts >= fromUnixTimestamp64Milli({since_ms:Int64})
-  AND route IN ('chat', 'completion')
+  AND route IN ('chat', 'completion', 'responses', 'messages')
   AND cityHash64(request_id) % {worker_count:UInt32} = {worker_index:UInt32}
   AND request_id GLOBAL NOT IN (
       SELECT request_id
@@ -43,7 +43,7 @@ FROM (
     FROM fathom.requests
     WHERE ts >= fromUnixTimestamp64Milli({since_ms:Int64})
       AND origin = 'user'
-      AND route IN ('chat', 'completion')
+      AND route IN ('chat', 'completion', 'responses', 'messages')
       AND model != ''
       AND status > 0 AND status < 400
     UNION ALL

@@ -55,7 +55,8 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
                 5.0, 7.5, 10.0)  # fmt: skip
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 
-OPERATION_NAMES = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings"}
+OPERATION_NAMES = {"chat": "chat", "completion": "text_completion", "embedding": "embeddings",
+                   "responses": "chat", "messages": "chat"}  # fmt: skip
 OTHER_MODEL = "other"
 
 

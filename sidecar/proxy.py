@@ -16,13 +16,14 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from sidecar.chunk import Chunk
 from sidecar.metrics import LabelCap
 from sidecar.proxy_settings import ProxySettings
 from sidecar.record import Record
 from sidecar.routing import Upstream
 from sidecar.sampler import StreamAnswer, storable
-from sidecar.sse import Chunk, PartTiming, SSEParser, StreamTiming, classify
-from sidecar.toolcalls import message_tool_calls
+from sidecar.sse import PartTiming, SSEParser, StreamTiming, classify
+from sidecar.toolcalls import answer_tool_calls
 from sidecar.wire import (
     DEPLOYMENT_HEADER,
     LABELLED_ORIGINS,
@@ -37,7 +38,10 @@ HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
      "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
 )  # fmt: skip
-MEASURED = ("chat", "completion", "embedding")
+MEASURED = ("chat", "completion", "embedding", "responses", "messages")
+# Routes whose streams give usage only when asked (`stream_options.include_usage`); responses
+# and messages streams always end with it, and their servers may refuse the option.
+ASK_USAGE = ("chat", "completion")
 LOOPBACK = frozenset({"127.0.0.1", "::1"})
 ANSWER_CAP = 1024 * 1024  # bytes of a non-streamed body kept for parsing usage and the answer
 
@@ -45,15 +49,22 @@ Clock = Callable[[], float]
 
 
 def route_of(path: str) -> str:
-    """Which OpenAI operation a request path is ('chat', 'completion', 'embedding', 'other')."""
+    """Which operation a request path is (a value of sidecar.record.ROUTES)."""
     path = path.rstrip("/")
-    if path.endswith("/chat/completions"):
-        return "chat"
-    if path.endswith("/completions"):
-        return "completion"
-    if path.endswith("/embeddings"):
-        return "embedding"
+    for suffix, route in _SUFFIXES:
+        if path.endswith(suffix):
+            return route
     return "other"
+
+
+_SUFFIXES = (
+    ("/chat/completions", "chat"),
+    ("/completions", "completion"),
+    ("/embeddings", "embedding"),
+    # With /v1: .../chat/completions/{id}/messages and .../threads/{id}/messages are not these.
+    ("/v1/responses", "responses"),
+    ("/v1/messages", "messages"),  # Anthropic-style, as vLLM and llama.cpp serve it
+)
 
 
 @dataclass(slots=True)
@@ -230,7 +241,8 @@ class Proxy:
         ex.body = body
         options = obj.get("stream_options")
         wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-        if rec.stream and not wants_usage and self._settings.inject_usage:
+        ask = rec.route in ASK_USAGE and self._settings.inject_usage
+        if rec.stream and not wants_usage and ask:
             obj["stream_options"] = {**(options or {}), "include_usage": True}
             ex.strip_usage = True
             return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
@@ -297,6 +309,8 @@ class Proxy:
             ex.parts.note(chunk, now)
             if ex.sample and chunk.text:
                 ex.answer.add(chunk)
+        if chunk.tool_final:
+            ex.parts.settle(chunk)
         if chunk.finish_reason:
             rec.finish_reason = chunk.finish_reason[:32]
             rec.extra["response_model"] = chunk.model[:200]  # the model that answered
@@ -359,8 +373,7 @@ class Proxy:
         rec.error, rec.error_detail = exc.error, str(exc)[:200]
         if exc.error == "upstream_timeout" and rec.stream:
             # An explicit SSE error event: clients report it instead of hanging or retrying.
-            payload = {"error": {"message": str(exc), "type": exc.error, "code": 504}}
-            await out.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+            await out.write(_error_event(rec.route, exc.error, str(exc)))
             await out.write_eof()
         elif request.transport is not None:
             request.transport.abort()  # mirror the upstream's broken body
@@ -446,12 +459,22 @@ def _read_answer(ex: Exchange, body: bytes) -> None:
     ex.record.finish_reason = answer.finish_reason[:32]
     if isinstance(obj.get("model"), str):
         ex.record.extra["response_model"] = obj["model"][:200]
-    choices = obj.get("choices")
-    first = choices[0] if isinstance(choices, list) and choices else None
-    if isinstance(first, dict) and isinstance(first.get("message"), dict):
-        ex.record.count_tools(message_tool_calls(first["message"]))
+    ex.record.count_tools(answer_tool_calls(obj))
     if ex.sample:
         ex.answer.add(Chunk(text=answer.text))
+
+
+def _error_event(route: str, error: str, message: str) -> bytes:
+    """An SSE error event as the route's clients read one: typed APIs name it `error`."""
+    named: dict[str, object]
+    if route == "responses":
+        named = {"type": "error", "code": error, "message": message, "param": None}
+    elif route == "messages":
+        named = {"type": "error", "error": {"type": error, "message": message}}
+    else:
+        chat = {"error": {"message": message, "type": error, "code": 504}}
+        return b"data: " + json.dumps(chat).encode() + b"\n\n"
+    return b"event: error\ndata: " + json.dumps(named).encode() + b"\n\n"
 
 
 def _json_error(status: int, error: str, message: str) -> web.Response:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 from sidecar.wire import LABELLED_ORIGINS
 
-ROUTES = ("chat", "completion", "embedding", "other")
+ROUTES = ("chat", "completion", "embedding", "responses", "messages", "other")
 ORIGINS = ("user", *LABELLED_ORIGINS)
 TOKENS_SOURCES = ("usage", "counted", "none")
 
@@ -63,11 +63,16 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def apply_usage(self, usage: dict[str, Any]) -> None:
-        """Token counts from an OpenAI `usage` object (chat, completions or responses names)."""
+        """Token counts from a `usage` object (chat, completions, responses or messages names)."""
         prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-        completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
-        if isinstance(prompt, int) and isinstance(completion, int):
-            self.input_tokens, self.output_tokens, self.tokens_source = prompt, completion, "usage"
+        completion = usage.get("completion_tokens", usage.get("output_tokens"))
+        if completion is None and "total_tokens" in usage:
+            completion = 0  # embeddings: nothing generated
+        # Messages streams split usage: input in message_start, output in message_delta.
+        if isinstance(prompt, int):
+            self.input_tokens = prompt
+        if isinstance(completion, int):
+            self.output_tokens, self.tokens_source = completion, "usage"
         details = usage.get("completion_tokens_details", usage.get("output_tokens_details"))
         reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
         if isinstance(reasoning, int) and not isinstance(reasoning, bool) and reasoning >= 0:

@@ -20,9 +20,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidecar.chunk import Chunk
 from sidecar.config import ConfigError
 from sidecar.record import Record
-from sidecar.sse import Chunk, classify
+from sidecar.sse import classify
 from sidecar.wire import NO_SAMPLE_HEADER, REDACTION_MARK, TRUNCATION_MARK
 
 SAMPLE_COLUMNS: tuple[str, ...] = (

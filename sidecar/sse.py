@@ -10,7 +10,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidecar.chunk import DONE, EMPTY, Chunk, error_text
 from sidecar.toolcalls import Piece, ToolCalls
+from sidecar.typed_events import typed_chunk
 
 # Lines end with CRLF, CR or LF, and nothing else (str.splitlines would also split on U+2028).
 _EOL = re.compile(rb"\r\n|\r|\n")
@@ -107,29 +109,9 @@ class SSEParser:
         return Event(raw=raw, data=None, at=now)
 
 
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """What one event's JSON says that the proxy cares about."""
-
-    content: bool = False
-    done: bool = False
-    usage_only: bool = False
-    usage: dict[str, Any] | None = None
-    finish_reason: str = ""
-    model: str = ""
-    error: str = ""
-    text: str = ""
-    reasoning: bool = False  # carries reasoning (`delta.reasoning`/`reasoning_content`)
-    answer: bool = False  # carries answer text or a tool call
-    tool_calls: tuple[Piece, ...] = ()  # (choice, index, arguments fragment) per tool delta
-
-
-DONE = Chunk(done=True)
-EMPTY = Chunk()
-
-
 def classify(data: bytes | None) -> Chunk:
-    """Read an event's data as an OpenAI stream chunk (chat or completions)."""
+    """Read an event's data: an OpenAI chat or completions chunk, or a typed event
+    (`/v1/responses`, `/v1/messages`: named by their JSON `type`)."""
     if data is None:
         return EMPTY
     if data.strip() == b"[DONE]":
@@ -141,7 +123,9 @@ def classify(data: bytes | None) -> Chunk:
     if not isinstance(obj, dict):
         return EMPTY
     if obj.get("error"):
-        return Chunk(error=_error_text(obj["error"]))
+        return Chunk(error=error_text(obj["error"]))
+    if isinstance(obj.get("type"), str) and "choices" not in obj:
+        return typed_chunk(obj)
     choices = obj.get("choices") or []
     usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
     read = _Choices()
@@ -203,12 +187,6 @@ def _args(call: dict[str, Any]) -> str:
     function = call.get("function")
     arguments = function.get("arguments") if isinstance(function, dict) else None
     return arguments if isinstance(arguments, str) else ""
-
-
-def _error_text(error: Any) -> str:
-    if isinstance(error, dict):
-        return str(error.get("message") or error.get("type") or "error")[:200]
-    return str(error)[:200]
 
 
 @dataclass(slots=True)
@@ -276,6 +254,11 @@ class PartTiming:
             if self.tools is None:
                 self.tools, self.tool_at = ToolCalls(), now
             self.tools.add(chunk.tool_calls)
+
+    def settle(self, chunk: Chunk) -> None:
+        """Fold in tool calls' whole arguments, restated at their end (not a content event)."""
+        if chunk.tool_final and self.tools is not None:
+            self.tools.settle(chunk.tool_final)
 
 
 def percentile(ordered: list[float], q: float) -> float:

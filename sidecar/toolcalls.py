@@ -42,6 +42,12 @@ class ToolCalls:
             if size <= ARGUMENTS_CAP:
                 parts.append(fragment)
 
+    def settle(self, pieces: Iterable[Piece]) -> None:
+        """Replace calls' arguments with the whole arguments the API restated at their end."""
+        for choice, index, arguments in pieces:
+            self.sizes[(choice, index)] = len(arguments)
+            self.arguments[(choice, index)] = [arguments] if len(arguments) <= ARGUMENTS_CAP else []
+
     def count(self) -> int:
         """How many tool calls the answer made."""
         return len(self.sizes)
@@ -55,12 +61,33 @@ class ToolCalls:
         )
 
 
-def message_tool_calls(message: Any) -> ToolCalls:
-    """The tool calls of a non-streamed chat message (`message.tool_calls`)."""
-    calls = ToolCalls()
+def answer_tool_calls(answer: Any) -> ToolCalls:
+    """The tool calls of a non-streamed answer: chat's `message.tool_calls`, responses'
+    function_call output items, or messages' tool_use content blocks."""
+    if not isinstance(answer, dict):
+        return ToolCalls()
+    if isinstance(answer.get("output"), list):
+        items = [i for i in answer["output"] if isinstance(i, dict)]
+        return _listed([i.get("arguments") for i in items if i.get("type") == "function_call"])
+    if answer.get("type") == "message" and isinstance(answer.get("content"), list):
+        blocks = [b for b in answer["content"] if isinstance(b, dict)]
+        # The server parsed these arguments already: a JSON object, or not one.
+        uses = [b.get("input") for b in blocks if b.get("type") == "tool_use"]
+        return _listed([json.dumps(i) if isinstance(i, dict) else "" for i in uses])
+    choices = answer.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, dict) else None
     listed = message.get("tool_calls") if isinstance(message, dict) else None
-    for index, call in enumerate(listed if isinstance(listed, list) else []):
-        function = call.get("function") if isinstance(call, dict) else None
-        arguments = function.get("arguments") if isinstance(function, dict) else None
-        calls.add([(0, index, arguments if isinstance(arguments, str) else "")])
+    functions = [c.get("function") for c in _list(listed) if isinstance(c, dict)]
+    return _listed([f.get("arguments") if isinstance(f, dict) else "" for f in functions])
+
+
+def _listed(arguments: list[Any]) -> ToolCalls:
+    calls = ToolCalls()
+    for index, given in enumerate(arguments):
+        calls.add([(0, index, given if isinstance(given, str) else "")])
     return calls
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []

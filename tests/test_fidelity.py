@@ -4,7 +4,8 @@ The simulator stamps every chunk with its send time (`x-sim-trace: 1`, ms after 
 arrived there, and the arrival itself on CLOCK_MONOTONIC); the proxy runs as its own process
 (`tests.support.timed_serve`: `fathom serve` that also reports each request's t0 on the same
 clock). So the truth is absolute: TTFT = arrival - t0 + first content send, end-to-end =
-arrival - t0 + last send, ITL from the send times. Compared over 200 streams at concurrency 16.
+arrival - t0 + last send, ITL from the send times. Compared over 200 streams at concurrency 16,
+for each streamed API: chat, `/v1/responses` and `/v1/messages` (typed events).
 
 The goal is 2 ms at p99 for every figure. The "awake" variant (slow: it needs a quiet machine)
 keeps the proxy's event loop from sleeping and asserts the goal for every figure. The default
@@ -22,6 +23,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psutil
@@ -45,13 +47,34 @@ class Traced:
     request_id: str
     arrival: float
     content: list[float]
-    last: float  # the last stamped event (usage, just before [DONE])
+    last: float  # the last stamped event (chat: usage, just before [DONE])
 
 
-async def traced_stream(session: aiohttp.ClientSession, url: str) -> Traced:
+# Per API: its path, a streamed request, and which of its events carry answer text.
+MESSAGES = [{"role": "user", "content": "go"}]
+APIS = {
+    "chat": ("/v1/chat/completions", {"model": "sim", "messages": MESSAGES, "stream": True}),
+    "responses": ("/v1/responses", {"model": "sim", "input": "go", "stream": True}),
+    "messages": ("/v1/messages",
+                 {"model": "sim", "messages": MESSAGES, "max_tokens": 64, "stream": True}),
+}  # fmt: skip
+
+
+def answers(chunk: dict[str, Any]) -> bool:
+    """Whether a stream event of any of the APIS carries answer text."""
+    choices = chunk.get("choices") or []
+    if choices:
+        return bool(choices[0]["delta"].get("content"))
+    delta = chunk.get("delta")
+    return chunk.get("type") == "response.output_text.delta" or (
+        isinstance(delta, dict) and delta.get("type") == "text_delta"
+    )
+
+
+async def traced_stream(session: aiohttp.ClientSession, base: str, api: str) -> Traced:
     """One streamed request and the simulator's stamps."""
-    body = {"model": "sim", "messages": [{"role": "user", "content": "go"}], "stream": True}
-    async with session.post(url, json=body, headers=HEADERS) as resp:
+    path, body = APIS[api]
+    async with session.post(base + path, json=body, headers=HEADERS) as resp:
         data = await resp.read()
         request_id = resp.headers[REQUEST_ID_HEADER]
         arrival = float(resp.headers["x-sim-arrival-monotonic"])
@@ -60,8 +83,7 @@ async def traced_stream(session: aiohttp.ClientSession, url: str) -> Traced:
         if event.data and event.data != b"[DONE]":
             chunk = json.loads(event.data)
             stamps.append(chunk["sim_t_ms"])
-            choices = chunk.get("choices") or []
-            if choices and choices[0]["delta"].get("content"):
+            if answers(chunk):
                 content.append(chunk["sim_t_ms"])
     return Traced(request_id, arrival, content, max(stamps))
 
@@ -101,9 +123,10 @@ def pin_apart(proxy_pid: int, simulator_pid: int) -> None:
 # machine it shows the proxy's own error without a halted vCPU's wake-up; on a busy one the
 # spinning proxy loses its core to others and shows nothing useful, hence slow (make
 # test-slow).
+@pytest.mark.parametrize("api", list(APIS))
 @pytest.mark.parametrize("core", ["idle", pytest.param("awake", marks=pytest.mark.slow)])
 async def test_recorded_timings_match_the_simulators_schedule(
-    simulator_process: spawn.Child, tmp_path: Path, core: str
+    simulator_process: spawn.Child, tmp_path: Path, core: str, api: str
 ) -> None:
     simulator, simulator_pid = simulator_process.addresses["server"], simulator_process.process.pid
     affinity = os.sched_getaffinity(0)
@@ -114,7 +137,7 @@ async def test_recorded_timings_match_the_simulators_schedule(
     ]  # fmt: skip
     proxy = spawn.start(argv, ["proxy", "admin"], {"FATHOM_SPOOL_DIR": str(tmp_path / "spool")})
     pin_apart(proxy.process.pid, simulator_pid)
-    url = proxy.addresses["proxy"] + "/v1/chat/completions"
+    base = proxy.addresses["proxy"]
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             todo = iter(range(STREAMS))
@@ -125,7 +148,7 @@ async def test_recorded_timings_match_the_simulators_schedule(
                 # would measure the proxy's queueing rather than its clock.
                 await asyncio.sleep(k * STREAM_S / CONCURRENCY)
                 for _ in todo:
-                    results.append(await traced_stream(session, url))
+                    results.append(await traced_stream(session, base, api))
 
             await asyncio.gather(*(worker(k) for k in range(CONCURRENCY)))
     finally:
@@ -143,7 +166,9 @@ async def test_recorded_timings_match_the_simulators_schedule(
         for name in names:
             errors[name].append(abs(recorded[traced.request_id][name] - expected[name]))
     worst = {name: round(p99(values), 3) for name, values in errors.items()}
-    print(f"\n{core} proxy core: p99 |recorded - truth| in ms over {STREAMS} streams: {worst}")
+    print(
+        f"\n{api}, {core} proxy core: p99 |recorded - truth| in ms over {STREAMS} streams: {worst}"
+    )
     if core == "awake":  # the goal itself: every figure within 2 ms at p99
         assert all(value < 2.0 for value in worst.values()), worst
         return

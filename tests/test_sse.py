@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.sse import PartTiming, SSEParser, StreamTiming, classify, percentile
-from sidecar.toolcalls import ARGUMENTS_CAP, ToolCalls, arguments_valid, message_tool_calls
+from sidecar.toolcalls import ARGUMENTS_CAP, ToolCalls, answer_tool_calls, arguments_valid
 
 
 def parse_all(
@@ -227,6 +227,19 @@ def test_tool_calls_of_a_whole_message() -> None:
         {"id": "b", "type": "function", "function": {"name": "f", "arguments": '{"x": '}},
         {"id": "c", "type": "function", "function": {"name": "f"}},
     ]}  # fmt: skip
-    calls = message_tool_calls(message)
+    calls = answer_tool_calls({"choices": [{"index": 0, "message": message}]})
     assert (calls.count(), calls.invalid()) == (3, 2)
-    assert message_tool_calls({"content": "hi"}).count() == 0
+    assert answer_tool_calls({"choices": [{"message": {"content": "hi"}}]}).count() == 0
+    assert answer_tool_calls({"choices": []}).count() == 0 and answer_tool_calls([]).count() == 0
+
+
+def test_tool_calls_of_whole_responses_and_messages_answers() -> None:
+    output = [{"type": "reasoning", "summary": []},
+              {"type": "function_call", "call_id": "a", "name": "f", "arguments": '{"x": 1}'},
+              {"type": "function_call", "call_id": "b", "name": "f", "arguments": "{"}]  # fmt: skip
+    calls = answer_tool_calls({"object": "response", "output": output})
+    assert (calls.count(), calls.invalid()) == (2, 1)
+    content = [{"type": "text", "text": "Let me look."},
+               {"type": "tool_use", "id": "t", "name": "f", "input": {"x": 1}}]  # fmt: skip
+    calls = answer_tool_calls({"type": "message", "content": content})
+    assert (calls.count(), calls.invalid()) == (1, 0)

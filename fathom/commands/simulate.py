@@ -1,7 +1,8 @@
 """`fathom simulate`: an OpenAI-compatible upstream with exact timing, faults and quality knobs.
 
-Serves POST /v1/chat/completions, /v1/completions (streamed or not), /v1/embeddings,
-GET /v1/models and GET /health for one model (flags) or several (--config YAML):
+Serves POST /v1/chat/completions, /v1/completions, /v1/responses, the Anthropic-style
+/v1/messages (streamed or not, on one schedule), /v1/embeddings, GET /v1/models and
+GET /health for one model (flags) or several (--config YAML):
 
     seed: 7
     models:                       # a list of {name: ..., knobs} or a mapping name -> knobs

@@ -3,14 +3,20 @@
 Per-request headers override the model's knobs, which is how tests drive faults:
 
     x-sim-ttft-ms, x-sim-itl-ms, x-sim-jitter-ms, x-sim-tokens    timing and answer length
-    x-sim-reasoning-tokens: N  (chat) N reasoning events (delta.reasoning_content) come first
-    x-sim-tool-calls: N        (chat) N tool calls after the answer text, 3 events each
+    x-sim-reasoning-tokens: N  (not completions) N reasoning events come first: chat's
+                               delta.reasoning_content, responses' reasoning_text deltas,
+                               messages' thinking deltas
+    x-sim-tool-calls: N        (not completions) N tool calls after the answer text, 3 events
+                               each (chat: name, arguments in two; responses: the
+                               function_call item, arguments in two; messages: the tool_use
+                               block, input JSON in two)
     x-sim-tool-calls-broken: M the last M of them carry arguments that are not JSON
     x-sim-fault: comma-separated, any of
         http-STATUS            answer with that HTTP error and an OpenAI-style JSON body
         reset:N                connection reset (RST) instead of content event N
         close:N                end the body cleanly instead of content event N: no finish, no [DONE]
-        error-event:N          `data: {"error": {...}}` instead of content event N, then end
+        error-event:N          `data: {"error": {...}}` (responses, messages: their typed
+                               `error` event) instead of content event N, then end
         stall:N:S[:reset|:close]  event N and the rest come S seconds later (or the end does)
         stall-first:S          nothing at all, not even headers, for S seconds; then on time
       N counts content events, reasoning and tool calls included (reset:0 breaks before the
@@ -170,12 +176,16 @@ def zoo_member(headers: Mapping[str, str], spec: ModelSpec, elapsed_s: float) ->
     return spec.zoo if spec.zoo and elapsed_s >= spec.zoo_after_s else ""
 
 
+APIS = ("chat", "completion", "responses", "messages")  # the routes the simulator answers
+TYPED_APIS = ("responses", "messages")  # streamed as typed events (fathom.sim.typed)
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Everything one completion request will get, decided before the first byte."""
+    """Everything one generation request will get, decided before the first byte."""
 
     model: str
-    chat: bool
+    api: str  # one of APIS
     stream: bool
     tokens: tuple[str, ...]  # one per answer-text event
     finish: str  # stop | length
@@ -186,8 +196,13 @@ class Plan:
     trace: bool
     include_usage: bool
     usage: dict[str, Any]
-    reasoning: int = 0  # reasoning events before the answer text (chat)
-    tools: tuple[str, ...] = ()  # arguments of each tool call after the answer text (chat)
+    reasoning: int = 0  # reasoning events before the answer text (not completions)
+    tools: tuple[str, ...] = ()  # arguments of each tool call after the answer text
+
+    @property
+    def chat(self) -> bool:
+        """Whether the answer is a chat completion (else a text completion, when not typed)."""
+        return self.api == "chat"
 
     @property
     def events(self) -> int:
@@ -208,13 +223,15 @@ def make_plan(
     headers: Mapping[str, str],
     body: Mapping[str, Any],
     spec: ModelSpec,
-    chat: bool,
+    api: str,
     rng: random.Random,
     seed: int,
     elapsed_s: float = 0.0,
 ) -> Plan:
     """Decide a request's answer, faults and schedule from its body, headers and model
-    (`elapsed_s`: time since the simulator started, for the model's zoo switch)."""
+    (`api`: one of APIS; `elapsed_s`: time since the simulator started, for the model's zoo
+    switch)."""
+    chat = api != "completion"  # a conversation: chat, responses or messages
     length = int(number(headers, "x-sim-tokens", spec.tokens))
     if length > MAX_TOKENS:
         raise BadKnob(f"x-sim-tokens: at most {MAX_TOKENS}")
@@ -241,11 +258,11 @@ def make_plan(
         finish_due += faults.stall_s
     options = body.get("stream_options")
     return Plan(
-        model=spec.name, chat=chat, stream=body.get("stream") is True, tokens=tokens,
+        model=spec.name, api=api, stream=body.get("stream") is True, tokens=tokens,
         finish=finish, kind=said.kind, due=(*due, finish_due), faults=faults,
         wire=parse_wire(headers.get("x-sim-wire", "")), trace=headers.get("x-sim-trace") == "1",
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
-        usage=usage(prompt_tokens(body, chat), events, reasoning),
+        usage=usage(prompt_tokens(body, api), events, reasoning),
         reasoning=reasoning, tools=tools,
     )  # fmt: skip
 
@@ -253,7 +270,7 @@ def make_plan(
 def _reasoning_and_tools(
     headers: Mapping[str, str], spec: ModelSpec, chat: bool
 ) -> tuple[int, tuple[str, ...]]:
-    """Reasoning events and tool-call arguments of a chat answer (none for completions)."""
+    """Reasoning events and tool-call arguments of a conversation (none for completions)."""
     reasoning = int(number(headers, "x-sim-reasoning-tokens", spec.reasoning_tokens))
     calls = int(number(headers, "x-sim-tool-calls", spec.tool_calls))
     broken = int(number(headers, "x-sim-tool-calls-broken", spec.tool_calls_broken))
@@ -265,22 +282,32 @@ def _reasoning_and_tools(
 
 
 def _max_tokens(body: Mapping[str, Any]) -> int:
-    for key in ("max_completion_tokens", "max_tokens"):
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         value = body.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return 0
 
 
-def prompt_tokens(body: Mapping[str, Any], chat: bool) -> int:
-    """Whitespace tokens of every prompt message (chat) or of every prompt (completions)."""
-    if chat:
-        return sum(len(message_text(m.get("content")).split()) for m in _messages(body))
+def prompt_tokens(body: Mapping[str, Any], api: str) -> int:
+    """Whitespace tokens of every prompt message and system prompt (chat, messages: `system`,
+    responses: `instructions` and `input`), or of every prompt (completions)."""
+    if api == "responses":
+        given = body.get("input")
+        items = given if isinstance(given, list) else [{"content": given}]
+        framing = [{"content": body.get("instructions")}]
+        return _words([m for m in [*framing, *items] if isinstance(m, dict)])
+    if api != "completion":
+        return _words([{"content": body.get("system")}, *_messages(body)])
     prompt = body.get("prompt", "")
     if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
         return len(prompt)  # a prompt given as token ids
     prompts = prompt if isinstance(prompt, list) else [prompt]
     return sum(len(p) if isinstance(p, list) else len(message_text(p).split()) for p in prompts)
+
+
+def _words(messages: list[dict[str, Any]]) -> int:
+    return sum(len(message_text(m.get("content")).split()) for m in messages)
 
 
 def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:

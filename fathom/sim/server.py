@@ -19,9 +19,9 @@ from typing import Any
 
 from aiohttp import web
 
-from fathom.sim import wire
+from fathom.sim import typed, wire
 from fathom.sim.models import BadKnob, ModelSpec
-from fathom.sim.plan import TOOL_EVENTS, Plan, make_plan
+from fathom.sim.plan import TOOL_EVENTS, TYPED_APIS, Plan, make_plan
 from fathom.sim.zoo import MEMBERS
 
 Clock = Callable[[], float]
@@ -60,6 +60,8 @@ class Simulator:
         app = web.Application(middlewares=[_json_errors])
         app.router.add_post("/v1/chat/completions", self.complete)
         app.router.add_post("/v1/completions", self.complete)
+        app.router.add_post("/v1/responses", self.complete)
+        app.router.add_post("/v1/messages", self.complete)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/health", self.health)
@@ -110,13 +112,14 @@ class Simulator:
         )
 
     async def complete(self, request: web.Request) -> web.StreamResponse:
-        """POST /v1/chat/completions and /v1/completions, streamed or not."""
+        """POST /v1/chat/completions, /v1/completions, /v1/responses and /v1/messages,
+        streamed or not."""
         arrival = self.clock()
         body, spec = await self._read(request)
-        chat = request.path.endswith("/chat/completions")
+        api = API_OF_PATH[request.path.rstrip("/")]
         try:
             plan = make_plan(
-                request.headers, body, spec, chat, self._rng(request), self.seed,
+                request.headers, body, spec, api, self._rng(request), self.seed,
                 arrival - self.started,
             )  # fmt: skip
         except BadKnob as exc:
@@ -161,6 +164,9 @@ class Simulator:
             _abort(request, rst=kind == "reset")
             return web.Response()  # never sent: the connection is gone
         await sleep_until(self.clock, arrival + plan.due[-1])
+        if plan.api in TYPED_APIS:
+            out = typed.whole(plan, int(self.wall()))
+            return web.json_response(out, headers={"x-sim-answer": plan.kind})
         text = "".join(plan.tokens)
         extra: dict[str, Any] = {}
         if plan.reasoning:
@@ -187,6 +193,8 @@ class Simulator:
     async def _events(
         self, request: web.Request, events: _Events, plan: Plan, arrival: float
     ) -> None:
+        if plan.api in TYPED_APIS:
+            return await self._typed_events(request, events, plan, arrival)
         if plan.chat:
             role = {"role": "assistant", "content": ""}
             await events.chunk(role, None, plan.faults.first_byte_stall_s)
@@ -204,6 +212,34 @@ class Simulator:
             await events.send(wire.dumps({**envelope, "usage": plan.usage}), plan.due[-1])
         await events.done()
 
+    async def _typed_events(
+        self, request: web.Request, events: _Events, plan: Plan, arrival: float
+    ) -> None:
+        """A responses or messages stream: typed events on the plan's schedule, no [DONE]."""
+        stream = typed.TypedStream(plan, events.created)
+        start = plan.faults.first_byte_stall_s
+        for kind, body in stream.opening():
+            await events.send(wire.dumps(body), start, kind)
+        ending = plan.faults.ending(plan.events)
+        for i, due in enumerate(plan.due):
+            await sleep_until(self.clock, arrival + due)
+            if ending is not None and i == ending[0]:
+                return await events.end_with(request, ending[1], due, stream.error())
+            if i < plan.events:
+                for kind, body in stream.at(i):
+                    encoded = wire.dumps(body)
+                    if kind in typed.DELTAS:  # not the part's opening or closing events
+                        encoded = events.padded(i, encoded)
+                    await events.send(encoded, due, kind)
+        for kind, body in stream.closing():
+            await events.send(wire.dumps(body), plan.due[-1], kind)
+        await events.resp.write_eof()
+
+
+# The routes that generate, by path: their API (fathom.sim.plan.APIS).
+API_OF_PATH = {"/v1/chat/completions": "chat", "/v1/completions": "completion",
+               "/v1/responses": "responses", "/v1/messages": "messages"}  # fmt: skip
+
 
 class _Events:
     """Writes the SSE events of one response, stamping send times when tracing."""
@@ -215,13 +251,20 @@ class _Events:
         self.created = created
         self.contents = wire.ContentChunks(plan.model, plan.chat, created)
 
-    async def send(self, encoded: bytes, due: float) -> None:
-        """One event; with tracing, stamped with when it was due and when it left (ms)."""
+    async def send(self, encoded: bytes, due: float, event: str = "") -> None:
+        """One event (named `event`, when given); with tracing, stamped with when it was due
+        and when it left (ms)."""
         if self.plan.trace:
             sent = (self.clock() - self.arrival) * 1e3
             stamps = {"sim_t_ms": round(sent, 3), "sim_due_ms": round(due * 1e3, 3)}
             encoded = wire.with_fields(encoded, stamps)
-        await self.resp.write(wire.sse(encoded, self.plan.wire))
+        await self.resp.write(wire.sse(encoded, self.plan.wire, event))
+
+    def padded(self, i: int, encoded: bytes) -> bytes:
+        """Event i, padded when it is the first answer-text event of a `huge` wire variant."""
+        if i == self.plan.reasoning and self.plan.wire.huge_bytes and self.plan.tokens:
+            return wire.with_fields(encoded, {"sim_padding": "x" * self.plan.wire.huge_bytes})
+        return encoded
 
     async def chunk(self, delta: dict[str, Any] | str, finish: str | None, due: float) -> None:
         """A chunk of the answer other than content: the role, the finish."""
@@ -248,9 +291,14 @@ class _Events:
         call, part = divmod(i - plan.reasoning - len(plan.tokens), TOOL_EVENTS)
         return wire.tool_call_deltas(call, plan.tools[call])[part]
 
-    async def end_with(self, request: web.Request, kind: str, due: float) -> None:
-        """End the stream early: an error event, a clean close or a reset."""
-        if kind == "error":
+    async def end_with(
+        self, request: web.Request, kind: str, due: float, error: typed.Event | None = None
+    ) -> None:
+        """End the stream early: an error event (chat's, or `error` as a typed event),
+        a clean close or a reset."""
+        if kind == "error" and error is not None:
+            await self.send(wire.dumps(error[1]), due, error[0])
+        elif kind == "error":
             await self.send(wire.dumps(ERROR_EVENT), due)
         if kind == "reset":
             _abort(request, rst=True)

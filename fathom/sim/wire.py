@@ -179,8 +179,11 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def sse(payload: bytes, wire: Wire) -> bytes:
-    """One SSE event carrying `payload` in its `data` field, spelled per the wire variant."""
+def sse(payload: bytes, wire: Wire, event: str = "") -> bytes:
+    """One SSE event carrying `payload` in its `data` field (named `event` when given: the
+    typed APIs name each event), spelled per the wire variant."""
     eol = b"\r\n" if wire.crlf else b"\n"
     ping = b": ping" + eol + eol if wire.ping else b""
-    return ping + (b"data:" if wire.nospace else b"data: ") + payload + eol + eol
+    space = b"" if wire.nospace else b" "
+    named = b"event:" + space + event.encode() + eol if event else b""
+    return ping + named + b"data:" + space + payload + eol + eol
