@@ -41,7 +41,7 @@ import uvloop
 
 from fathom import spawn
 from sidecar.sse import SSEParser, classify, percentile
-from tests.support.processes import serve_command, simulate_command
+from tests.support.processes import serve_command, simulate_command, tree_cpu_s
 
 TOKENS = 24
 BODY = {"model": "sim", "messages": [{"role": "user", "content": "Say something."}], "stream": True}
@@ -115,14 +115,7 @@ class Tree:
         yield from root.children(recursive=True)
 
     def cpu_s(self) -> float:
-        total = 0.0
-        for process in self.processes():
-            try:
-                times = process.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            total += times.user + times.system
-        return total
+        return tree_cpu_s(self.pid)
 
 
 async def settle(trees: list[Tree], quiet: float = 0.1, limit_s: float = 30.0) -> bool:

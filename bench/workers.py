@@ -40,7 +40,7 @@ import psutil
 import uvloop
 
 from fathom import spawn
-from tests.support.processes import serve_command, simulate_command
+from tests.support.processes import serve_command, simulate_command, tree_cpu_s
 
 BODY = {"model": "sim", "messages": [{"role": "user", "content": "Go."}], "stream": True}
 H200_STREAMS, H200_TOKENS_PER_S = 300, 80  # what one H200 serves (issue #16)
@@ -55,19 +55,6 @@ class Result:
     serve_cores: float  # CPU seconds of serve's tree per second of the window
     cpu_us_per_event: float
     others_cores: float  # simulators and load generators together
-
-
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) of a process and all its descendants."""
-    total = 0.0
-    root = psutil.Process(pid)
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
 
 
 def load_process(

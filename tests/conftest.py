@@ -4,6 +4,7 @@ process, the session's scorer, kubectl, and the fake Grafana."""
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -61,3 +62,12 @@ async def grafana_server() -> AsyncIterator[tuple[str, fake_grafana.FakeGrafana]
     """The fake Grafana on a free port of 127.0.0.1, stopped after the test."""
     async with fake_grafana.serving() as served:
         yield served
+
+
+@pytest.fixture
+def children() -> Iterator[list[spawn.Child]]:
+    """Processes a test starts; killed at its end, whatever happened."""
+    started: list[spawn.Child] = []
+    yield started
+    for child in started:
+        child.stop(signal.SIGKILL)

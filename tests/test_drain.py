@@ -9,12 +9,9 @@ model server is gone gets a retryable 503.
 from __future__ import annotations
 
 import asyncio
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from fathom import spawn
 from tests.support.polling import until
@@ -39,14 +36,6 @@ def fathom(upstream: str, tmp_path: Path, settle_s: str) -> spawn.Child:
         upstream, tmp_path / "store", tmp_path / "spool",
         FATHOM_GRACE_S="20", FATHOM_DRAIN_SETTLE_S=settle_s,
     )  # fmt: skip
-
-
-@pytest.fixture
-def children() -> Iterator[list[spawn.Child]]:
-    started: list[spawn.Child] = []
-    yield started
-    for child in started:
-        child.stop(signal.SIGKILL)
 
 
 async def readyz(session: aiohttp.ClientSession, admin: str) -> tuple[int, str]:

@@ -16,6 +16,7 @@ import aiohttp
 from sidecar.sse import SSEParser
 from tests.support import processes
 from tests.support.proxied import proxied
+from tests.support.schedule import near
 from tests.support.store import opened
 
 TTFT_MS, ITL_MS = 60, 15
@@ -31,12 +32,7 @@ BODY: dict[str, Any] = {
     "model": "sim", "max_tokens": 256, "system": "Answer briefly.",  # 2 more
     "messages": [{"role": "user", "content": [{"type": "text", "text": PROMPT}]}],
 }  # fmt: skip
-SLACK_MS = 400  # a loaded 2-core machine: late is possible, early is not
 
-
-def near(measured: float | None, due_ms: float) -> bool:
-    """Measured no earlier than the simulator sent it (less a clock tick), and not much later."""
-    return measured is not None and due_ms - 5 <= measured <= due_ms + SLACK_MS
 
 
 async def post(base: str, stream: bool, headers: dict[str, str] = SCHEDULE) -> bytes:

@@ -12,6 +12,7 @@ import openai
 
 from tests.support import processes
 from tests.support.proxied import proxied
+from tests.support.schedule import near
 from tests.support.store import opened
 
 TTFT_MS, ITL_MS = 200, 50
@@ -22,16 +23,11 @@ SCHEDULE = {
     "x-sim-tool-calls-broken": str(BROKEN),
 }  # fmt: skip
 MESSAGES: Any = [{"role": "user", "content": "Weather in Paris?"}]
-SLACK_MS = 400  # a loaded 2-core machine: late is possible, early is not
 COLUMNS = (
     "stream, ttft_ms, ttfr_ms, ttfa_ms, ttft_tool_ms, reasoning_tokens, reasoning_source, "
     "tool_calls, tool_calls_invalid, output_tokens, finish_reason"
 )
 
-
-def near(measured: float | None, due_ms: float) -> bool:
-    """Measured no earlier than the simulator sent it (less a clock tick), and not much later."""
-    return measured is not None and due_ms - 5 <= measured <= due_ms + SLACK_MS
 
 
 async def test_stored_reasoning_answer_and_tool_timings(simulator: str, tmp_path: Path) -> None:

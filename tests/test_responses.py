@@ -28,6 +28,7 @@ from sidecar.wire import prompt_text
 from tests.support import processes
 from tests.support.polling import until
 from tests.support.proxied import proxied
+from tests.support.schedule import near
 from tests.support.store import opened
 
 TTFT_MS, ITL_MS = 60, 15
@@ -40,12 +41,7 @@ SCHEDULE = {
 PROMPT = "What is the weather in Paris today?"  # 7 words: the simulator's input tokens
 INSTRUCTIONS = "Answer briefly."  # 2 more
 CREATED = re.compile(rb'"created_at": ?\d+')
-SLACK_MS = 400  # a loaded 2-core machine: late is possible, early is not
 
-
-def near(measured: float | None, due_ms: float) -> bool:
-    """Measured no earlier than the simulator sent it (less a clock tick), and not much later."""
-    return measured is not None and due_ms - 5 <= measured <= due_ms + SLACK_MS
 
 
 async def test_the_openai_client_reads_the_simulators_responses(simulator: str) -> None:

@@ -36,14 +36,6 @@ def upstream() -> Iterator[str]:
         yield child.addresses["server"]
 
 
-@pytest.fixture
-def children() -> Iterator[list[spawn.Child]]:
-    started: list[spawn.Child] = []
-    yield started
-    for child in started:
-        child.stop(signal.SIGKILL)
-
-
 def client(proxy: str) -> openai.AsyncOpenAI:
     """An openai client of its own: its requests come on a connection of their own."""
     return openai.AsyncOpenAI(base_url=proxy + "/v1", api_key="test", max_retries=0)

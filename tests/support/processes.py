@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import yaml
 
 from fathom import spawn
@@ -64,3 +65,16 @@ def serve(upstream: str, store: Path | str, spool: Path, *flags: str, **env: str
 def probe_command(store: Path, upstream: str, *flags: str) -> list[str]:
     """argv of `fathom probe` on the embedded store at `store`, re-asking through `upstream`."""
     return spawn.fathom_command("probe", "--store", url(store), "--upstream", upstream, *flags)
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its descendants."""
+    total = 0.0
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
