@@ -229,10 +229,13 @@ def measure(
         seconds = load(store, scale, quality, end)
         counts = {t: store.query_sync(f"SELECT count() FROM fathom.{t}")[0][0]
                   for t in ("requests", "quality", "samples", "speed_1m", "speed_1h")}  # fmt: skip
-        # What a rollup-backed percentile reads per hourly row: grows until the buckets fill.
-        entries = store.query_sync("SELECT avg(length(e2e_ms_hist)) FROM fathom.speed_1h")[0][0]
+        # What a rollup-backed percentile reads per hourly row (12 bytes a filled bucket): it
+        # grows with traffic only until the buckets fill.
+        size = store.query_sync("SELECT avg(length(toString(e2e_ms_hist))) FROM fathom.speed_1h")[
+            0
+        ][0]
         print(f"{scale:,} request rows: loaded in {seconds:.0f} s; rows {counts}; "
-              f"E2E histogram entries per hourly row {entries:.1f}", flush=True)  # fmt: skip
+              f"E2E histogram state {size:.0f} bytes per hourly row", flush=True)  # fmt: skip
         results = {}
         for query in all_queries(store, directory, end):
             results[(query.source, query.range_label)] = timed(store, query.sql, repeat)
