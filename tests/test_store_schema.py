@@ -39,7 +39,7 @@ MIGRATIONS = [
 ]  # fmt: skip
 ROLLUPS = {"requests_1m", "speed_1m", "speed_1h"}
 # The median a speed rollup's histogram gives (the dashboards' read).
-HIST_P50 = "quantileExactWeightedMerge(0.5)({0}_hist)"
+HIST_P50 = "nullIf(quantilesExactWeightedMerge(0.5, 0.9, 0.95, 0.99)({0}_hist)[1], 0)"
 
 
 @pytest.fixture
@@ -301,7 +301,7 @@ async def test_speed_rollup_keeps_breakdowns_and_answered_latency(store: Store) 
     await store.insert("fathom.requests", REQUEST_COLUMNS, rows)
     query = (
         "SELECT route, sum(requests), sumMap(statuses), sumMap(errors), sumMap(finish_reasons), "
-        "sum(output_tokens), quantileExactWeightedMerge(0.99)(e2e_ms_hist) "
+        "sum(output_tokens), quantilesExactWeightedMerge(0.5, 0.9, 0.95, 0.99)(e2e_ms_hist)[4] "
         "FROM fathom.{} GROUP BY route ORDER BY route"
     )
     got = store.query_sync(query.format("speed_1m"))

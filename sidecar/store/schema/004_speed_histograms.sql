@@ -5,11 +5,12 @@
 -- Buckets are 5 % wide on a log scale: value x (clamped to [0.001, 1e9]) counts in bucket
 -- k = round(ln(x) / ln(1.05)), which holds [1.05^(k-0.5), 1.05^(k+0.5)) and is stored as its
 -- centre 1.05^k: at most 568 distinct values per state, whatever the traffic. The state is that
--- of quantileExactWeighted (a hash table from value to count; the 0.5 in the type is only
--- the level its state was declared with: any level reads it). Read a percentile as
---   quantileExactWeightedMerge(0.95)(ttft_ms_hist)
--- a bucket centre within 2.5 % of the exact value (1.05^0.5 = 1.0247), nan where nothing was
--- measured (as the t-digests read). Like the t-digests, over answered requests only.
+-- of quantilesExactWeighted (a hash table from value to count). Read percentiles as
+--   nullIf(quantilesExactWeightedMerge(0.5, 0.9, 0.95, 0.99)(ttft_ms_hist)[3], 0)
+-- a bucket centre within 2.5 % of the exact value (1.05^0.5 = 1.0247), NULL where nothing was
+-- measured (an empty state reads 0, which no clamped value is). The same levels as the
+-- t-digests, so that a panel's p50, p95 and p99 of one column share one merge.
+-- Like the t-digests, over answered requests only.
 -- (sumMap over Map(bucket, count) gives the same figures but took 5-7 times the engine CPU of
 -- the t-digests per row at ingest; this state takes 2-3 times: about 1 µs a row for all nine,
 -- grouping included, on 2 shared cores.)
@@ -21,31 +22,31 @@
 -- A batch that reaches the store between the view change and the backfill is counted in both:
 -- that window is the time between two statements, and a few requests counted twice move no
 -- percentile. Hours older than fathom.requests' retention (30 days; speed_1h keeps 365) have
--- no raw rows left to backfill from: their percentiles read nan. Placeholders as in 001; the
+-- no raw rows left to backfill from: their percentiles read NULL. Placeholders as in 001; the
 -- backfill names the tables without {local}, so on a cluster it reads and writes the
 -- Distributed ones.
 
 ALTER TABLE fathom.speed_1m{local} {on_cluster}
-    ADD COLUMN IF NOT EXISTS ttfb_ms_hist AggregateFunction(quantileExactWeighted(0.5), Float32, UInt8),
-    ADD COLUMN IF NOT EXISTS ttft_ms_hist AggregateFunction(quantileExactWeighted(0.5), Float32, UInt8),
-    ADD COLUMN IF NOT EXISTS e2e_ms_hist AggregateFunction(quantileExactWeighted(0.5), Float32, UInt8),
-    ADD COLUMN IF NOT EXISTS itl_mean_ms_hist AggregateFunction(quantileExactWeighted(0.5), Float32, UInt8),
-    ADD COLUMN IF NOT EXISTS itl_p99_ms_hist AggregateFunction(quantileExactWeighted(0.5), Float32, UInt8),
-    ADD COLUMN IF NOT EXISTS decode_tps_hist AggregateFunction(quantileExactWeighted(0.5), Float32, UInt8),
-    ADD COLUMN IF NOT EXISTS ttfr_ms_hist AggregateFunction(quantileExactWeighted(0.5), Float32, UInt8),
-    ADD COLUMN IF NOT EXISTS ttfa_ms_hist AggregateFunction(quantileExactWeighted(0.5), Float32, UInt8),
-    ADD COLUMN IF NOT EXISTS ttft_tool_ms_hist AggregateFunction(quantileExactWeighted(0.5), Float32, UInt8);
+    ADD COLUMN IF NOT EXISTS ttfb_ms_hist AggregateFunction(quantilesExactWeighted(0.5, 0.9, 0.95, 0.99), Float32, UInt8),
+    ADD COLUMN IF NOT EXISTS ttft_ms_hist AggregateFunction(quantilesExactWeighted(0.5, 0.9, 0.95, 0.99), Float32, UInt8),
+    ADD COLUMN IF NOT EXISTS e2e_ms_hist AggregateFunction(quantilesExactWeighted(0.5, 0.9, 0.95, 0.99), Float32, UInt8),
+    ADD COLUMN IF NOT EXISTS itl_mean_ms_hist AggregateFunction(quantilesExactWeighted(0.5, 0.9, 0.95, 0.99), Float32, UInt8),
+    ADD COLUMN IF NOT EXISTS itl_p99_ms_hist AggregateFunction(quantilesExactWeighted(0.5, 0.9, 0.95, 0.99), Float32, UInt8),
+    ADD COLUMN IF NOT EXISTS decode_tps_hist AggregateFunction(quantilesExactWeighted(0.5, 0.9, 0.95, 0.99), Float32, UInt8),
+    ADD COLUMN IF NOT EXISTS ttfr_ms_hist AggregateFunction(quantilesExactWeighted(0.5, 0.9, 0.95, 0.99), Float32, UInt8),
+    ADD COLUMN IF NOT EXISTS ttfa_ms_hist AggregateFunction(quantilesExactWeighted(0.5, 0.9, 0.95, 0.99), Float32, UInt8),
+    ADD COLUMN IF NOT EXISTS ttft_tool_ms_hist AggregateFunction(quantilesExactWeighted(0.5, 0.9, 0.95, 0.99), Float32, UInt8);
 
 ALTER TABLE fathom.speed_1h{local} {on_cluster}
-    ADD COLUMN IF NOT EXISTS ttfb_ms_hist AggregateFunction(quantileExactWeighted(0.5), Float32, UInt8),
-    ADD COLUMN IF NOT EXISTS ttft_ms_hist AggregateFunction(quantileExactWeighted(0.5), Float32, UInt8),
-    ADD COLUMN IF NOT EXISTS e2e_ms_hist AggregateFunction(quantileExactWeighted(0.5), Float32, UInt8),
-    ADD COLUMN IF NOT EXISTS itl_mean_ms_hist AggregateFunction(quantileExactWeighted(0.5), Float32, UInt8),
-    ADD COLUMN IF NOT EXISTS itl_p99_ms_hist AggregateFunction(quantileExactWeighted(0.5), Float32, UInt8),
-    ADD COLUMN IF NOT EXISTS decode_tps_hist AggregateFunction(quantileExactWeighted(0.5), Float32, UInt8),
-    ADD COLUMN IF NOT EXISTS ttfr_ms_hist AggregateFunction(quantileExactWeighted(0.5), Float32, UInt8),
-    ADD COLUMN IF NOT EXISTS ttfa_ms_hist AggregateFunction(quantileExactWeighted(0.5), Float32, UInt8),
-    ADD COLUMN IF NOT EXISTS ttft_tool_ms_hist AggregateFunction(quantileExactWeighted(0.5), Float32, UInt8);
+    ADD COLUMN IF NOT EXISTS ttfb_ms_hist AggregateFunction(quantilesExactWeighted(0.5, 0.9, 0.95, 0.99), Float32, UInt8),
+    ADD COLUMN IF NOT EXISTS ttft_ms_hist AggregateFunction(quantilesExactWeighted(0.5, 0.9, 0.95, 0.99), Float32, UInt8),
+    ADD COLUMN IF NOT EXISTS e2e_ms_hist AggregateFunction(quantilesExactWeighted(0.5, 0.9, 0.95, 0.99), Float32, UInt8),
+    ADD COLUMN IF NOT EXISTS itl_mean_ms_hist AggregateFunction(quantilesExactWeighted(0.5, 0.9, 0.95, 0.99), Float32, UInt8),
+    ADD COLUMN IF NOT EXISTS itl_p99_ms_hist AggregateFunction(quantilesExactWeighted(0.5, 0.9, 0.95, 0.99), Float32, UInt8),
+    ADD COLUMN IF NOT EXISTS decode_tps_hist AggregateFunction(quantilesExactWeighted(0.5, 0.9, 0.95, 0.99), Float32, UInt8),
+    ADD COLUMN IF NOT EXISTS ttfr_ms_hist AggregateFunction(quantilesExactWeighted(0.5, 0.9, 0.95, 0.99), Float32, UInt8),
+    ADD COLUMN IF NOT EXISTS ttfa_ms_hist AggregateFunction(quantilesExactWeighted(0.5, 0.9, 0.95, 0.99), Float32, UInt8),
+    ADD COLUMN IF NOT EXISTS ttft_tool_ms_hist AggregateFunction(quantilesExactWeighted(0.5, 0.9, 0.95, 0.99), Float32, UInt8);
 
 ALTER TABLE fathom.speed_1m_mv{local} {on_cluster}
 MODIFY QUERY WITH x -> toFloat32(pow(1.05, round(log(least(greatest(x, 0.001), 1e9)) / log(1.05)))) AS bucket
@@ -65,15 +66,15 @@ SELECT
     sum(toUInt64(reasoning_tokens)) AS reasoning_tokens,
     sum(toUInt64(tool_calls)) AS tool_calls,
     sum(toUInt64(tool_calls_invalid)) AS tool_calls_invalid,
-    quantileExactWeightedStateIf(0.5)(bucket(ifNull(ttfb_ms, 0)), toUInt8(1), error = '' AND ttfb_ms IS NOT NULL) AS ttfb_ms_hist,
-    quantileExactWeightedStateIf(0.5)(bucket(ifNull(ttft_ms, 0)), toUInt8(1), error = '' AND ttft_ms IS NOT NULL) AS ttft_ms_hist,
-    quantileExactWeightedStateIf(0.5)(bucket(ifNull(e2e_ms, 0)), toUInt8(1), error = '' AND e2e_ms IS NOT NULL) AS e2e_ms_hist,
-    quantileExactWeightedStateIf(0.5)(bucket(ifNull(itl_mean_ms, 0)), toUInt8(1), error = '' AND itl_mean_ms IS NOT NULL) AS itl_mean_ms_hist,
-    quantileExactWeightedStateIf(0.5)(bucket(ifNull(itl_p99_ms, 0)), toUInt8(1), error = '' AND itl_p99_ms IS NOT NULL) AS itl_p99_ms_hist,
-    quantileExactWeightedStateIf(0.5)(bucket(ifNull(decode_tps, 0)), toUInt8(1), error = '' AND decode_tps IS NOT NULL) AS decode_tps_hist,
-    quantileExactWeightedStateIf(0.5)(bucket(ifNull(ttfr_ms, 0)), toUInt8(1), error = '' AND ttfr_ms IS NOT NULL) AS ttfr_ms_hist,
-    quantileExactWeightedStateIf(0.5)(bucket(ifNull(ttfa_ms, 0)), toUInt8(1), error = '' AND ttfa_ms IS NOT NULL) AS ttfa_ms_hist,
-    quantileExactWeightedStateIf(0.5)(bucket(ifNull(ttft_tool_ms, 0)), toUInt8(1), error = '' AND ttft_tool_ms IS NOT NULL) AS ttft_tool_ms_hist
+    quantilesExactWeightedStateIf(0.5, 0.9, 0.95, 0.99)(bucket(ifNull(ttfb_ms, 0)), toUInt8(1), error = '' AND ttfb_ms IS NOT NULL) AS ttfb_ms_hist,
+    quantilesExactWeightedStateIf(0.5, 0.9, 0.95, 0.99)(bucket(ifNull(ttft_ms, 0)), toUInt8(1), error = '' AND ttft_ms IS NOT NULL) AS ttft_ms_hist,
+    quantilesExactWeightedStateIf(0.5, 0.9, 0.95, 0.99)(bucket(ifNull(e2e_ms, 0)), toUInt8(1), error = '' AND e2e_ms IS NOT NULL) AS e2e_ms_hist,
+    quantilesExactWeightedStateIf(0.5, 0.9, 0.95, 0.99)(bucket(ifNull(itl_mean_ms, 0)), toUInt8(1), error = '' AND itl_mean_ms IS NOT NULL) AS itl_mean_ms_hist,
+    quantilesExactWeightedStateIf(0.5, 0.9, 0.95, 0.99)(bucket(ifNull(itl_p99_ms, 0)), toUInt8(1), error = '' AND itl_p99_ms IS NOT NULL) AS itl_p99_ms_hist,
+    quantilesExactWeightedStateIf(0.5, 0.9, 0.95, 0.99)(bucket(ifNull(decode_tps, 0)), toUInt8(1), error = '' AND decode_tps IS NOT NULL) AS decode_tps_hist,
+    quantilesExactWeightedStateIf(0.5, 0.9, 0.95, 0.99)(bucket(ifNull(ttfr_ms, 0)), toUInt8(1), error = '' AND ttfr_ms IS NOT NULL) AS ttfr_ms_hist,
+    quantilesExactWeightedStateIf(0.5, 0.9, 0.95, 0.99)(bucket(ifNull(ttfa_ms, 0)), toUInt8(1), error = '' AND ttfa_ms IS NOT NULL) AS ttfa_ms_hist,
+    quantilesExactWeightedStateIf(0.5, 0.9, 0.95, 0.99)(bucket(ifNull(ttft_tool_ms, 0)), toUInt8(1), error = '' AND ttft_tool_ms IS NOT NULL) AS ttft_tool_ms_hist
 FROM fathom.requests{local}
 GROUP BY minute, model, deployment, origin, route;
 
@@ -94,15 +95,15 @@ MODIFY QUERY SELECT
     sum(reasoning_tokens) AS reasoning_tokens,
     sum(tool_calls) AS tool_calls,
     sum(tool_calls_invalid) AS tool_calls_invalid,
-    quantileExactWeightedMergeState(0.5)(ttfb_ms_hist) AS ttfb_ms_hist,
-    quantileExactWeightedMergeState(0.5)(ttft_ms_hist) AS ttft_ms_hist,
-    quantileExactWeightedMergeState(0.5)(e2e_ms_hist) AS e2e_ms_hist,
-    quantileExactWeightedMergeState(0.5)(itl_mean_ms_hist) AS itl_mean_ms_hist,
-    quantileExactWeightedMergeState(0.5)(itl_p99_ms_hist) AS itl_p99_ms_hist,
-    quantileExactWeightedMergeState(0.5)(decode_tps_hist) AS decode_tps_hist,
-    quantileExactWeightedMergeState(0.5)(ttfr_ms_hist) AS ttfr_ms_hist,
-    quantileExactWeightedMergeState(0.5)(ttfa_ms_hist) AS ttfa_ms_hist,
-    quantileExactWeightedMergeState(0.5)(ttft_tool_ms_hist) AS ttft_tool_ms_hist
+    quantilesExactWeightedMergeState(0.5, 0.9, 0.95, 0.99)(ttfb_ms_hist) AS ttfb_ms_hist,
+    quantilesExactWeightedMergeState(0.5, 0.9, 0.95, 0.99)(ttft_ms_hist) AS ttft_ms_hist,
+    quantilesExactWeightedMergeState(0.5, 0.9, 0.95, 0.99)(e2e_ms_hist) AS e2e_ms_hist,
+    quantilesExactWeightedMergeState(0.5, 0.9, 0.95, 0.99)(itl_mean_ms_hist) AS itl_mean_ms_hist,
+    quantilesExactWeightedMergeState(0.5, 0.9, 0.95, 0.99)(itl_p99_ms_hist) AS itl_p99_ms_hist,
+    quantilesExactWeightedMergeState(0.5, 0.9, 0.95, 0.99)(decode_tps_hist) AS decode_tps_hist,
+    quantilesExactWeightedMergeState(0.5, 0.9, 0.95, 0.99)(ttfr_ms_hist) AS ttfr_ms_hist,
+    quantilesExactWeightedMergeState(0.5, 0.9, 0.95, 0.99)(ttfa_ms_hist) AS ttfa_ms_hist,
+    quantilesExactWeightedMergeState(0.5, 0.9, 0.95, 0.99)(ttft_tool_ms_hist) AS ttft_tool_ms_hist
 FROM fathom.speed_1m{local}
 GROUP BY hour, model, deployment, origin, route;
 
@@ -116,15 +117,15 @@ SELECT
     deployment,
     origin,
     route,
-    quantileExactWeightedStateIf(0.5)(bucket(ifNull(ttfb_ms, 0)), toUInt8(1), error = '' AND ttfb_ms IS NOT NULL) AS ttfb_ms_hist,
-    quantileExactWeightedStateIf(0.5)(bucket(ifNull(ttft_ms, 0)), toUInt8(1), error = '' AND ttft_ms IS NOT NULL) AS ttft_ms_hist,
-    quantileExactWeightedStateIf(0.5)(bucket(ifNull(e2e_ms, 0)), toUInt8(1), error = '' AND e2e_ms IS NOT NULL) AS e2e_ms_hist,
-    quantileExactWeightedStateIf(0.5)(bucket(ifNull(itl_mean_ms, 0)), toUInt8(1), error = '' AND itl_mean_ms IS NOT NULL) AS itl_mean_ms_hist,
-    quantileExactWeightedStateIf(0.5)(bucket(ifNull(itl_p99_ms, 0)), toUInt8(1), error = '' AND itl_p99_ms IS NOT NULL) AS itl_p99_ms_hist,
-    quantileExactWeightedStateIf(0.5)(bucket(ifNull(decode_tps, 0)), toUInt8(1), error = '' AND decode_tps IS NOT NULL) AS decode_tps_hist,
-    quantileExactWeightedStateIf(0.5)(bucket(ifNull(ttfr_ms, 0)), toUInt8(1), error = '' AND ttfr_ms IS NOT NULL) AS ttfr_ms_hist,
-    quantileExactWeightedStateIf(0.5)(bucket(ifNull(ttfa_ms, 0)), toUInt8(1), error = '' AND ttfa_ms IS NOT NULL) AS ttfa_ms_hist,
-    quantileExactWeightedStateIf(0.5)(bucket(ifNull(ttft_tool_ms, 0)), toUInt8(1), error = '' AND ttft_tool_ms IS NOT NULL) AS ttft_tool_ms_hist
+    quantilesExactWeightedStateIf(0.5, 0.9, 0.95, 0.99)(bucket(ifNull(ttfb_ms, 0)), toUInt8(1), error = '' AND ttfb_ms IS NOT NULL) AS ttfb_ms_hist,
+    quantilesExactWeightedStateIf(0.5, 0.9, 0.95, 0.99)(bucket(ifNull(ttft_ms, 0)), toUInt8(1), error = '' AND ttft_ms IS NOT NULL) AS ttft_ms_hist,
+    quantilesExactWeightedStateIf(0.5, 0.9, 0.95, 0.99)(bucket(ifNull(e2e_ms, 0)), toUInt8(1), error = '' AND e2e_ms IS NOT NULL) AS e2e_ms_hist,
+    quantilesExactWeightedStateIf(0.5, 0.9, 0.95, 0.99)(bucket(ifNull(itl_mean_ms, 0)), toUInt8(1), error = '' AND itl_mean_ms IS NOT NULL) AS itl_mean_ms_hist,
+    quantilesExactWeightedStateIf(0.5, 0.9, 0.95, 0.99)(bucket(ifNull(itl_p99_ms, 0)), toUInt8(1), error = '' AND itl_p99_ms IS NOT NULL) AS itl_p99_ms_hist,
+    quantilesExactWeightedStateIf(0.5, 0.9, 0.95, 0.99)(bucket(ifNull(decode_tps, 0)), toUInt8(1), error = '' AND decode_tps IS NOT NULL) AS decode_tps_hist,
+    quantilesExactWeightedStateIf(0.5, 0.9, 0.95, 0.99)(bucket(ifNull(ttfr_ms, 0)), toUInt8(1), error = '' AND ttfr_ms IS NOT NULL) AS ttfr_ms_hist,
+    quantilesExactWeightedStateIf(0.5, 0.9, 0.95, 0.99)(bucket(ifNull(ttfa_ms, 0)), toUInt8(1), error = '' AND ttfa_ms IS NOT NULL) AS ttfa_ms_hist,
+    quantilesExactWeightedStateIf(0.5, 0.9, 0.95, 0.99)(bucket(ifNull(ttft_tool_ms, 0)), toUInt8(1), error = '' AND ttft_tool_ms IS NOT NULL) AS ttft_tool_ms_hist
 FROM fathom.requests
 WHERE ts < now()
 GROUP BY minute, model, deployment, origin, route
