@@ -1,7 +1,6 @@
 -- Fixed-size latency histograms in the speed rollups, so that reading a week costs the same at
--- a million requests as at a billion. A t-digest state grows with the values it has seen (an
--- hourly state held ~55 centroids at 1M rows and ~550 at 10M), and so does merging it; a
--- histogram's size is bounded by its number of buckets.
+-- a million requests as at a billion. A t-digest state grows with the values it has seen, and
+-- so does merging it; a histogram's size is bounded by its number of buckets.
 -- Buckets are 5 % wide on a log scale: value x (clamped to [0.001, 1e9]) counts in bucket
 -- k = round(ln(x) / ln(1.05)), which holds [1.05^(k-0.5), 1.05^(k+0.5)) and is stored as its
 -- centre 1.05^k: at most 568 distinct values per state, whatever the traffic. The state is that
@@ -10,10 +9,8 @@
 -- a bucket centre within 2.5 % of the exact value (1.05^0.5 = 1.0247), NULL where nothing was
 -- measured (an empty state reads 0, which no clamped value is). The same levels as the
 -- t-digests, so that a panel's p50, p95 and p99 of one column share one merge.
--- Like the t-digests, over answered requests only.
--- (sumMap over Map(bucket, count) gives the same figures but took 5-7 times the engine CPU of
--- the t-digests per row at ingest; this state takes 2-3 times: about 1 µs a row for all nine,
--- grouping included, on 2 shared cores.)
+-- Like the t-digests, over answered requests only. (sumMap over Map(bucket, count) would give
+-- the same figures at several times this state's engine CPU per inserted row: docs/grafana.md.)
 -- Existing stores upgrade in place: the columns are added (old rows read empty states), both
 -- views' queries are replaced in one ALTER each, then the minute rollup is backfilled from the
 -- raw requests stored before (the hourly view passes the backfill on). The t-digest columns
