@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,13 +29,18 @@ from sidecar.store.schema import (
 )
 from sidecar.store.schema_lock import LockHeld, LockSettings
 from tests.support.records import request_values
-from tests.support.store import opened
+from tests.support.store import HISTOGRAM_ERROR, opened
 
 TABLES = {
     "requests", "samples", "quality", "regressions", "requests_1m", "speed_1m", "speed_1h",
 }  # fmt: skip
-MIGRATIONS = ["001_init.sql", "002_speed_rollup.sql", "003_reasoning_tools.sql", "005_tenant.sql"]
+MIGRATIONS = [
+    "001_init.sql", "002_speed_rollup.sql", "003_reasoning_tools.sql", "004_speed_histograms.sql",
+    "005_tenant.sql",
+]  # fmt: skip
 ROLLUPS = {"requests_1m", "speed_1m", "speed_1h"}
+# The median a speed rollup's histogram gives (the dashboards' read).
+HIST_P50 = "nullIf(quantilesExactWeightedMerge(0.5, 0.9, 0.95, 0.99)({0}_hist)[1], 0)"
 
 
 @pytest.fixture
@@ -109,7 +115,8 @@ def test_ttl_overrides_render_and_retune_existing_tables(store: Store) -> None:
 
 def test_cluster_schema_parses_in_chdb(store: Store) -> None:
     statements = [s for m in render(Target(cluster="prod-eu")) for s in m.statements]
-    assert all("ON CLUSTER `prod-eu`" in s for s in statements)
+    backfill = [s for s in statements if s.startswith("INSERT INTO")]
+    assert all("ON CLUSTER `prod-eu`" in s for s in statements if s not in backfill)
     joined = "\n".join(statements)
     assert joined.count("ReplicatedMergeTree(") == 5 and "ReplicatedAggregatingMergeTree(" in joined
     for table in TABLES:
@@ -125,9 +132,15 @@ def test_cluster_schema_parses_in_chdb(store: Store) -> None:
             assert f"ALTER TABLE fathom.{name} ON CLUSTER `prod-eu`\n    ADD COLUMN" in joined
     assert "ALTER TABLE fathom.speed_1m_mv_local ON CLUSTER `prod-eu`\nMODIFY QUERY" in joined
     assert "ALTER TABLE fathom.speed_1m_mv ON" not in joined  # views have no Distributed twin
+    # The backfill runs once, through the Distributed tables, after they gained the columns.
+    (insert,) = backfill
+    assert insert.startswith("INSERT INTO fathom.speed_1m (") and "FROM fathom.requests\n" in insert
+    gains = "ALTER TABLE fathom.speed_1m ON CLUSTER `prod-eu`\n    ADD COLUMN IF NOT EXISTS ttfb_ms"
+    histograms = next(i for i, s in enumerate(statements) if s.startswith(gains))
+    assert histograms < statements.index(insert)
     for statement in statements:
         ast = store.query_sync("EXPLAIN AST " + statement)  # raises on a syntax error
-        kinds = ("CreateQuery", "CreateDatabaseQuery", "AlterQuery")
+        kinds = ("CreateQuery", "CreateDatabaseQuery", "AlterQuery", "InsertQuery")
         assert ast and ast[0][0].split()[0] in kinds, statement
 
 
@@ -167,7 +180,7 @@ def test_cli_apply_and_render(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     script = capsys.readouterr().out
     assert "-- 001 001_init.sql" in script and "ON CLUSTER main" in script
     assert "INTERVAL 9 DAY" in script and script.count(";\n") == (
-        script.count("CREATE ") + script.count("ALTER TABLE ")
+        script.count("CREATE ") + script.count("ALTER TABLE ") + script.count("INSERT INTO ")
     )
 
 
@@ -289,7 +302,7 @@ async def test_speed_rollup_keeps_breakdowns_and_answered_latency(store: Store) 
     await store.insert("fathom.requests", REQUEST_COLUMNS, rows)
     query = (
         "SELECT route, sum(requests), sumMap(statuses), sumMap(errors), sumMap(finish_reasons), "
-        "sum(output_tokens), quantilesTDigestMerge(0.5, 0.9, 0.95, 0.99)(e2e_ms)[4] "
+        "sum(output_tokens), quantilesExactWeightedMerge(0.5, 0.9, 0.95, 0.99)(e2e_ms_hist)[4] "
         "FROM fathom.{} GROUP BY route ORDER BY route"
     )
     got = store.query_sync(query.format("speed_1m"))
@@ -332,9 +345,48 @@ async def test_a_store_at_the_previous_version_upgrades_in_place(
     await store.insert("fathom.requests", REQUEST_COLUMNS, [[new[c] for c in REQUEST_COLUMNS]])
     query = (
         "SELECT sum(requests), sum(reasoning_tokens), sum(tool_calls), sum(tool_calls_invalid), "
-        "quantilesTDigestMerge(0.5, 0.9, 0.95, 0.99)(ttfa_ms)[1], "
-        "quantilesTDigestMerge(0.5, 0.9, 0.95, 0.99)(ttfr_ms)[1], "
-        "quantilesTDigestMerge(0.5, 0.9, 0.95, 0.99)(ttft_tool_ms)[1] FROM fathom.{}"
+        f"{HIST_P50.format('ttfa_ms')}, {HIST_P50.format('ttfr_ms')}, "
+        f"{HIST_P50.format('ttft_tool_ms')} FROM fathom.{{}}"
     )
     for rollup in ("speed_1m", "speed_1h"):  # the views' new queries feed both rollups
-        assert store.query_sync(query.format(rollup)) == [(31, 40, 3, 1, 900.0, 50.0, 950.0)]
+        got = store.query_sync(query.format(rollup))
+        assert got[0][:4] == (31, 40, 3, 1)
+        assert got[0][4:] == pytest.approx((900.0, 50.0, 950.0), rel=HISTOGRAM_ERROR)
+
+
+async def test_a_store_at_version_3_gains_histograms_backfilled_once(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    previous = [f for f in schema._files() if f.name < "004_"]
+    with monkeypatch.context() as patched:
+        patched.setattr(schema, "_files", lambda: previous)
+        assert apply_schema(store) == MIGRATIONS[:3]
+    minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+
+    def rows(prefix: str, ttfts: list[float]) -> list[list[Any]]:
+        return [
+            request_values(Record(
+                ts=minute + timedelta(seconds=i), request_id=f"{prefix}{i}", route="chat",
+                model="m", deployment="d", stream=True, ttft_ms=ttft, e2e_ms=1000.0,
+                output_tokens=2, error="upstream_http" if ttft < 0 else "",
+            ))
+            for i, ttft in enumerate(ttfts)
+        ]  # fmt: skip
+
+    # Nine answered requests, 100 .. 900 ms, and a failed one (its time is not latency).
+    old = rows("old", [*range(100, 1000, 100), -1])
+    await store.insert("fathom.requests", REQUEST_COLUMNS, old)
+    assert apply_schema(store) == MIGRATIONS[3:]
+    p50 = HIST_P50.format("ttft_ms")
+    query = "SELECT sum(requests), sum(output_tokens), " + p50 + " FROM fathom.{}"
+    for rollup in ("speed_1m", "speed_1h"):
+        got = store.query_sync(query.format(rollup))[0]
+        assert got[:2] == (10, 20)  # the backfill adds no requests
+        assert got[2] == pytest.approx(500.0, rel=HISTOGRAM_ERROR)
+    await store.insert("fathom.requests", REQUEST_COLUMNS, rows("new", [5000.0] * 9))
+    assert apply_schema(store) == []  # applied once: no second backfill
+    # 18 answered: the 9th is 900. Old rows counted twice would make it 700; never, 5000.
+    for rollup in ("speed_1m", "speed_1h"):
+        got = store.query_sync(query.format(rollup))[0]
+        assert got[:2] == (19, 38)
+        assert got[2] == pytest.approx(900.0, rel=HISTOGRAM_ERROR)

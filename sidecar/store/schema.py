@@ -87,7 +87,7 @@ def render(target: Target) -> list[Migration]:
         sql = _PLACEHOLDER.sub(lambda m: _fill(m.group(1), target), _uncomment(f.read_text()))
         statements = [s.strip() for s in sql.split(";\n") if s.strip()]
         if target.cluster:
-            statements += _distributed(statements, target.cluster)
+            statements = _distributed(statements, target.cluster)
         out.append(Migration(int(f.name[:3]), f.name, tuple(statements)))
     return out
 
@@ -112,19 +112,22 @@ def _fill(name: str, target: Target) -> str:
 
 
 def _distributed(statements: list[str], cluster: str) -> list[str]:
-    """The Distributed table in front of each sharded `_local` table the statements create,
-    and the same column changes on it for each such table they alter."""
-    altered = [
-        s.replace(f"fathom.{m.group(1)}_local ", f"fathom.{m.group(1)} ", 1)
-        for s in statements
-        if (m := re.match(r"ALTER TABLE fathom\.(\w+)_local ", s)) and m.group(1) in SHARDING_KEYS
-    ]
+    """The statements for a cluster: each ALTER of a sharded `_local` table followed at once by
+    the same change on its Distributed table (a later statement, such as a backfill through
+    the Distributed tables, needs the columns there), then the Distributed table in front of
+    each sharded `_local` table they create."""
+    out = []
+    for s in statements:
+        out.append(s)
+        m = re.match(r"ALTER TABLE fathom\.(\w+)_local ", s)
+        if m and m.group(1) in SHARDING_KEYS:
+            out.append(s.replace(f"fathom.{m.group(1)}_local ", f"fathom.{m.group(1)} ", 1))
     created = [
         m.group(1)
         for s in statements
         if (m := re.search(r"TABLE IF NOT EXISTS fathom\.(\w+)_local", s))
     ]
-    return altered + [
+    return out + [
         f"CREATE TABLE IF NOT EXISTS fathom.{t} ON CLUSTER {_ident(cluster)} AS fathom.{t}_local "
         f"ENGINE = Distributed({_ident(cluster)}, fathom, {t}_local, {SHARDING_KEYS[t]})"
         for t in created

@@ -9,6 +9,11 @@ from pathlib import Path
 from sidecar.store.client import Store, open_store
 from sidecar.store.schema import apply_schema
 
+# How far a percentile read from the speed rollups' histograms may be from the exact value:
+# buckets are 5 % wide on a log scale and read back as their geometric centre
+# (sidecar/store/schema/004_speed_histograms.sql).
+HISTOGRAM_ERROR = 1.05**0.5 - 1
+
 
 def url(path: Path) -> str:
     """The store URL of the embedded store at `path`."""
