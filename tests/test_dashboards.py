@@ -216,6 +216,15 @@ def panel_result(
     return run_query(store, target["rawSql"], ctx)
 
 
+def test_speed_panels_filter_by_tenant(store: Store) -> None:
+    for tenant in ("acme", "globex"):
+        table = panel_result(store, "fathom-speed.json", "Per deployment", {"tenant": [tenant]})
+        names = zip(table.column("model"), table.column("deployment"), strict=True)
+        counted = dict(zip(names, table.column("requests"), strict=True))
+        assert counted == user_requests_since(RANGE[0], tenant)
+        assert all(counted.values())
+
+
 def test_speed_counts_user_traffic_only(store: Store) -> None:
     table = panel_result(store, "fathom-speed.json", "Per deployment")
     counted = {

@@ -229,7 +229,7 @@ def test_pareto_front_agrees_with_the_dashboard(store: Store, doc: dict[str, Any
             "model": Variable("model", [ALL], ["llama-8b", "qwen-7b", "mistral-7b"]),
             "probe": Variable("probe", chart["probe"]),
             "origin": Variable("origin", ["user"]),  # the dashboard's default, the report's traffic
-            **{name: Variable(name, [ALL]) for name in ("deployment", "route", "scorer")},
+            **{name: Variable(name, [ALL]) for name in ("deployment", "route", "tenant", "scorer")},
         }
         result = run_query(store, sql, QueryContext(START, NOW, variables=variables))
         dashboard = {

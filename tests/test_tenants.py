@@ -90,8 +90,12 @@ async def test_a_store_without_tenants_upgrades_in_place(
     got = store.query_sync(
         "SELECT tenant, count() FROM fathom.requests GROUP BY tenant ORDER BY tenant"
     )
+    per_tenant = "SELECT tenant, sum(requests) FROM fathom.{} GROUP BY tenant ORDER BY tenant"
+    rollups = [store.query_sync(per_tenant.format(t)) for t in ("speed_1m", "speed_1h")]
     store.close()
     assert got == [("", 5), ("acme", 1)]
+    assert rollups == [[("", 5), ("acme", 1)]] * 2  # the rollups keep tenants apart, old rows ''
+
 
 
 def test_report_speed_of_one_tenant(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ _PLACEHOLDER = re.compile(r"\{(on_cluster|local|dedup_window|engine:\w+|agg_engi
 _FILE = re.compile(r"^(\d{3})_[\w-]+\.sql$")
 _TTL = re.compile(r"\bTTL (.+?) \+ toIntervalDay\((\d+)\)")
 MIGRATIONS_TABLE = "fathom.schema_migrations"
+_NEW_KEY = re.compile(r",\s*MODIFY ORDER BY \([^)]*\)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +122,8 @@ def _distributed(statements: list[str], cluster: str) -> list[str]:
         out.append(s)
         m = re.match(r"ALTER TABLE fathom\.(\w+)_local ", s)
         if m and m.group(1) in SHARDING_KEYS:
-            out.append(s.replace(f"fathom.{m.group(1)}_local ", f"fathom.{m.group(1)} ", 1))
+            same = s.replace(f"fathom.{m.group(1)}_local ", f"fathom.{m.group(1)} ", 1)
+            out.append(_NEW_KEY.sub("", same))  # a Distributed table has no sorting key
     created = [
         m.group(1)
         for s in statements

@@ -117,6 +117,7 @@ def _request(
         model=model,
         deployment=deployment,
         origin=origin,
+        tenant=seeded_tenant(ts) if origin == "user" else "",
         stream=stream,
         status=502 if failing else 200,
         error="upstream_http" if failing else ("client_cancelled" if rng.random() < 0.02 else ""),
@@ -134,6 +135,11 @@ def _request(
         chunks=200,
     )
     return request_values(record)
+
+
+def seeded_tenant(ts: datetime) -> str:
+    """The tenant of a seeded user request: a third of them 'acme', the rest 'globex'."""
+    return "acme" if int(ts.timestamp()) % 3 == 0 else "globex"
 
 
 def generate() -> tuple[list[list[Any]], list[list[Any]]]:
@@ -162,11 +168,16 @@ def seed(store: Store) -> None:
     store.insert_sync("fathom.samples", SAMPLE_COLUMNS, sample_rows(quality))
 
 
-def user_requests_since(since: datetime) -> dict[tuple[str, str], int]:
-    """(model, deployment) -> user requests at or after `since`, counted from the generator."""
+def user_requests_since(
+    since: datetime, tenant: str | None = None
+) -> dict[tuple[str, str], int]:
+    """(model, deployment) -> user requests at or after `since` (of `tenant`, when given),
+    counted from the generator."""
     counts: dict[tuple[str, str], int] = {}
     for row in generate()[1]:
         named = dict(zip(REQUEST_COLUMNS, row, strict=True))
+        if tenant is not None and named["tenant"] != tenant:
+            continue
         if named["origin"] == "user" and named["ts"] >= since:
             key = (named["model"], named["deployment"])
             counts[key] = counts.get(key, 0) + 1
