@@ -21,7 +21,6 @@ import gc
 import logging
 import os
 import random
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -47,11 +46,6 @@ from sidecar.store.writer import Writer
 from sidecar.telemetry import shut_down, telemetry
 
 log = logging.getLogger("fathom.serve")
-# How long a thread that holds the GIL (the store's packing thread, sample redaction, OTLP
-# export) may keep it while the event loop waits to relay a chunk: Python's default of 5 ms
-# lands in the streams' added latency tail; 0.5 ms bounds it, at the price of more switches
-# while both want the core (docs/measurements.md: bench.overhead before and after).
-SWITCH_INTERVAL_S = 0.0005
 SAMPLE_BACKLOG = 1000  # sampled answers being redacted at once; past it they are counted, dropped
 Listener = Callable[[Record], None]
 
@@ -163,8 +157,6 @@ class WorkerPlace:
 async def running(settings: Settings, place: WorkerPlace | None = None) -> AsyncIterator[Service]:
     """A started service; leaving the block drains and stops it (the SIGTERM path)."""
     async with contextlib.AsyncExitStack() as stack:
-        stack.callback(sys.setswitchinterval, sys.getswitchinterval())
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         metrics, spans = telemetry(settings.metrics, os.environ)
         # Last: the proxy has stopped, so its final records' metrics and spans go out too.
         stack.push_async_callback(shut_down, metrics, spans)

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,11 +16,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from prometheus_client import CollectorRegistry, generate_latest
 
-from fathom.service import SWITCH_INTERVAL_S
 from sidecar.metrics import TIME_PER_OUTPUT_CHUNK, TPOT_BUCKETS, Metrics
 from sidecar.record import Record
 from tests.support.processes import serve, serve_command
-from tests.support.proxied import proxied
 from tests.support.store import opened
 
 
@@ -135,10 +132,3 @@ def test_serve_refuses_a_store_behind_and_runs_no_ddl(simulator: str, tmp_path: 
     assert "fathom schema apply" in done.stderr and "listening" not in done.stdout
     with opened(store_path) as checked:
         assert checked.query_sync("SHOW TABLES FROM fathom") == []
-
-
-async def test_serving_bounds_how_long_a_thread_keeps_the_loop_waiting(simulator: str) -> None:
-    before = sys.getswitchinterval()
-    async with proxied(simulator):
-        assert sys.getswitchinterval() == SWITCH_INTERVAL_S < before
-    assert sys.getswitchinterval() == before  # a process that stops serving gets it back
