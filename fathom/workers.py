@@ -160,8 +160,9 @@ def spool_of(settings: Settings, index: int) -> Path:
 
 
 def adopt_spools(settings: Settings, workers: int) -> None:
-    """Hand what workers beyond `workers` left spooled (an earlier run with more of them) to
-    the ones that run now, so that it still reaches the store. Before any worker starts."""
+    """Hand the spools of worker numbers `workers` and above (left by a serve that ran more
+    workers on this spool_dir) to the ones that run now, so that their rows still reach the
+    store. Before any worker starts."""
     root = Path(settings.writer.spool_dir)
     for source in sorted(root.glob("worker-*")):
         index = source.name.removeprefix("worker-")

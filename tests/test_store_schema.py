@@ -13,7 +13,7 @@ import pytest
 
 from fathom.cli import main
 from sidecar.record import REQUEST_COLUMNS, Record
-from sidecar.store import schema, schema_lock
+from sidecar.store import schema_lock
 from sidecar.store.client import Store
 from sidecar.store.schema import (
     SchemaBehind,
@@ -29,7 +29,7 @@ from sidecar.store.schema import (
 )
 from sidecar.store.schema_lock import LockHeld, LockSettings
 from tests.support.records import request_values
-from tests.support.store import HISTOGRAM_ERROR, opened
+from tests.support.store import HISTOGRAM_ERROR, apply_before, opened
 
 TABLES = {
     "requests", "samples", "quality", "regressions", "requests_1m", "speed_1m", "speed_1h",
@@ -315,13 +315,8 @@ async def test_speed_rollup_keeps_breakdowns_and_answered_latency(store: Store) 
     assert completion[6] < 1000  # the failed requests' 60 s are not latency
 
 
-async def test_a_store_at_the_previous_version_upgrades_in_place(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    previous = [f for f in schema._files() if f.name < "003_"]
-    with monkeypatch.context() as patched:
-        patched.setattr(schema, "_files", lambda: previous)
-        assert apply_schema(store) == MIGRATIONS[:2]
+async def test_a_store_at_the_previous_version_upgrades_in_place(store: Store) -> None:
+    assert apply_before(store, "003_") == MIGRATIONS[:2]
     old_columns = REQUEST_COLUMNS[: REQUEST_COLUMNS.index("ttfr_ms")]
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
     old = [
@@ -354,13 +349,8 @@ async def test_a_store_at_the_previous_version_upgrades_in_place(
         assert got[0][4:] == pytest.approx((900.0, 50.0, 950.0), rel=HISTOGRAM_ERROR)
 
 
-async def test_a_store_at_version_3_gains_histograms_backfilled_once(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    previous = [f for f in schema._files() if f.name < "004_"]
-    with monkeypatch.context() as patched:
-        patched.setattr(schema, "_files", lambda: previous)
-        assert apply_schema(store) == MIGRATIONS[:3]
+async def test_a_store_at_version_3_gains_histograms_backfilled_once(store: Store) -> None:
+    assert apply_before(store, "004_") == MIGRATIONS[:3]
     minute = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
 
     def rows(prefix: str, ttfts: list[float]) -> list[list[Any]]:

@@ -8,17 +8,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fathom.report import ReportSettings, build_report_sync, render_markdown
 from sidecar.record import REQUEST_COLUMNS, Record
-from sidecar.store import schema
 from sidecar.store.schema import apply as apply_schema
 from tests.support import scrape
 from tests.support.proxied import proxied
 from tests.support.seeded import NOW
-from tests.support.store import embedded
+from tests.support.store import apply_before, embedded
 
 TENANT = "x-tenant-id"
 BODY = {"model": "sim", "messages": [{"role": "user", "content": "hi"}]}
@@ -72,14 +70,9 @@ async def test_no_tenant_header_configured(simulator: str) -> None:
     assert proxy.record(rid).tenant == ""
 
 
-async def test_a_store_without_tenants_upgrades_in_place(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_store_without_tenants_upgrades_in_place(tmp_path: Path) -> None:
     store = embedded(tmp_path / "db", schema=False)
-    previous = [f for f in schema._files() if f.name < "005_"]
-    with monkeypatch.context() as patched:
-        patched.setattr(schema, "_files", lambda: previous)
-        apply_schema(store)
+    apply_before(store, "005_")
     old_columns = [c for c in REQUEST_COLUMNS if c != "tenant"]
     now = datetime.now(UTC)
     rows = [Record(ts=now, request_id=f"old{i}", route="chat").to_row() for i in range(5)]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
+from sidecar.store import schema
 from sidecar.store.client import Store, open_store
 from sidecar.store.schema import apply_schema
 
@@ -48,3 +50,11 @@ def create(path: Path) -> str:
     """An embedded store with the schema at `path`, closed again for another process; its URL."""
     embedded(path).close()
     return url(path)
+
+
+def apply_before(store: Store, migration: str) -> list[str]:
+    """Apply only the migrations named before `migration` (e.g. '005_'): the store as an
+    earlier release left it, for upgrade tests. Returns what was applied."""
+    earlier = [f for f in schema._files() if f.name < migration]
+    with mock.patch.object(schema, "_files", lambda: earlier):
+        return apply_schema(store)
